@@ -1,0 +1,221 @@
+"""The BiAM model: region-level and scene-level attention over VGG19 region features.
+
+Layer by layer as in SPEC section 4, with the parameter names of the published checkpoints so
+that ``load_state_dict(published, strict=True)`` works unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+__all__ = ["BiAM", "build_model", "ConvReluBN", "NUM_REGIONS"]
+
+NUM_REGIONS = 196  # 14 x 14 conv5_4 cells
+
+
+class ConvReluBN(nn.Module):
+    """3x3 conv -> ReLU -> BatchNorm2d, in that order (ReLU *before* BN, as published).
+
+    ``momentum=0.99`` is PyTorch's convention: running statistics follow the newest batch almost
+    entirely. Kept because the published checkpoints' running statistics were made that way.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.body = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=True)
+        self.bn = nn.BatchNorm2d(out_channels, eps=1e-3, momentum=0.99, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(F.relu(self.body(x)))
+
+
+class Conv1x1(nn.Module):
+    """A 1x1 conv stored under ``<name>.body`` (published key layout)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.body = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class FeedForward(nn.Module):
+    """1x1 conv D -> 2D, ReLU, 1x1 conv 2D -> D (``sub_network``)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, 2 * channels, kernel_size=1)
+        self.conv2 = nn.Conv2d(2 * channels, channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(F.relu(self.conv1(x)))
+
+
+class RegionContextBlock(nn.Module):
+    """Multi-head self-attention over the 196 regions, then a residual feed-forward block.
+
+    ``attention="fused"`` uses ``F.scaled_dot_product_attention``. ``attention="published"``
+    computes the softmax explicitly and reproduces the published quirk of replacing any score
+    that is exactly 0 by -1e9. The two agree whenever no query/key product is exactly 0.0, and
+    also when a whole query row is 0 (every score masked gives the same uniform softmax as
+    every score 0); see ``docs/model.md`` and ``tests/modeling/test_biam.py``.
+    """
+
+    def __init__(self, channels: int, heads: int, dropout: float, attention: str):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"channel_dim={channels} is not divisible by heads={heads}")
+        if attention not in ("fused", "published"):
+            raise ValueError(f"attention must be 'fused' or 'published', got {attention!r}")
+        self.heads = heads
+        self.dropout = dropout
+        self.attention = attention
+        self.w_q = nn.Conv2d(channels, channels, kernel_size=1)
+        self.w_k = nn.Conv2d(channels, channels, kernel_size=1)
+        self.w_v = nn.Conv2d(channels, channels, kernel_size=1)
+        self.w_o = nn.Conv2d(channels, channels, kernel_size=1)
+        self.out_dropout = nn.Dropout(dropout)
+        self.sub_network = FeedForward(channels)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, D, H, W) -> (B, heads, N, D/heads); channel c belongs to head c // (D / heads).
+        b, d, h, w = x.shape
+        return x.reshape(b, self.heads, d // self.heads, h * w).transpose(2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, d, h, w = x.shape
+        q, k, v = self._split(self.w_q(x)), self._split(self.w_k(x)), self._split(self.w_v(x))
+        p = self.dropout if self.training else 0.0
+        if self.attention == "fused":
+            att = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        else:
+            # float32 so that the -1e9 fill cannot overflow half precision into -inf/NaN.
+            qf, kf, vf = q.float(), k.float(), v.float()
+            scores = qf @ kf.transpose(-2, -1) / math.sqrt(qf.shape[-1])
+            scores = scores.masked_fill(scores == 0, -1e9)
+            weights = F.dropout(scores.softmax(dim=-1), p=p, training=self.training)
+            att = (weights @ vf).to(v.dtype)
+        att = att.transpose(2, 3).reshape(b, d, h, w)
+        o_r = self.out_dropout(self.w_o(att)) + x
+        return self.sub_network(o_r) + o_r
+
+
+class SceneContextBlock(nn.Module):
+    """Gate region channels with the image's scene feature, then a residual conv block."""
+
+    def __init__(self, channels: int, scene_dim: int, dropout: float):
+        super().__init__()
+        self.channel_conv = Conv1x1(channels, channels)
+        self.w_g = nn.Conv2d(scene_dim, channels, kernel_size=1)
+        self.scene_dropout = nn.Dropout(dropout)
+        self.gcff = ConvReluBN(channels, channels)
+
+    def forward(self, h_r: torch.Tensor, scene: torch.Tensor) -> torch.Tensor:
+        q_g = F.leaky_relu(self.channel_conv(h_r), 0.2)  # also used as v_g, as published
+        x_g = self.scene_dropout(scene)
+        # w_g is a 1x1 conv over a 1x1 map, i.e. a linear layer on the (B, scene_dim) vector.
+        k_g = F.linear(x_g, self.w_g.weight.flatten(1), self.w_g.bias)
+        r_g = torch.sigmoid(q_g.mean(dim=(2, 3)) * k_g)
+        c_g = r_g[:, :, None, None] * q_g
+        return c_g + self.gcff(c_g)
+
+
+class BiAM(nn.Module):
+    """Bi-level attention module (Narayan, Gupta et al., ICCV 2021).
+
+    Args (keyword only):
+        channel_dim: D_c, width of the attention blocks (published: 256).
+        heads: attention heads in the region block (published NUS-WIDE: 8).
+        topk: number of top region scores averaged into an image score (published: 6).
+        embed_dim: width of the label embeddings (GloVe: 300).
+        feature_dim: channels of the input region features (VGG19 conv5_4: 512).
+        joint_dim: width of the joint visual-semantic space (512).
+        scene_dim: width of the scene feature (VGG19 fc7: 4096).
+        attn_dropout: dropout on attention weights and after ``w_o`` (0.1).
+        scene_dropout: dropout on the scene feature before ``w_g`` (0.2).
+        attention: "fused" (scaled_dot_product_attention) or "published" (explicit softmax
+            with the zero-score quirk).
+    """
+
+    def __init__(
+        self,
+        *,
+        channel_dim: int = 256,
+        heads: int = 8,
+        topk: int = 6,
+        embed_dim: int = 300,
+        feature_dim: int = 512,
+        joint_dim: int = 512,
+        scene_dim: int = 4096,
+        attn_dropout: float = 0.1,
+        scene_dropout: float = 0.2,
+        attention: str = "fused",
+    ):
+        super().__init__()
+        if not 1 <= topk <= NUM_REGIONS:
+            raise ValueError(f"topk must be in [1, {NUM_REGIONS}], got {topk}")
+        self.topk = topk
+        self.feature_dim = feature_dim
+        self.embed_dim = embed_dim
+        self.scene_dim = scene_dim
+        self.conv_3X3 = ConvReluBN(feature_dim, channel_dim)
+        self.region_context_block = RegionContextBlock(channel_dim, heads, attn_dropout, attention)
+        self.scene_context_block = SceneContextBlock(channel_dim, scene_dim, scene_dropout)
+        self.conv_1X1 = Conv1x1(2 * channel_dim, joint_dim)
+        self.W = nn.Linear(embed_dim, joint_dim)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> dict:
+        """Keyword arguments for ``BiAM`` from a config's ``MODEL`` node."""
+        m = cfg.MODEL
+        return dict(
+            channel_dim=m.CHANNEL_DIM, heads=m.HEADS, topk=m.TOPK, embed_dim=m.EMBED_DIM,
+            feature_dim=m.FEATURE_DIM, joint_dim=m.JOINT_DIM, scene_dim=m.SCENE_DIM,
+            attn_dropout=m.ATTN_DROPOUT, scene_dropout=m.SCENE_DROPOUT, attention=m.ATTENTION,
+        )
+
+    def _check_inputs(self, regions: torch.Tensor, labels: torch.Tensor, scene: torch.Tensor) -> torch.Tensor:
+        if regions.dim() == 3:
+            if regions.shape[1:] != (self.feature_dim, NUM_REGIONS):
+                raise ValueError(f"regions must be (B, {self.feature_dim}, {NUM_REGIONS}), got {tuple(regions.shape)}")
+            regions = regions.reshape(regions.shape[0], self.feature_dim, 14, 14)
+        elif regions.dim() != 4 or regions.shape[1:] != (self.feature_dim, 14, 14):
+            raise ValueError(f"regions must be (B, {self.feature_dim}, 14, 14), got {tuple(regions.shape)}")
+        if labels.dim() != 2 or labels.shape[1] != self.embed_dim:
+            raise ValueError(f"label embeddings must be (C, {self.embed_dim}), got {tuple(labels.shape)}")
+        if scene.dim() != 2 or scene.shape != (regions.shape[0], self.scene_dim):
+            raise ValueError(f"scene features must be ({regions.shape[0]}, {self.scene_dim}), got {tuple(scene.shape)}")
+        return regions
+
+    def joint_features(self, regions: torch.Tensor, scene: torch.Tensor) -> torch.Tensor:
+        """Region features in the joint space, e_f: (B, 196, joint_dim)."""
+        x = regions.to(self.conv_3X3.body.weight.dtype)
+        h_r = self.conv_3X3(x)
+        e_r = self.region_context_block(h_r)
+        e_g = self.scene_context_block(h_r, scene.to(x.dtype))
+        e_f = F.leaky_relu(self.conv_1X1(torch.cat([e_r, e_g], dim=1)), 0.2)
+        return e_f.flatten(2).transpose(1, 2)
+
+    def region_scores(self, regions: torch.Tensor, label_embeddings: torch.Tensor, scene: torch.Tensor) -> torch.Tensor:
+        """Per-region label scores m: (B, 196, C), the attention maps of ``biam.predict``."""
+        regions = self._check_inputs(regions, label_embeddings, scene)
+        e_f = self.joint_features(regions, scene)
+        # The label projection is computed once per forward, shared by all images and regions.
+        w_v = self.W(label_embeddings.to(self.W.weight.dtype))
+        return e_f @ w_v.t().to(e_f.dtype)
+
+    def forward(self, regions: torch.Tensor, label_embeddings: torch.Tensor, scene: torch.Tensor) -> torch.Tensor:
+        """Scores (B, C): the mean of each label's top-k region scores."""
+        m = self.region_scores(regions, label_embeddings, scene)
+        return m.topk(self.topk, dim=1).values.mean(dim=1)
+
+
+def build_model(cfg: Any) -> BiAM:
+    """Translate a config into a ``BiAM`` (the only place that reads ``cfg.MODEL``)."""
+    return BiAM(**BiAM.from_config(cfg))

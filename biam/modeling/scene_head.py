@@ -1,0 +1,113 @@
+"""The frozen VGG19 head that turns conv5_4 region features into the fc7 scene feature.
+
+The published model computes its scene feature ``x_g`` by running the ImageNet VGG19 classifier
+head on the stored region features: last max-pool (2x2, stride 2) -> flatten -> fc6 -> ReLU ->
+fc7 -> ReLU, in eval mode. The head never trains, so it can be run once per image (see
+``biam.data.convert``) instead of at every step as the original did.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+__all__ = ["SceneHead", "vgg19_head_state_dict"]
+
+# Keys of torchvision's VGG19 classifier that the head uses (fc6 and fc7).
+_TV_KEYS = {
+    "fc6.weight": "classifier.0.weight",
+    "fc6.bias": "classifier.0.bias",
+    "fc7.weight": "classifier.3.weight",
+    "fc7.bias": "classifier.3.bias",
+}
+
+
+def vgg19_head_state_dict(vgg_state: Mapping[str, torch.Tensor], source: str = "<state dict>") -> dict:
+    """Pick fc6/fc7 out of a torchvision VGG19 state dict.
+
+    Accepts either a full VGG19 state dict (keys ``classifier.0.*`` and ``classifier.3.*``) or a
+    SceneHead state dict (keys ``fc6.*``/``fc7.*``). Raises ``KeyError`` naming the missing keys
+    and ``source`` (a file name, for the error message).
+    """
+    if all(k in vgg_state for k in _TV_KEYS):
+        return {k: vgg_state[k] for k in _TV_KEYS}
+    missing = [v for v in _TV_KEYS.values() if v not in vgg_state]
+    if missing:
+        raise KeyError(
+            f"{source}: not a VGG19 state dict: missing {', '.join(missing)} "
+            "(expected torchvision's vgg19 keys classifier.0.* and classifier.3.*)"
+        )
+    return {k: vgg_state[v] for k, v in _TV_KEYS.items()}
+
+
+class SceneHead(nn.Module):
+    """Frozen VGG19 pool5 -> fc6 -> fc7 head.
+
+    Input: region features (B, 512, 196) or (B, 512, 14, 14), any float dtype.
+    Output: scene features (B, 4096) in the input's dtype (float32 math under autocast rules).
+    The module is always in eval mode and its parameters never require gradients.
+    """
+
+    def __init__(self, state_dict: Optional[Mapping[str, torch.Tensor]] = None, source: str = "<state dict>"):
+        super().__init__()
+        self.fc6 = nn.Linear(512 * 7 * 7, 4096)
+        self.fc7 = nn.Linear(4096, 4096)
+        if state_dict is not None:
+            head = vgg19_head_state_dict(state_dict, source)
+            shapes = {k: tuple(v.shape) for k, v in head.items()}
+            expected = {k: tuple(v.shape) for k, v in self.state_dict().items()}
+            if shapes != expected:
+                raise ValueError(f"{source}: VGG19 head shapes {shapes} differ from {expected}")
+            self.load_state_dict(head)
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "SceneHead":
+        # Frozen by design: the published head runs without dropout, so never leave eval mode.
+        return super().train(False)
+
+    @classmethod
+    def from_torchvision(cls, vgg: nn.Module) -> "SceneHead":
+        """Build from a ``torchvision.models.vgg19`` instance (its weights are copied)."""
+        return cls(vgg.state_dict(), source="torchvision vgg19")
+
+    @classmethod
+    def from_file(cls, path: str) -> "SceneHead":
+        """Build from a saved VGG19 (or SceneHead) state dict, loaded with ``weights_only=True``."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"VGG19 weights file not found: {path}") from None
+        except (RuntimeError, EOFError, ValueError) as err:
+            raise RuntimeError(f"{path}: cannot read VGG19 weights ({err})") from err
+        if not isinstance(state, Mapping):
+            raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+        return cls(state, source=path)
+
+    @classmethod
+    def random(cls, seed: int = 0) -> "SceneHead":
+        """A seeded random head (torchvision's VGG init: N(0, 0.01) weights, zero bias).
+
+        Only for synthetic data and tests on machines without ImageNet weights; anything it
+        computes is recorded as such in the packed manifest.
+        """
+        gen = torch.Generator().manual_seed(seed)
+        head = cls()
+        with torch.no_grad():
+            for fc in (head.fc6, head.fc7):
+                fc.weight.copy_(torch.randn(fc.weight.shape, generator=gen) * 0.01)
+                fc.bias.zero_()
+        return head
+
+    def forward(self, regions: torch.Tensor) -> torch.Tensor:
+        if regions.dim() == 3:
+            regions = regions.reshape(regions.shape[0], regions.shape[1], 14, 14)
+        if regions.shape[1:] != (512, 14, 14):
+            raise ValueError(f"SceneHead expects (B, 512, 14, 14) or (B, 512, 196), got {tuple(regions.shape)}")
+        x = F.max_pool2d(regions, kernel_size=2, stride=2).flatten(1)
+        # float16 stored features meet float32 weights here; autocast (if on) recasts as it likes.
+        x = F.relu(self.fc6(x.to(self.fc6.weight.dtype)))
+        return F.relu(self.fc7(x))

@@ -1,0 +1,36 @@
+"""Install with ``pip install -e .`` (add ``[test]`` for the test suite)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="biam",
+    version="0.1.0",
+    description="BiAM (ICCV 2021) multi-label zero-shot image tagging, rebuilt for speed and reproducibility",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["biam", "biam.*"]),
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "numpy>=1.22",
+        "h5py>=3.6",
+        "yacs>=0.1.8",
+        "tqdm>=4.60",
+        "matplotlib>=3.5",
+        "pillow>=9.0",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "scikit-learn>=1.0"],
+    },
+    entry_points={
+        "console_scripts": [
+            "biam-train=biam.engine.trainer:main",
+            "biam-evaluate=biam.engine.evaluator:main",
+            "biam-convert=biam.data.convert:main",
+            "biam-predict=biam.predict:main",
+            "biam-benchmark=biam.benchmark:main",
+        ]
+    },
+)
