@@ -1,0 +1,329 @@
+"""Every configuration key of the project, with its default and its allowed values.
+
+Build order (``load_cfg``): these defaults, then the YAML file, then ``KEY VALUE`` pairs from
+the command line, then checks across keys (``check_cfg``), then freeze. Unknown keys and values
+of the wrong type are errors. The resolved config is written beside every run's outputs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Optional, Sequence
+
+from yacs.config import CfgNode as CN
+
+_C = CN()
+
+# ------------------------------------------------------------------------------------------- #
+# Model options
+# ------------------------------------------------------------------------------------------- #
+_C.MODEL = CN()
+
+# Width D_c of the attention blocks (positive int; published: 256)
+_C.MODEL.CHANNEL_DIM = 256
+
+# Attention heads of the region block (positive int dividing CHANNEL_DIM; published NUS-WIDE: 8)
+_C.MODEL.HEADS = 8
+
+# Number of top region scores averaged into an image score (1..196; published: 6)
+_C.MODEL.TOPK = 6
+
+# Width of the label embeddings (positive int; GloVe: 300)
+_C.MODEL.EMBED_DIM = 300
+
+# Channels of the region features (positive int; VGG19 conv5_4: 512)
+_C.MODEL.FEATURE_DIM = 512
+
+# Width of the joint visual-semantic space (positive int; published: 512)
+_C.MODEL.JOINT_DIM = 512
+
+# Width of the scene feature (positive int; VGG19 fc7: 4096)
+_C.MODEL.SCENE_DIM = 4096
+
+# Dropout on attention weights and after w_o (float in [0, 1); published: 0.1)
+_C.MODEL.ATTN_DROPOUT = 0.1
+
+# Dropout on the scene feature before w_g (float in [0, 1); published: 0.2)
+_C.MODEL.SCENE_DROPOUT = 0.2
+
+# Attention kernel: "fused" (scaled_dot_product_attention) or "published" (explicit softmax
+# with the published zero-score quirk; see docs/model.md)
+_C.MODEL.ATTENTION = "fused"
+
+# Weights to start from: "" (random init) or a checkpoint / published state_dict file
+_C.MODEL.WEIGHTS = ""
+
+# Frozen VGG19 weights for the scene head when the packed data has no scene features:
+# "" (fail with instructions if needed), a file with torchvision vgg19 state dict, or
+# "random:<seed>" (seeded random head; only meaningful for synthetic data)
+_C.MODEL.SCENE_HEAD_WEIGHTS = ""
+
+# ------------------------------------------------------------------------------------------- #
+# Data options
+# ------------------------------------------------------------------------------------------- #
+_C.DATA = CN()
+
+# Dataset protocol: "nus_wide" or "openimages" (decides splits, filtering and metrics)
+_C.DATA.DATASET = "nus_wide"
+
+# Directory of the packed dataset written by biam-convert (holds manifest.json)
+_C.DATA.ROOT = "datasets/NUS-WIDE/packed"
+
+# Name of the training split inside DATA.ROOT
+_C.DATA.TRAIN_SPLIT = "train"
+
+# Name of the test split inside DATA.ROOT
+_C.DATA.TEST_SPLIT = "test"
+
+# Fraction of the training split (in name order) used for training before fine-tuning; the
+# rest is the validation set (float in (0, 1]; published NUS-WIDE: 0.8; 1.0 disables validation)
+_C.DATA.TRAIN_FRACTION = 0.8
+
+# Drop training images with more positive labels than this (int; 0 = keep all;
+# published Open Images: 40)
+_C.DATA.MAX_POSITIVES = 0
+
+# Images per block read as one contiguous slice by the shuffling loader (positive int)
+_C.DATA.BLOCK_SIZE = 256
+
+# Blocks mixed in the loader's shuffle buffer (positive int)
+_C.DATA.BUFFER_BLOCKS = 4
+
+# DataLoader worker processes per rank (int >= 0)
+_C.DATA.NUM_WORKERS = 2
+
+# Load the whole split into RAM once ("auto": when it fits in a quarter of free memory,
+# "on", "off")
+_C.DATA.IN_MEMORY = "auto"
+
+# Check shard SHA-256 checksums against the manifest before training (bool)
+_C.DATA.VERIFY_CHECKSUMS = False
+
+# ------------------------------------------------------------------------------------------- #
+# Optimiser and schedule
+# ------------------------------------------------------------------------------------------- #
+_C.SOLVER = CN()
+
+# Peak learning rate (positive float; published NUS-WIDE: 1e-3, Open Images: 1e-4)
+_C.SOLVER.BASE_LR = 1e-3
+
+# Adam betas (two floats in [0, 1))
+_C.SOLVER.BETAS = (0.9, 0.999)
+
+# Weight decay, added to the gradient as in torch.optim.Adam (float >= 0; published: 5e-4)
+_C.SOLVER.WEIGHT_DECAY = 5e-4
+
+# Images per step on each process (positive int; published: 32 on one GPU)
+_C.SOLVER.BATCH_SIZE = 32
+
+# Training epochs before fine-tuning (positive int; published NUS-WIDE: 40, Open Images: 10)
+_C.SOLVER.MAX_EPOCHS = 40
+
+# Linear warm-up epochs: lr * e / WARMUP_EPOCHS in epoch e = 1..WARMUP_EPOCHS (int >= 0)
+_C.SOLVER.WARMUP_EPOCHS = 3
+
+# Schedule after warm-up: "cosine" (anneal to MIN_LR over the remaining epochs) or "constant"
+_C.SOLVER.SCHEDULE = "cosine"
+
+# Floor of the cosine schedule (float >= 0; published NUS-WIDE: 5e-4)
+_C.SOLVER.MIN_LR = 5e-4
+
+# Fine-tuning epochs on all training images after model selection (int >= 0; published: 5)
+_C.SOLVER.FINETUNE_EPOCHS = 5
+
+# Learning rate of the fine-tuning epochs (positive float; published: 3.33e-4)
+_C.SOLVER.FINETUNE_LR = 3.33e-4
+
+# What to do with a batch whose loss is NaN/inf or above MAX_LOSS: "stop" (keep the last good
+# checkpoint and name the batch's images) or "skip" (count, report and go on)
+_C.SOLVER.BAD_LOSS = "stop"
+
+# A loss above this is treated as exploding (positive float)
+_C.SOLVER.MAX_LOSS = 1e4
+
+# ------------------------------------------------------------------------------------------- #
+# Validation and evaluation
+# ------------------------------------------------------------------------------------------- #
+_C.EVAL = CN()
+
+# First epoch with a validation pass (int >= 1; published: 4)
+_C.EVAL.START_EPOCH = 4
+
+# Validate every this many epochs from START_EPOCH (positive int; published: 2)
+_C.EVAL.PERIOD = 2
+
+# Metric used to select the checkpoint to fine-tune: "F1@5" on the seen labels (published),
+# or any key of the seen-label metrics such as "mAP" or "F1@3"
+_C.EVAL.SELECT_METRIC = "F1@5"
+
+# Images per inference batch (positive int)
+_C.EVAL.BATCH_SIZE = 256
+
+# Evaluate on the test split after each fine-tuning epoch (bool; published: True)
+_C.EVAL.TEST_AFTER_FINETUNE = True
+
+# Also report the published (pooled) Open Images AP beside the true per-label mAP (bool)
+_C.EVAL.PUBLISHED_OPENIMAGES_AP = False
+
+# ------------------------------------------------------------------------------------------- #
+# Runtime
+# ------------------------------------------------------------------------------------------- #
+# Directory of the run's outputs: config.yaml, log.txt, metrics.jsonl, checkpoints/
+_C.OUTPUT_DIR = "output/run"
+
+# Random seed (int; published: 3483)
+_C.SEED = 3483
+
+# Device: "auto" (CUDA when present), "cuda" or "cpu"
+_C.DEVICE = "auto"
+
+# Mixed precision: "auto" (bf16 autocast on CUDA, off on CPU), "bf16", "fp16" or "off"
+_C.AMP = "auto"
+
+# Compile the model with torch.compile: "auto" (on for CUDA, off on CPU), "on", "off"
+_C.COMPILE = "auto"
+
+# Use channels-last memory format on CUDA (bool)
+_C.CHANNELS_LAST = True
+
+# Batch norm across processes: "per-rank" (as the original's single process) or "sync"
+_C.DIST_BN = "per-rank"
+
+# Keep only this many most recent epoch checkpoints besides the best (int >= 1)
+_C.KEEP_CHECKPOINTS = 3
+
+# End each epoch after this many optimizer steps (int; 0 = full epochs; for smoke tests)
+_C.MAX_STEPS_PER_EPOCH = 0
+
+# Plot the training curve (loss and validation metric per epoch) to OUTPUT_DIR/curve.png (bool)
+_C.PLOT_CURVE = True
+
+
+_ALLOWED = {
+    "MODEL.ATTENTION": ("fused", "published"),
+    "DATA.DATASET": ("nus_wide", "openimages", "synthetic"),
+    "DATA.IN_MEMORY": ("auto", "on", "off"),
+    "SOLVER.SCHEDULE": ("cosine", "constant"),
+    "SOLVER.BAD_LOSS": ("stop", "skip"),
+    "DEVICE": ("auto", "cuda", "cpu"),
+    "AMP": ("auto", "bf16", "fp16", "off"),
+    "COMPILE": ("auto", "on", "off"),
+    "DIST_BN": ("per-rank", "sync"),
+}
+
+
+def get_cfg_defaults() -> CN:
+    """A fresh, unfrozen copy of the defaults."""
+    return _C.clone()
+
+
+class ConfigError(ValueError):
+    """A config file, override or combination of keys that cannot be used."""
+
+
+def _get(cfg: CN, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def check_cfg(cfg: CN) -> None:
+    """Checks across keys; raises ``ConfigError`` naming the key and the allowed values."""
+    for key, allowed in _ALLOWED.items():
+        if _get(cfg, key) not in allowed:
+            raise ConfigError(f"{key} = {_get(cfg, key)!r}; allowed values: {', '.join(map(repr, allowed))}")
+    m, s, e, d = cfg.MODEL, cfg.SOLVER, cfg.EVAL, cfg.DATA
+    positive = {
+        "MODEL.CHANNEL_DIM": m.CHANNEL_DIM, "MODEL.HEADS": m.HEADS, "MODEL.EMBED_DIM": m.EMBED_DIM,
+        "MODEL.FEATURE_DIM": m.FEATURE_DIM, "MODEL.JOINT_DIM": m.JOINT_DIM, "MODEL.SCENE_DIM": m.SCENE_DIM,
+        "SOLVER.BASE_LR": s.BASE_LR, "SOLVER.BATCH_SIZE": s.BATCH_SIZE, "SOLVER.MAX_EPOCHS": s.MAX_EPOCHS,
+        "SOLVER.FINETUNE_LR": s.FINETUNE_LR, "SOLVER.MAX_LOSS": s.MAX_LOSS, "EVAL.PERIOD": e.PERIOD,
+        "EVAL.START_EPOCH": e.START_EPOCH, "EVAL.BATCH_SIZE": e.BATCH_SIZE, "DATA.BLOCK_SIZE": d.BLOCK_SIZE,
+        "DATA.BUFFER_BLOCKS": d.BUFFER_BLOCKS, "KEEP_CHECKPOINTS": cfg.KEEP_CHECKPOINTS,
+    }
+    for key, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{key} = {value!r}; must be positive")
+    non_negative = {
+        "SOLVER.WARMUP_EPOCHS": s.WARMUP_EPOCHS, "SOLVER.MIN_LR": s.MIN_LR, "SOLVER.WEIGHT_DECAY": s.WEIGHT_DECAY,
+        "SOLVER.FINETUNE_EPOCHS": s.FINETUNE_EPOCHS, "DATA.NUM_WORKERS": d.NUM_WORKERS,
+        "DATA.MAX_POSITIVES": d.MAX_POSITIVES, "MAX_STEPS_PER_EPOCH": cfg.MAX_STEPS_PER_EPOCH,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key} = {value!r}; must be >= 0")
+    if m.CHANNEL_DIM % m.HEADS:
+        raise ConfigError(f"MODEL.CHANNEL_DIM = {m.CHANNEL_DIM} is not divisible by MODEL.HEADS = {m.HEADS}")
+    if not 1 <= m.TOPK <= 196:
+        raise ConfigError(f"MODEL.TOPK = {m.TOPK}; must be in 1..196 (there are 196 regions)")
+    for key, value in (("MODEL.ATTN_DROPOUT", m.ATTN_DROPOUT), ("MODEL.SCENE_DROPOUT", m.SCENE_DROPOUT)):
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{key} = {value!r}; must be in [0, 1)")
+    if not 0.0 < d.TRAIN_FRACTION <= 1.0:
+        raise ConfigError(f"DATA.TRAIN_FRACTION = {d.TRAIN_FRACTION!r}; must be in (0, 1]")
+    if len(s.BETAS) != 2 or not all(0.0 <= b < 1.0 for b in s.BETAS):
+        raise ConfigError(f"SOLVER.BETAS = {s.BETAS!r}; must be two floats in [0, 1)")
+    if s.WARMUP_EPOCHS > s.MAX_EPOCHS:
+        raise ConfigError(f"SOLVER.WARMUP_EPOCHS = {s.WARMUP_EPOCHS} exceeds SOLVER.MAX_EPOCHS = {s.MAX_EPOCHS}")
+    if s.SCHEDULE == "cosine" and s.MIN_LR > s.BASE_LR:
+        raise ConfigError(f"SOLVER.MIN_LR = {s.MIN_LR} exceeds SOLVER.BASE_LR = {s.BASE_LR}")
+    if m.SCENE_HEAD_WEIGHTS.startswith("random:"):
+        seed = m.SCENE_HEAD_WEIGHTS.split(":", 1)[1]
+        if not seed.isdigit():
+            raise ConfigError(f"MODEL.SCENE_HEAD_WEIGHTS = {m.SCENE_HEAD_WEIGHTS!r}; use 'random:<int seed>'")
+
+
+def load_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (), freeze: bool = True) -> CN:
+    """Defaults <- YAML file <- ``KEY VALUE`` overrides, then checks, then freeze.
+
+    Args:
+        config_file: a YAML file (parsed with yaml.safe_load by yacs, never executed) or None.
+        opts: a flat list ``[KEY1, VALUE1, KEY2, VALUE2, ...]`` from the command line.
+    Raises:
+        ConfigError: for a missing file, an unknown key, a value of the wrong type, an odd
+            number of override tokens, or a failed cross-key check.
+    """
+    cfg = get_cfg_defaults()
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise ConfigError(f"config file not found: {config_file}")
+        if config_file.endswith(".py"):
+            raise ConfigError(f"{config_file}: Python config files are not accepted (configs are parsed, never run)")
+        try:
+            cfg.merge_from_file(config_file)
+        except KeyError as err:
+            raise ConfigError(f"{config_file}: unknown config key {err}") from None
+        except ValueError as err:
+            raise ConfigError(f"{config_file}: {err}") from None
+    opts = list(opts)
+    if len(opts) % 2:
+        raise ConfigError(f"overrides must be KEY VALUE pairs, got an odd number of tokens: {opts}")
+    for key, value in zip(opts[0::2], opts[1::2]):
+        try:
+            cfg.merge_from_list([key, value])
+        except (KeyError, AssertionError) as err:
+            raise ConfigError(f"override {key}: unknown config key ({err})") from None
+        except ValueError as err:
+            raise ConfigError(f"override {key} {value}: {err}") from None
+    check_cfg(cfg)
+    if freeze:
+        cfg.freeze()
+    return cfg
+
+
+def add_config_arguments(parser) -> None:
+    """``--config-file FILE`` and trailing ``KEY VALUE`` overrides for an argparse parser."""
+    parser.add_argument("--config-file", default="", metavar="FILE", help="YAML config file (see configs/)")
+    parser.add_argument(
+        "opts", nargs="*", default=[], metavar="KEY VALUE",
+        help="config overrides, e.g. SOLVER.BASE_LR 1e-4 OUTPUT_DIR output/x (keys: biam/config/defaults.py)",
+    )
+
+
+def dump_cfg(cfg: CN, path: str) -> None:
+    """Write the resolved config as YAML (atomically) beside the run's outputs."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(cfg.dump())
+    os.replace(tmp, path)

@@ -1,0 +1,154 @@
+"""Atomic, complete checkpoints and resuming from them.
+
+A checkpoint holds everything needed to continue a run bit for bit on the CPU: model,
+optimiser, scheduler, grad scaler, RNG states, epoch, best metric and the config. It is written
+to a temporary file, flushed to disk and renamed, so a crash (or a full disk) at any moment
+leaves the previous checkpoints intact. Names carry zero-padded epochs so they sort.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import random
+import re
+from typing import Any, Dict, Mapping, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "checkpoint_path", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
+    "rng_state", "set_rng_state", "load_model_weights", "CheckpointError", "atomic_torch_save",
+]
+
+_NAME = re.compile(r"^checkpoint_epoch_(\d{4,})\.pth$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+def checkpoint_path(ckpt_dir: str, epoch: int) -> str:
+    return os.path.join(ckpt_dir, f"checkpoint_epoch_{epoch:04d}.pth")
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """``torch.save`` to ``path.tmp``, fsync, rename: the file is complete or absent."""
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # A failed write (disk full, interrupt) must not leave a half file that looks usable.
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def rng_state() -> Dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    random.setstate(_as_python_state(state["python"]))
+    np.random.set_state(tuple(state["numpy"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_python_state(state):
+    # weights_only loading returns lists where random.getstate() had tuples.
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
+
+
+def save_checkpoint(ckpt_dir: str, epoch: int, state: Dict[str, Any], keep: int = 3) -> str:
+    """Write ``checkpoint_epoch_{epoch:04d}.pth`` atomically and prune older ones beyond ``keep``."""
+    os.makedirs(ckpt_dir, exist_ok=True)
+    path = checkpoint_path(ckpt_dir, epoch)
+    atomic_torch_save(state, path)
+    existing = sorted(p for p in os.listdir(ckpt_dir) if _NAME.match(p))
+    for name in existing[:-keep]:
+        os.remove(os.path.join(ckpt_dir, name))
+    return path
+
+
+def latest_checkpoint(ckpt_dir: str) -> Optional[str]:
+    """The complete checkpoint with the highest epoch in ``ckpt_dir`` (temporary files ignored)."""
+    if not os.path.isdir(ckpt_dir):
+        return None
+    names = sorted(p for p in os.listdir(ckpt_dir) if _NAME.match(p))
+    return os.path.join(ckpt_dir, names[-1]) if names else None
+
+
+def load_checkpoint(path: str) -> Dict[str, Any]:
+    """Load a checkpoint (or a plain state dict) with ``weights_only=True``.
+
+    Raises ``CheckpointError`` naming the file for a missing, truncated or corrupt file.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, OSError) as err:
+        raise CheckpointError(
+            f"{path}: cannot be read as a checkpoint (truncated or corrupt? {type(err).__name__}: {err})"
+        ) from err
+    except Exception as err:  # noqa: BLE001 - unpickling errors come in many types; re-raised with the file named
+        raise CheckpointError(f"{path}: refused or unreadable checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
+    return dict(obj)
+
+
+def model_state_from(obj: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
+    """The model's state dict inside a training checkpoint, or the object itself if it is one."""
+    if "model" in obj and isinstance(obj["model"], Mapping):
+        return obj["model"]
+    return obj
+
+
+def load_model_weights(model: nn.Module, path: str) -> Dict[str, Any]:
+    """Load weights into ``model`` from a training checkpoint or a published plain state dict.
+
+    Keys and shapes must match exactly; otherwise ``CheckpointError`` lists the missing,
+    unexpected and mismatched keys with their shapes. Returns the loaded object.
+    """
+    obj = load_checkpoint(path)
+    state = dict(model_state_from(obj))
+    # DDP / torch.compile wrappers prefix keys; accept checkpoints saved from either.
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        lines = [f"{path}: checkpoint does not fit the model config"]
+        if missing:
+            lines.append("  missing keys: " + ", ".join(missing))
+        if unexpected:
+            lines.append("  unexpected keys: " + ", ".join(unexpected))
+        if mismatched:
+            lines.append("  shape mismatches: " + "; ".join(mismatched))
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict(state, strict=True)
+    return obj

@@ -1,0 +1,61 @@
+"""Readable log lines for people plus one JSON line per epoch for scripts. Rank 0 only."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from typing import Any, Dict, Optional
+
+from . import comm
+
+__all__ = ["setup_logger", "JsonlWriter"]
+
+
+def setup_logger(output_dir: Optional[str], name: str = "biam") -> logging.Logger:
+    """Logger writing to stdout and ``<output_dir>/log.txt`` on rank 0; silent elsewhere."""
+    logger = logging.getLogger(name)
+    logger.handlers.clear()
+    logger.propagate = False
+    if not comm.is_main_process():
+        logger.setLevel(logging.ERROR)
+        logger.addHandler(logging.NullHandler())
+        return logger
+    logger.setLevel(logging.INFO)
+    fmt = logging.Formatter("[%(asctime)s] %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+    stream = logging.StreamHandler(sys.stdout)
+    stream.setFormatter(fmt)
+    logger.addHandler(stream)
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        fh = logging.FileHandler(os.path.join(output_dir, "log.txt"), encoding="utf-8")
+        fh.setFormatter(fmt)
+        logger.addHandler(fh)
+    return logger
+
+
+def _clean(value: Any) -> Any:
+    # JSON has no NaN/inf; write null so every line stays parseable by strict readers.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class JsonlWriter:
+    """Appends one JSON object per line to a file (rank 0 only), flushed at once."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def write(self, record: Dict[str, Any]) -> None:
+        if not comm.is_main_process():
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(_clean(record), sort_keys=True) + "\n")
+            f.flush()
