@@ -1,0 +1,80 @@
+"""Atomic checkpoints: complete or absent, pruned, found again, and checked against the model."""
+
+import os
+
+import pytest
+import torch
+
+from biam.engine import checkpoint as ckpt
+from biam.modeling import BiAM
+
+
+def tiny():
+    return BiAM(channel_dim=16, heads=2, joint_dim=32, embed_dim=8)
+
+
+def test_save_prune_and_latest(tmp_path):
+    d = str(tmp_path / "ckpt")
+    for epoch in (1, 2, 3, 10):
+        ckpt.save_checkpoint(d, epoch, {"epoch": epoch}, keep=2)
+    assert sorted(os.listdir(d)) == ["checkpoint_epoch_0003.pth", "checkpoint_epoch_0010.pth"]
+    assert ckpt.latest_checkpoint(d).endswith("checkpoint_epoch_0010.pth")
+    # A leftover temporary file from a killed write is never taken for a checkpoint.
+    open(os.path.join(d, "checkpoint_epoch_0011.pth.tmp"), "wb").write(b"half")
+    assert ckpt.latest_checkpoint(d).endswith("checkpoint_epoch_0010.pth")
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    model = tiny()
+    path = tmp_path / "m.pth"
+    torch.save(model.state_dict(), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ckpt.CheckpointError, match="m.pth"):
+        ckpt.load_model_weights(tiny(), str(path))
+
+
+def test_checkpoint_of_another_config_names_keys_and_shapes(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save(BiAM(channel_dim=32, heads=2, joint_dim=32, embed_dim=8).state_dict(), path)
+    with pytest.raises(ckpt.CheckpointError) as err:
+        ckpt.load_model_weights(tiny(), str(path))
+    msg = str(err.value)
+    assert "conv_3X3.body.weight" in msg and "(32, 512, 3, 3)" in msg and "(16, 512, 3, 3)" in msg
+
+
+def test_plain_state_dict_and_training_checkpoint_both_load(tmp_path):
+    src = tiny()
+    torch.save(src.state_dict(), tmp_path / "plain.pth")
+    torch.save({"model": src.state_dict(), "epoch": 3}, tmp_path / "train.pth")
+    for name in ("plain.pth", "train.pth"):
+        dst = tiny()
+        ckpt.load_model_weights(dst, str(tmp_path / name))
+        for (k, a), b in zip(src.state_dict().items(), dst.state_dict().values()):
+            assert torch.equal(a, b), k
+
+
+def test_code_in_a_checkpoint_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.remove, (str(tmp_path / "victim"),))
+
+    (tmp_path / "victim").write_text("still here")
+    torch.save({"model": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(ckpt.CheckpointError, match="evil.pth"):
+        ckpt.load_checkpoint(str(tmp_path / "evil.pth"))
+    assert (tmp_path / "victim").exists()
+
+
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path):
+    d = str(tmp_path)
+    ckpt.save_checkpoint(d, 1, {"epoch": 1, "w": torch.ones(3)})
+
+    class Unsaveable:
+        def __reduce__(self):
+            raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        ckpt.save_checkpoint(d, 2, {"epoch": 2, "bad": Unsaveable()})
+    assert sorted(os.listdir(d)) == ["checkpoint_epoch_0001.pth"]
+    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(d))["epoch"] == 1
