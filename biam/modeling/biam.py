@@ -7,22 +7,23 @@ that ``load_state_dict(published, strict=True)`` works unchanged.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-__all__ = ["BiAM", "build_model", "ConvReluBN", "NUM_REGIONS"]
+__all__ = ["BiAM", "build_model", "ConvReluBN", "NUM_REGIONS", "load_published_state_dict"]
 
 NUM_REGIONS = 196  # 14 x 14 conv5_4 cells
 
 
 class ConvReluBN(nn.Module):
-    """3x3 conv -> ReLU -> BatchNorm2d, in that order (ReLU *before* BN, as published).
+    """3x3 conv (padding 1) -> ReLU -> BatchNorm2d, in that order (ReLU *before* BN, as published).
 
-    ``momentum=0.99`` is PyTorch's convention: running statistics follow the newest batch almost
-    entirely. Kept because the published checkpoints' running statistics were made that way.
+    (B, in_channels, H, W) -> (B, out_channels, H, W). ``momentum=0.99`` is PyTorch's convention:
+    running statistics follow the newest batch almost entirely. Kept because the published
+    checkpoints' running statistics were made that way.
     """
 
     def __init__(self, in_channels: int, out_channels: int):
@@ -35,7 +36,7 @@ class ConvReluBN(nn.Module):
 
 
 class Conv1x1(nn.Module):
-    """A 1x1 conv stored under ``<name>.body`` (published key layout)."""
+    """A 1x1 conv stored under ``<name>.body`` (published key layout): (B, I, H, W) -> (B, O, H, W)."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
@@ -46,7 +47,7 @@ class Conv1x1(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """1x1 conv D -> 2D, ReLU, 1x1 conv 2D -> D (``sub_network``)."""
+    """1x1 conv D -> 2D, ReLU, 1x1 conv 2D -> D (``sub_network``): (B, D, H, W) -> (B, D, H, W)."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -59,6 +60,8 @@ class FeedForward(nn.Module):
 
 class RegionContextBlock(nn.Module):
     """Multi-head self-attention over the 196 regions, then a residual feed-forward block.
+
+    (B, D, 14, 14) ``h_r`` -> (B, D, 14, 14) ``e_r``.
 
     ``attention="fused"`` uses ``F.scaled_dot_product_attention``. ``attention="published"``
     computes the softmax explicitly and reproduces the published quirk of replacing any score
@@ -107,7 +110,10 @@ class RegionContextBlock(nn.Module):
 
 
 class SceneContextBlock(nn.Module):
-    """Gate region channels with the image's scene feature, then a residual conv block."""
+    """Gate region channels with the image's scene feature, then a residual conv block.
+
+    ``h_r`` (B, D, 14, 14) and scene (B, scene_dim) -> ``e_g`` (B, D, 14, 14).
+    """
 
     def __init__(self, channels: int, scene_dim: int, dropout: float):
         super().__init__()
@@ -172,7 +178,11 @@ class BiAM(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Any) -> dict:
-        """Keyword arguments for ``BiAM`` from a config's ``MODEL`` node."""
+        """Keyword arguments for ``BiAM`` read from ``cfg.MODEL`` (a dict; ``build_model`` builds).
+
+        Reads CHANNEL_DIM, HEADS, TOPK, EMBED_DIM, FEATURE_DIM, JOINT_DIM, SCENE_DIM,
+        ATTN_DROPOUT, SCENE_DROPOUT and ATTENTION.
+        """
         m = cfg.MODEL
         return dict(
             channel_dim=m.CHANNEL_DIM, heads=m.HEADS, topk=m.TOPK, embed_dim=m.EMBED_DIM,
@@ -194,7 +204,11 @@ class BiAM(nn.Module):
         return regions
 
     def joint_features(self, regions: torch.Tensor, scene: torch.Tensor) -> torch.Tensor:
-        """Region features in the joint space, e_f: (B, 196, joint_dim)."""
+        """Region features in the joint space.
+
+        regions (B, feature_dim, 14, 14) and scene (B, scene_dim) -> e_f (B, 196, joint_dim),
+        region index = row * 14 + col. Inputs are not checked here (``region_scores`` does).
+        """
         x = regions.to(self.conv_3X3.body.weight.dtype)
         h_r = self.conv_3X3(x)
         e_r = self.region_context_block(h_r)
@@ -203,7 +217,16 @@ class BiAM(nn.Module):
         return e_f.flatten(2).transpose(1, 2)
 
     def region_scores(self, regions: torch.Tensor, label_embeddings: torch.Tensor, scene: torch.Tensor) -> torch.Tensor:
-        """Per-region label scores m: (B, 196, C), the attention maps of ``biam.predict``."""
+        """Per-region label scores.
+
+        Args:
+            regions: (B, feature_dim, 196) or (B, feature_dim, 14, 14) conv5_4 features.
+            label_embeddings: (C, embed_dim), rows L2-normalised by the caller.
+            scene: (B, scene_dim) fc7 scene features.
+        Returns:
+            m: (B, 196, C), the attention maps of ``biam.predict``; dtype of the computation
+            (float32, or the autocast dtype).
+        """
         regions = self._check_inputs(regions, label_embeddings, scene)
         e_f = self.joint_features(regions, scene)
         # The label projection is computed once per forward, shared by all images and regions.
@@ -211,11 +234,59 @@ class BiAM(nn.Module):
         return e_f @ w_v.t().to(e_f.dtype)
 
     def forward(self, regions: torch.Tensor, label_embeddings: torch.Tensor, scene: torch.Tensor) -> torch.Tensor:
-        """Scores (B, C): the mean of each label's top-k region scores."""
+        """Image scores (B, C) float32: the mean of each label's top-k region scores.
+
+        Same inputs as ``region_scores``. Under autocast the top-k values are averaged in
+        float32, so the scores handed to the loss and the metrics are always float32.
+        """
         m = self.region_scores(regions, label_embeddings, scene)
-        return m.topk(self.topk, dim=1).values.mean(dim=1)
+        return m.topk(self.topk, dim=1).values.float().mean(dim=1)
 
 
 def build_model(cfg: Any) -> BiAM:
     """Translate a config into a ``BiAM`` (the only place that reads ``cfg.MODEL``)."""
     return BiAM(**BiAM.from_config(cfg))
+
+
+def load_published_state_dict(model: nn.Module, state: Mapping[str, Any], source: str = "<state dict>") -> nn.Module:
+    """Load a published (or our own) BiAM ``state_dict`` into ``model`` with strict checking.
+
+    Args:
+        model: the ``BiAM`` to fill (its parameters are overwritten in place).
+        state: mapping key -> tensor, e.g. from ``torch.load(path, weights_only=True)``.
+        source: where ``state`` came from (a file name), used in error messages.
+    Returns:
+        ``model``.
+    Raises:
+        ValueError listing, with shapes, every missing key, unexpected key and key whose shape
+        differs, so that a wrong ``MODEL.HEADS``/``CHANNEL_DIM`` or a foreign file is named at
+        once instead of by the first failing ``copy_``.
+    """
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{source}: expected a state dict (a mapping of names to tensors), found {type(state).__name__}")
+    expected = model.state_dict()
+    not_tensors = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
+    missing = sorted(k for k in expected if k not in state)
+    unexpected = sorted(k for k in state if k not in expected)
+    mismatched = sorted(
+        k for k in expected
+        if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != expected[k].shape
+    )
+    if not (not_tensors or missing or unexpected or mismatched):
+        model.load_state_dict(state, strict=True)
+        return model
+    lines = [f"{source}: state dict does not fit the model ({type(model).__name__})"]
+    for k in missing:
+        lines.append(f"  missing: {k} {tuple(expected[k].shape)}")
+    for k in unexpected:
+        shape = tuple(state[k].shape) if isinstance(state[k], torch.Tensor) else type(state[k]).__name__
+        lines.append(f"  unexpected: {k} {shape}")
+    for k in mismatched:
+        lines.append(f"  shape mismatch: {k}: file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}")
+    for k in not_tensors:
+        if k in expected:
+            lines.append(f"  not a tensor: {k} ({type(state[k]).__name__})")
+    if unexpected and all(k.startswith("module.") for k in unexpected):
+        # DataParallel/DistributedDataParallel wrappers prefix every key; say so rather than guess.
+        lines.append("  hint: every unexpected key starts with 'module.' (saved from a DataParallel wrapper)")
+    raise ValueError("\n".join(lines))

@@ -3,12 +3,15 @@
 Published: for each image, every (positive p, negative n) pair contributes
 max(0, 1 + s_n - s_p); the image loss is that sum over the number of pairs that contribute
 (+1e-8); the batch loss is the mean over images that have a positive label. The published code
-materialises a (B, C, C) tensor, 1.6 GB of float32 for 32 images x 7186 labels. Here each
-positive's sum over negatives is read off sorted negative scores with prefix sums:
+materialises (B, C, C) tensors: 1.65e9 entries (6.6 GB in float32) for 32 images x 7186 labels.
+Here each positive's sum over negatives is read off the negative scores sorted in descending
+order with a running sum:
 
-    sum_{n: s_n > s_p - 1} (1 + s_n - s_p) = cnt_p * (1 - s_p) + sum_{n: s_n > s_p - 1} s_n
+    sum_{n: s_n > s_p - 1} (1 + s_n - s_p) = cnt_p * (1 - s_p) + (sum of the cnt_p largest s_n)
 
-which has the same value and, through autograd of sort/cumsum/gather, the same gradient.
+which has the same value and, through autograd of sort/cumsum/gather, the same gradient
+(d/ds_p = -cnt_p, d/ds_n = number of positives whose margin n violates). Every tensor is
+(B, C) or smaller.
 """
 
 from __future__ import annotations
@@ -22,36 +25,37 @@ def ranking_loss(scores: torch.Tensor, labels: torch.Tensor, margin: float = 1.0
     """Pairwise ranking loss.
 
     Args:
-        scores: (B, C) float scores.
+        scores: (B, C) float scores (any float dtype; computed in float32/float64).
         labels: (B, C) integer labels in {-1, 0, +1}; 0 entries take part in no pair.
+        margin: the 1 of max(0, 1 + s_n - s_p).
     Returns:
         A scalar float32 tensor. Images without any +1 label are left out of the mean; if no
-        image has one, the loss is 0 (still attached to the graph).
+        image has one, the loss is 0 (still attached to the graph). An image with positives but
+        no negatives contributes 0 to the mean, as published (0 / (0 + 1e-8)).
     """
     if scores.shape != labels.shape or scores.dim() != 2:
         raise ValueError(f"scores {tuple(scores.shape)} and labels {tuple(labels.shape)} must both be (B, C)")
     s = scores.float()
     pos = labels > 0
     neg = labels < 0
+    # Masks instead of boolean indexing: no data-dependent shapes or host syncs, so the loss
+    # compiles into one graph and never waits on the GPU.
     keep = pos.any(dim=1)
-    if not bool(keep.any()):
-        return s.sum() * 0.0
-    s, pos, neg = s[keep], pos[keep], neg[keep]
 
-    # Negatives sorted ascending; non-negatives become -inf and so sit first and never count.
-    neg_sorted, _ = torch.where(neg, s, torch.full_like(s, float("-inf"))).sort(dim=1)
-    finite = torch.where(torch.isfinite(neg_sorted), neg_sorted, torch.zeros_like(neg_sorted))
-    # prefix[:, j] = sum of the j smallest entries; suffix from j = total - prefix[:, j].
-    prefix = torch.cat([torch.zeros_like(finite[:, :1]), finite.cumsum(dim=1)], dim=1)
-    num_cols = s.shape[1]
-
-    threshold = (s - margin).contiguous()
-    # Entries <= s_p - margin contribute nothing (max(0, .) is 0 there, with zero gradient).
-    first_active = torch.searchsorted(neg_sorted.detach().contiguous(), threshold.detach(), right=True)
-    count = (num_cols - first_active).to(s.dtype)
-    active_sum = prefix[:, -1:] - prefix.gather(1, first_active)
-    per_pos = count * (margin - s) + active_sum
+    # Negative scores, largest first; non-negatives become -inf and so sit last and never count.
+    neg_desc = torch.where(neg, s, torch.full_like(s, float("-inf"))).sort(dim=1, descending=True).values
+    # cnt_p = #{n : s_n > s_p - margin} = #{n : -s_n < margin - s_p}; searchsorted needs an
+    # ascending sequence, and -neg_desc is one. Ties exactly at the margin contribute 0 and are
+    # not counted, as in the published "pairs with a positive contribution".
+    count = torch.searchsorted((-neg_desc).detach().contiguous(), (margin - s).detach().contiguous(), right=False)
+    # Running sums in float64: count * (1 - s_p) and the sum of the top negatives can be large
+    # and cancel (7186 labels), so float32 would lose digits the (B, C, C) sum keeps.
+    finite = torch.where(torch.isfinite(neg_desc), neg_desc, torch.zeros_like(neg_desc)).double()
+    top_sums = torch.cat([torch.zeros_like(finite[:, :1]), finite.cumsum(dim=1)], dim=1)
+    active_sum = top_sums.gather(1, count)
+    count_f = count.to(torch.float64)
+    per_pos = count_f * (margin - s.double()) + active_sum
     per_pos = torch.where(pos, per_pos, torch.zeros_like(per_pos))
-    pairs = torch.where(pos, count, torch.zeros_like(count)).sum(dim=1)
+    pairs = torch.where(pos, count_f, torch.zeros_like(count_f)).sum(dim=1)
     per_image = per_pos.sum(dim=1) / (pairs + 1e-8)
-    return per_image.mean()
+    return (per_image.sum() / keep.sum().clamp(min=1)).float()

@@ -46,9 +46,11 @@ def vgg19_head_state_dict(vgg_state: Mapping[str, torch.Tensor], source: str = "
 class SceneHead(nn.Module):
     """Frozen VGG19 pool5 -> fc6 -> fc7 head.
 
-    Input: region features (B, 512, 196) or (B, 512, 14, 14), any float dtype.
-    Output: scene features (B, 4096) in the input's dtype (float32 math under autocast rules).
-    The module is always in eval mode and its parameters never require gradients.
+    Input: region features (B, 512, 196) or (B, 512, 14, 14), any float dtype (float16 stored
+    features are cast to the weights' dtype after the max-pool).
+    Output: scene features (B, 4096) in the weights' dtype (float32), or the autocast dtype
+    when autocast is on. The module is always in eval mode, its parameters never require
+    gradients and its forward records no graph: ``x_g`` is a constant input of BiAM.
     """
 
     def __init__(self, state_dict: Optional[Mapping[str, torch.Tensor]] = None, source: str = "<state dict>"):
@@ -102,10 +104,12 @@ class SceneHead(nn.Module):
                 fc.bias.zero_()
         return head
 
+    @torch.no_grad()
     def forward(self, regions: torch.Tensor) -> torch.Tensor:
-        if regions.dim() == 3:
-            regions = regions.reshape(regions.shape[0], regions.shape[1], 14, 14)
-        if regions.shape[1:] != (512, 14, 14):
+        """(B, 512, 196) or (B, 512, 14, 14) conv5_4 features -> (B, 4096) fc7 features."""
+        if regions.dim() == 3 and regions.shape[1:] == (512, 196):
+            regions = regions.reshape(regions.shape[0], 512, 14, 14)
+        if regions.dim() != 4 or regions.shape[1:] != (512, 14, 14):
             raise ValueError(f"SceneHead expects (B, 512, 14, 14) or (B, 512, 196), got {tuple(regions.shape)}")
         x = F.max_pool2d(regions, kernel_size=2, stride=2).flatten(1)
         # float16 stored features meet float32 weights here; autocast (if on) recasts as it likes.
