@@ -1,0 +1,377 @@
+"""Tests of datasets/OpenImages/download_imgs.py against a real HTTP server on 127.0.0.1.
+
+The server (http.server in a thread, ephemeral port) serves generated images and misbehaves on
+purpose: 404, wrong bytes for the listed MD5, non-image bytes, a body cut short, a handler that
+sleeps past the client timeout, 503/429 the first time then the image. It counts requests per
+path so retries and resumption can be checked.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import importlib.util
+import io
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+SCRIPT = Path(__file__).resolve().parents[2] / "datasets" / "OpenImages" / "download_imgs.py"
+
+
+def _load_module():
+    spec = importlib.util.spec_from_file_location("openimages_download_imgs", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look the module up in sys.modules while the class bodies run.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+dl = _load_module()
+
+TIMEOUT = 0.4  # client timeout used by the tests, seconds
+SLOW_SLEEP = 1.5  # the slow handler waits this long before answering
+
+
+def _image_bytes(size, fmt="JPEG", mode="RGB", seed=0) -> bytes:
+    img = Image.effect_noise(size, 40 + seed).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _b64md5(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+class _Server:
+    """A threaded HTTP server with scripted routes; counts requests per path."""
+
+    def __init__(self):
+        self.routes = {}  # path -> callable(handler, n_th_request) -> None
+        self.counts = {}
+        self.errors = []  # exceptions raised in handlers (e.g. client hung up on a slow one)
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                with outer.lock:
+                    n = outer.counts.get(self.path, 0)
+                    outer.counts[self.path] = n + 1
+                route = outer.routes.get(self.path)
+                if route is None:
+                    self.send_error(404, "no such image")
+                    return
+                route(self, n)
+
+            def log_message(self, format, *args):
+                pass  # keep pytest output readable; the counts are what the tests check
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):
+                outer.errors.append(sys.exc_info()[1])
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path):
+        return self.base + path
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _send(handler, body: bytes, status=200, ctype="image/jpeg", headers=()):
+    handler.send_response(status)
+    handler.send_header("Content-Type", ctype)
+    handler.send_header("Content-Length", str(len(body)))
+    for k, v in headers:
+        handler.send_header(k, v)
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def ok(body):
+    return lambda h, n: _send(h, body)
+
+
+def fail_first(status, body, headers=()):
+    def route(h, n):
+        if n == 0:
+            _send(h, b"busy", status=status, ctype="text/plain", headers=headers)
+        else:
+            _send(h, body)
+    return route
+
+
+def slow(body):
+    def route(h, n):
+        time.sleep(SLOW_SLEEP)
+        _send(h, body)
+    return route
+
+
+def cut_short(body):
+    def route(h, n):
+        # Promise the whole body, send half, hang up: the client sees an incomplete read.
+        h.send_response(200)
+        h.send_header("Content-Type", "image/jpeg")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body[: len(body) // 2])
+        h.wfile.flush()
+        h.close_connection = True
+    return route
+
+
+@pytest.fixture
+def server():
+    s = _Server()
+    yield s
+    s.close()
+
+
+def _write_csv(path: Path, rows, bom=False, columns=("ImageID", "Subset", "OriginalURL", "OriginalMD5", "Thumbnail300KURL")):
+    with open(path, "w", encoding="utf-8-sig" if bom else "utf-8", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(columns)
+        for row in rows:
+            w.writerow(row)
+
+
+def _read_report(path: Path):
+    with open(path, encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _run(args, capsys):
+    code = dl.main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+GOOD_LAND = _image_bytes((640, 480), seed=1)
+GOOD_PORT = _image_bytes((300, 700), fmt="PNG", seed=2)
+RETRY_IMG = _image_bytes((512, 400), seed=3)
+SLOW_IMG = _image_bytes((320, 320), seed=4)
+
+
+@pytest.fixture
+def scenario(server, tmp_path):
+    """Routes and CSV for a mixed run: two good, corrupt, not-an-image, 404, slow, 503, 429, cut."""
+    wrong = _image_bytes((400, 300), seed=9)
+    server.routes.update({
+        "/good1.jpg": ok(GOOD_LAND),
+        "/good2.png": ok(GOOD_PORT),
+        "/corrupt.jpg": ok(wrong),
+        "/text.jpg": ok(b"<html>not an image</html>"),
+        "/slow.jpg": slow(SLOW_IMG),
+        "/flaky.jpg": fail_first(503, RETRY_IMG),
+        "/limited.jpg": fail_first(429, RETRY_IMG, headers=[("Retry-After", "0")]),
+        "/cut.jpg": cut_short(GOOD_LAND),
+    })
+    rows = [
+        ("000000000000good", "train", server.url("/good1.jpg"), _b64md5(GOOD_LAND), ""),
+        ("00000000000good2", "train", server.url("/good2.png"), _b64md5(GOOD_PORT), ""),
+        ("00000000corrupt0", "train", server.url("/corrupt.jpg"), _b64md5(GOOD_LAND), ""),
+        ("0000000000notimg", "train", server.url("/text.jpg"), _b64md5(b"<html>not an image</html>"), ""),
+        ("0000000000000404", "train", server.url("/missing.jpg"), _b64md5(GOOD_LAND), ""),
+        ("00000000000slow0", "train", server.url("/slow.jpg"), _b64md5(SLOW_IMG), ""),
+        ("0000000000flaky0", "train", server.url("/flaky.jpg"), _b64md5(RETRY_IMG), ""),
+        ("00000000limited0", "train", server.url("/limited.jpg"), "", ""),
+        ("00000000000cut00", "train", server.url("/cut.jpg"), _b64md5(GOOD_LAND), ""),
+    ]
+    csv_path = tmp_path / "images.csv"
+    _write_csv(csv_path, rows, bom=True)
+    out = tmp_path / "out"
+    args = ["--csv", csv_path, "--out", out, "--workers", 4, "--retries", 2,
+            "--timeout", TIMEOUT, "--backoff", 0.01]
+    return csv_path, out, args
+
+
+def test_mixed_run_report_retries_and_resume(server, scenario, capsys):
+    csv_path, out, args = scenario
+    code, stdout, _ = _run(args, capsys)
+    assert code == 1  # some images failed
+
+    # Good and retried images exist, are JPEGs with short side 256 and the aspect ratio kept.
+    expected = {"000000000000good": (640, 480), "00000000000good2": (300, 700),
+                "0000000000flaky0": (512, 400), "00000000limited0": (512, 400)}
+    for image_id, (w, h) in expected.items():
+        with Image.open(out / f"{image_id}.jpg") as img:
+            img.load()
+            assert img.format == "JPEG" and img.mode == "RGB"
+            assert min(img.size) == 256
+            assert abs(img.size[0] / img.size[1] - w / h) < 0.01
+
+    # Only complete final files: no partial or temporary file of any failed image.
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted([f"{i}.jpg" for i in expected] + [dl.REPORT_NAME])
+
+    report = {r["image_id"]: r for r in _read_report(out / dl.REPORT_NAME)}
+    assert {k: v["reason"] for k, v in report.items()} == {
+        "00000000corrupt0": "checksum mismatch",
+        "0000000000notimg": "not an image",
+        "0000000000000404": "http 404",
+        "00000000000slow0": "timeout",
+        "00000000000cut00": "connection error",
+    }
+    assert report["0000000000000404"]["url"] == server.url("/missing.jpg")
+    assert "OriginalMD5 says" in report["00000000corrupt0"]["detail"]
+
+    # Retries: 404 and checksum failures are permanent (one request), transient ones retried.
+    c = server.counts
+    assert c["/missing.jpg"] == 1
+    assert c["/corrupt.jpg"] == 1
+    assert c["/text.jpg"] == 1
+    assert c["/slow.jpg"] == 3  # first try + 2 retries, all timed out
+    assert c["/cut.jpg"] == 3
+    assert c["/flaky.jpg"] == 2 and c["/limited.jpg"] == 2
+
+    # The printed summary groups failures by reason.
+    assert "downloaded: 4" in stdout and "failed: 5" in stdout
+    for reason in ("checksum mismatch: 1", "http 404: 1", "timeout: 1", "not an image: 1", "connection error: 1"):
+        assert reason in stdout
+
+    # Rerun: finished images are not requested again; failed ones are tried again.
+    before = dict(server.counts)
+    code2, stdout2, _ = _run(args, capsys)
+    assert code2 == 1
+    for path in ("/good1.jpg", "/good2.png", "/flaky.jpg", "/limited.jpg"):
+        assert server.counts[path] == before[path], path
+    assert server.counts["/missing.jpg"] == before["/missing.jpg"] + 1
+    assert "already present: 4" in stdout2 and "downloaded: 0" in stdout2
+    assert len(_read_report(out / dl.REPORT_NAME)) == 5
+
+
+def test_all_good_exit_zero_and_rerun_makes_no_request(server, tmp_path, capsys):
+    server.routes["/a.jpg"] = ok(GOOD_LAND)
+    server.routes["/b.png"] = ok(GOOD_PORT)
+    csv_path = tmp_path / "images.csv"
+    _write_csv(csv_path, [("aaaa", "test", server.url("/a.jpg"), _b64md5(GOOD_LAND), ""),
+                          ("bbbb", "test", server.url("/b.png"), _b64md5(GOOD_PORT), "")])
+    report = tmp_path / "rep" / "failures.csv"
+    args = ["--csv", csv_path, "--out", tmp_path / "o", "--timeout", 5, "--report", report]
+    assert _run(args, capsys)[0] == 0
+    assert _read_report(report) == []  # header only
+    assert sum(server.counts.values()) == 2
+    assert _run(args, capsys)[0] == 0
+    assert sum(server.counts.values()) == 2
+
+
+def test_no_resize_keeps_jpeg_bytes_and_limit(server, tmp_path, capsys):
+    server.routes["/a.jpg"] = ok(GOOD_LAND)
+    server.routes["/b.png"] = ok(GOOD_PORT)
+    csv_path = tmp_path / "images.csv"
+    _write_csv(csv_path, [("aaaa", "test", server.url("/a.jpg"), _b64md5(GOOD_LAND), ""),
+                          ("bbbb", "test", server.url("/b.png"), _b64md5(GOOD_PORT), "")])
+    out = tmp_path / "o"
+    code, stdout, _ = _run(["--csv", csv_path, "--out", out, "--no-resize", "--limit", 1], capsys)
+    assert code == 0
+    assert (out / "aaaa.jpg").read_bytes() == GOOD_LAND
+    assert not (out / "bbbb.jpg").exists()
+    assert "rows: 1" in stdout and "/b.png" not in server.counts
+
+
+def test_thumbnail_column_skips_checksum_and_no_checksum_flag(server, tmp_path, capsys):
+    wrong = _b64md5(b"something else")
+    server.routes["/orig.jpg"] = ok(GOOD_LAND)
+    server.routes["/thumb.jpg"] = ok(RETRY_IMG)
+    csv_path = tmp_path / "images.csv"
+    _write_csv(csv_path, [("aaaa", "test", server.url("/orig.jpg"), wrong, server.url("/thumb.jpg"))])
+    code, _, err = _run(["--csv", csv_path, "--out", tmp_path / "t", "--url-column", "Thumbnail300KURL"], capsys)
+    assert code == 0 and "checksums are not checked" in err
+    assert server.counts == {"/thumb.jpg": 1}
+    # The same wrong MD5 with the original URL fails, unless --no-checksum.
+    assert _run(["--csv", csv_path, "--out", tmp_path / "o1"], capsys)[0] == 1
+    assert _run(["--csv", csv_path, "--out", tmp_path / "o2", "--no-checksum"], capsys)[0] == 0
+    assert (tmp_path / "o2" / "aaaa.jpg").is_file()
+
+
+def test_bad_rows_are_reported_with_file_line_and_field(server, tmp_path, capsys):
+    server.routes["/a.jpg"] = ok(GOOD_LAND)
+    csv_path = tmp_path / "bad.csv"
+    _write_csv(csv_path, [
+        ("aaaa", "test", server.url("/a.jpg"), "", ""),
+        ("aaaa", "test", server.url("/a.jpg"), "", ""),            # duplicate id
+        ("", "test", server.url("/a.jpg"), "", ""),                # empty id
+        ("../../etc", "test", server.url("/a.jpg"), "", ""),       # path in the id
+        ("cccc", "test", "", "", ""),                              # no URL
+        ("dddd", "test", "file:///etc/passwd", "", ""),            # not http
+        ("eeee", "test", server.url("/a.jpg"), "not-base64!", ""),  # bad MD5 field
+        ("ffff", "test"),                                          # short row
+    ])
+    code, stdout, _ = _run(["--csv", csv_path, "--out", tmp_path / "o"], capsys)
+    assert code == 1
+    rows = _read_report(tmp_path / "o" / dl.REPORT_NAME)
+    assert len(rows) == 7
+    assert server.counts == {"/a.jpg": 1}
+    details = [r["detail"] for r in rows]
+    assert all(str(csv_path) in d for d in details)
+    assert [r["reason"] for r in rows].count("bad csv row") == 6
+    assert any("line 3, image aaaa" in d and "ImageID" in d for d in details)
+    assert any("image eeee" in d and "OriginalMD5" in d for d in details)
+    assert any("image dddd" in d and "not an http" in d for d in details)
+    assert any("image ffff" in d and "fields" in d for d in details)
+    assert not list((tmp_path / "o").glob("*etc*"))
+
+
+def test_missing_column_and_missing_file_exit_2(tmp_path, capsys):
+    csv_path = tmp_path / "x.csv"
+    _write_csv(csv_path, [("aaaa", "u")], columns=("ImageID", "URL"))
+    code, _, err = _run(["--csv", csv_path, "--out", tmp_path / "o"], capsys)
+    assert code == 2 and str(csv_path) in err and "'OriginalURL'" in err
+    code, _, err = _run(["--csv", tmp_path / "nope.csv", "--out", tmp_path / "o"], capsys)
+    assert code == 2 and "nope.csv" in err
+
+
+def test_help_lists_options(capsys):
+    with pytest.raises(SystemExit) as exc:
+        dl.main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for opt in ("--csv", "--out", "--workers", "--retries", "--timeout", "--limit",
+                "--url-column", "--no-resize", "--no-checksum", "--report", "Exit status"):
+        assert opt in text
+
+
+def test_backoff_grows_with_jitter_and_cap():
+    import random
+    rng = random.Random(0)
+    for attempt in range(5):
+        d = 0.5 * 2 ** attempt
+        samples = [dl.backoff_delay(attempt, 0.5, rng) for _ in range(200)]
+        assert all(d / 2 <= s <= d for s in samples)
+        assert max(samples) - min(samples) > d / 10  # jitter really varies
+    assert dl.backoff_delay(30, 1.0, rng, cap=4.0) <= 4.0
+
+
+def test_target_size_and_md5_decoding():
+    assert dl.target_size(640, 480) == (341, 256)
+    assert dl.target_size(100, 300) == (256, 768)
+    assert dl.decode_md5(_b64md5(b"x")) == hashlib.md5(b"x").digest()
+    with pytest.raises(ValueError):
+        dl.decode_md5(base64.b64encode(b"short").decode())
+
+
+def test_truncated_jpeg_without_md5_is_corrupt_and_leaves_nothing(server, tmp_path, capsys):
+    server.routes["/trunc.jpg"] = ok(GOOD_LAND[: len(GOOD_LAND) // 2])
+    csv_path = tmp_path / "images.csv"
+    _write_csv(csv_path, [("tttt", "test", server.url("/trunc.jpg"), "", "")])
+    out = tmp_path / "o"
+    assert _run(["--csv", csv_path, "--out", out], capsys)[0] == 1
+    assert [r["reason"] for r in _read_report(out / dl.REPORT_NAME)] == ["corrupt image"]
+    assert [p.name for p in out.iterdir()] == [dl.REPORT_NAME]
