@@ -451,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backoff", type=float, default=1.0,
                    help="base delay in seconds; retry n waits about base*2^n, with jitter (default: 1.0)")
     p.add_argument("--timeout", type=float, default=30.0,
-                   help="seconds allowed per attempt, for connecting and for the whole transfer (default: 30)")
+                   help="timeout in seconds for connecting and for each read; the whole transfer of one "
+                        "attempt is also stopped once it has taken longer (default: 30)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N rows of the CSV")
     p.add_argument("--url-column", default="OriginalURL", choices=URL_COLUMNS,
                    help="column holding the URL (default: OriginalURL). OriginalMD5 describes the "

@@ -375,3 +375,30 @@ def test_truncated_jpeg_without_md5_is_corrupt_and_leaves_nothing(server, tmp_pa
     assert _run(["--csv", csv_path, "--out", out], capsys)[0] == 1
     assert [r["reason"] for r in _read_report(out / dl.REPORT_NAME)] == ["corrupt image"]
     assert [p.name for p in out.iterdir()] == [dl.REPORT_NAME]
+
+
+def test_redirects_followed_but_flickr_placeholder_is_removed(server, tmp_path, capsys):
+    def redirect(target):
+        def route(h, n):
+            h.send_response(302)
+            h.send_header("Location", server.url(target))
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+        return route
+
+    placeholder = _image_bytes((500, 374), fmt="PNG", seed=5)
+    server.routes.update({
+        "/moved.jpg": redirect("/real.jpg"),
+        "/real.jpg": ok(GOOD_LAND),
+        "/gone.jpg": redirect("/photo_unavailable.png"),
+        "/photo_unavailable.png": ok(placeholder),
+    })
+    csv_path = tmp_path / "images.csv"
+    _write_csv(csv_path, [("mmmm", "test", server.url("/moved.jpg"), _b64md5(GOOD_LAND), ""),
+                          ("gggg", "test", server.url("/gone.jpg"), "", "")])
+    out = tmp_path / "o"
+    assert _run(["--csv", csv_path, "--out", out], capsys)[0] == 1
+    assert (out / "mmmm.jpg").is_file() and not (out / "gggg.jpg").exists()
+    (row,) = _read_report(out / dl.REPORT_NAME)
+    assert row["image_id"] == "gggg" and row["reason"] == "removed by host"
+    assert server.counts["/gone.jpg"] == 1  # permanent: not retried
