@@ -62,8 +62,7 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # Flickr answers deleted photos with a redirect to this placeholder image.
 _REMOVED_MARKER = "photo_unavailable"
 
-# Failure reasons (the report's `reason` column).
-R_NOT_FOUND_PREFIX = "http"  # "http 404", "http 503", ...
+# Failure reasons (the report's `reason` column); HTTP errors are "http <code>".
 R_TIMEOUT = "timeout"
 R_CONNECTION = "connection error"
 R_SSL = "ssl error"
@@ -367,7 +366,7 @@ def write_atomic(path: Path, data: bytes) -> None:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
-            pass
+            pass  # the rename already happened or the file never appeared: nothing to clean
         raise
 
 
