@@ -1,0 +1,282 @@
+"""``biam-convert``: the released per-key HDF5 layout -> the packed shard format.
+
+Usage::
+
+    biam-convert nus_wide   --src datasets/ --out packed/nus_wide [--vgg-weights vgg19.pth]
+    biam-convert openimages --src datasets/ --out packed/openimages --train-dir DIR --test-h5 FILE
+
+Every record is checked (shape, dtype, finite, labels in {-1, 0, 1}); the first bad one stops the
+conversion with its file, image and field. The output is written shard by shard (bounded
+memory); a killed conversion rerun with the same arguments keeps the complete shards listed in
+the manifest (after checking their SHA-256), restarts the unfinished one and ends with files
+identical to an uninterrupted run.
+
+Scene features (the frozen VGG19 fc7 of each image, SPEC section 4) are computed here once:
+``--vgg-weights FILE`` (a torchvision VGG19 state dict), else torchvision's cache when it
+already holds ``vgg19-*.pth`` (nothing is downloaded), else ``--scene-fallback random`` (a seeded
+random head, recorded as such) or ``--no-scene`` (the trainer computes them on the fly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from . import released
+from .embeddings import read_nus_wide_embeddings, read_openimages_embeddings
+from .packed import PackedDataset, PackedFormatError, PackedWriter, save_embeddings
+
+__all__ = ["main", "convert_nus_wide", "convert_openimages", "resolve_scene_head", "NUS_WIDE_PATHS", "OPENIMAGES_PATHS"]
+
+# Default locations relative to --src (the released ``datasets/`` folder, SPEC section 3).
+NUS_WIDE_PATHS = {
+    "train_h5": "NUS-WIDE/features/nus_wide_train.h5",
+    "test_h5": "NUS-WIDE/features/nus_wide_test.h5",
+    "train_names": "NUS-WIDE/img_names.pkl",
+    "test_names": "NUS-WIDE/test_img_names.pkl",
+    "tags": "NUS-WIDE/NUS_WID_Tags/TagList1k.txt",
+    "concepts": "NUS-WIDE/ConceptsList/Concepts81.txt",
+    "embeddings": "NUS-WIDE/wiki_contexts/NUS_WIDE_pretrained_w2v_glove-wiki-gigaword-300",
+}
+OPENIMAGES_PATHS = {
+    "classes": "OpenImages/2018_04/classes-trainable.txt",
+    "unseen_ids": "OpenImages/2018_04/unseen_labels.pkl",
+    "top400": "OpenImages/2018_04/top_400_unseen.csv",
+    "descriptions": "OpenImages/2018_04/class-descriptions.csv",
+    "embeddings": "OpenImages/wiki_contexts/OpenImage_w2v_context_window_10_glove-wiki-gigaword-300.pkl",
+}
+# Seconds to sleep after each shard; only for tests that kill a conversion midway.
+SLOWDOWN_ENV = "BIAM_CONVERT_SLOWDOWN"
+
+
+class SceneSetupError(RuntimeError):
+    """No way to compute scene features was given (the message says how to provide one)."""
+
+
+def resolve_scene_head(vgg_weights: Optional[str], fallback: Optional[str], no_scene: bool, seed: int = 0):
+    """Pick the scene head. Output: ``(head or None, source string or None)``.
+
+    Order: ``--no-scene`` -> (None, None); ``--vgg-weights FILE``; a ``vgg19-*.pth`` already in
+    torchvision's cache (``torch.hub.get_dir()/checkpoints``; never downloaded);
+    ``--scene-fallback random`` -> a seeded random head. Otherwise :class:`SceneSetupError`.
+    """
+    if no_scene:
+        return None, None
+    from biam.modeling.scene_head import SceneHead
+
+    if vgg_weights:
+        return SceneHead.from_file(vgg_weights), f"imagenet:{Path(vgg_weights).name}"
+    import torch
+
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    cached = sorted(cache.glob("vgg19-*.pth")) if cache.is_dir() else []
+    cached = [p for p in cached if not p.name.startswith("vgg19_bn")]
+    if cached:
+        return SceneHead.from_file(str(cached[0])), f"imagenet:{cached[0].name}"
+    if fallback == "random":
+        return SceneHead.random(seed), f"random-seed-{seed}"
+    raise SceneSetupError(
+        "scene features need the ImageNet VGG19 weights and none were found: pass --vgg-weights FILE "
+        "(a torchvision vgg19 state dict, e.g. vgg19-dcbb9e9d.pth from torchvision), or put that file in "
+        f"{cache}, or use --scene-fallback random (synthetic data / tests only; recorded in the manifest), "
+        "or --no-scene (the trainer then computes scene features on the fly)"
+    )
+
+
+def _scene_fn(head) -> Optional[Callable[[np.ndarray], np.ndarray]]:
+    if head is None:
+        return None
+    import torch
+
+    def run(regions: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return head(torch.from_numpy(regions)).numpy()
+
+    return run
+
+
+def _check_resume(writer: PackedWriter, names: Sequence[str], out: Path, split: str) -> None:
+    """The images already packed must be the first ones of this source, in order."""
+    done = writer.num_images
+    if done > len(names):
+        raise PackedFormatError(f"{out}: split '{split}' already holds {done} images but the source has {len(names)}; "
+                                "use --overwrite or a fresh --out")
+    if done:
+        packed = PackedDataset(out, split, allow_incomplete=True)
+        have = packed.names()
+        packed.close()
+        for i, (a, b) in enumerate(zip(have, names[:done])):
+            if a != b:
+                raise PackedFormatError(f"{out}: split '{split}' image {i} is {a!r} in the packed shards but {b!r} in "
+                                        "the source; this is a different source: use --overwrite or a fresh --out")
+
+
+def _convert_split(writer: PackedWriter, records: Callable[[int], Iterator[released.Record]], names: Sequence[str],
+                   scene: Optional[Callable], batch: int, desc: str, out: Path) -> None:
+    from tqdm import tqdm
+
+    _check_resume(writer, names, out, writer.split)
+    start = writer.num_images
+    delay = float(os.environ.get(SLOWDOWN_ENV, "0") or 0)
+    shards_before = len(writer.manifest["splits"][writer.split]["shards"])
+    with tqdm(total=len(names), initial=start, desc=desc, unit="img") as bar:
+        buf_names: List[str] = []
+        buf_feats: List[np.ndarray] = []
+        buf_labels: List[np.ndarray] = []
+
+        def flush() -> None:
+            regions = np.stack(buf_feats)
+            writer.append(regions, np.stack(buf_labels), list(buf_names),
+                          scene=scene(regions) if scene is not None else None)
+            bar.update(len(buf_names))
+            buf_names.clear(), buf_feats.clear(), buf_labels.clear()
+
+        for i, (name, feats, labels) in enumerate(records(start)):
+            if name != names[start + i]:
+                raise released.RecordError(f"{desc}: image {start + i} is {name!r}, expected {names[start + i]!r}")
+            buf_names.append(name)
+            buf_feats.append(feats)
+            buf_labels.append(labels)
+            if len(buf_names) == batch:
+                flush()
+                if delay:
+                    shards_now = len(writer.manifest["splits"][writer.split]["shards"])
+                    if shards_now > shards_before:
+                        shards_before = shards_now
+                        time.sleep(delay)
+        if buf_names:
+            flush()
+    writer.close()
+
+
+def convert_nus_wide(src: Path, out: Path, *, paths: dict, splits: Sequence[str] = ("train", "test"),
+                     shard_size: int = 1024, dtype: str = "float16", scene_head=None, scene_source: Optional[str] = None,
+                     overwrite: bool = False, batch: int = 64) -> dict:
+    """Convert NUS-WIDE. ``paths``: absolute file paths (keys of :data:`NUS_WIDE_PATHS`). Output: manifest."""
+    seen, unseen, seen_tag_index = released.nus_wide_label_names(paths["tags"], paths["concepts"])
+    seen_emb, unseen_emb = read_nus_wide_embeddings(paths["embeddings"], seen_tag_index, num_concepts=len(unseen))
+    save_embeddings(out, seen_emb, unseen_emb)
+    scene = _scene_fn(scene_head)
+    manifest = None
+    for split in splits:
+        names = released.read_img_names(paths[f"{split}_names"])
+        reader = released.NusWideReader(paths[f"{split}_h5"], names, num_seen=len(seen), num_unseen=len(unseen), split=split)
+        writer = PackedWriter(out, split, dataset="nus_wide", seen_labels=seen, unseen_labels=unseen, unseen_eval=None,
+                              shard_size=shard_size, dtype=dtype, scene_source=scene_source, resume=not overwrite)
+        _convert_split(writer, reader.records, names, scene, batch, f"nus_wide {split}", out)
+        manifest = writer.manifest
+    return manifest
+
+
+def convert_openimages(src: Path, out: Path, *, paths: dict, splits: Sequence[str] = ("train", "test"),
+                       shard_size: int = 1024, dtype: str = "float16", scene_head=None, scene_source: Optional[str] = None,
+                       overwrite: bool = False, batch: int = 64) -> dict:
+    """Convert Open Images. ``paths``: keys of :data:`OPENIMAGES_PATHS` plus ``train_dir``, ``test_h5``."""
+    seen = released.read_classes_trainable(paths["classes"])
+    unseen = released.read_unseen_ids(paths["unseen_ids"])
+    top400 = released.read_top400(paths["top400"], num_unseen=len(unseen))
+    seen_emb, unseen_emb = read_openimages_embeddings(paths["embeddings"], len(seen), len(unseen))
+    extra = {}
+    if paths.get("descriptions") and Path(paths["descriptions"]).is_file():
+        desc = released.read_class_descriptions(paths["descriptions"])
+        # An id without a description keeps its id as its name (listed, never silent).
+        missing = [i for i in seen + unseen if i not in desc]
+        if missing:
+            print(f"note: {len(missing)} class id(s) have no description in {paths['descriptions']}, "
+                  f"e.g. {missing[:3]}; their ids are used as names", file=sys.stderr)
+        extra["label_descriptions"] = {"seen": [desc.get(i, i) for i in seen], "unseen": [desc.get(i, i) for i in unseen]}
+    save_embeddings(out, seen_emb, unseen_emb)
+    scene = _scene_fn(scene_head)
+    manifest = None
+    for split in splits:
+        if split == "train":
+            if not paths.get("train_dir"):
+                raise FileNotFoundError("Open Images: give the training shard folder with --train-dir")
+            reader = released.OpenImagesReader(released.openimages_shard_files(paths["train_dir"]),
+                                               num_seen=len(seen), num_unseen=None, unseen_pad=len(unseen))
+        else:
+            if not paths.get("test_h5"):
+                raise FileNotFoundError("Open Images: give the test feature file with --test-h5")
+            reader = released.OpenImagesReader([paths["test_h5"]], num_seen=len(seen), num_unseen=len(unseen))
+        names = [i for _, ids in reader.index() for i in ids]
+        if len(set(names)) != len(names):
+            raise released.RecordError(f"Open Images {split}: an image id appears in more than one file")
+        writer = PackedWriter(out, split, dataset="openimages", seen_labels=seen, unseen_labels=unseen, unseen_eval=top400,
+                              shard_size=shard_size, dtype=dtype, scene_source=scene_source, resume=not overwrite,
+                              extra=extra)
+        _convert_split(writer, reader.records, names, scene, batch, f"openimages {split}", out)
+        manifest = writer.manifest
+    return manifest
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="biam-convert", description="Convert the released BiAM feature layout to packed shards.")
+    sub = p.add_subparsers(dest="dataset", required=True)
+
+    def common(sp):
+        sp.add_argument("--src", required=True, help="the released datasets/ folder; file defaults are relative to it")
+        sp.add_argument("--out", required=True, help="output folder of the packed dataset")
+        sp.add_argument("--splits", default="train,test", help="comma-separated splits to convert (default train,test)")
+        sp.add_argument("--shard-size", type=int, default=1024, help="images per shard (default 1024)")
+        sp.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored feature dtype")
+        sp.add_argument("--vgg-weights", help="torchvision VGG19 state dict for the scene features")
+        sp.add_argument("--scene-fallback", choices=("random",), help="seeded random VGG19 head if no weights (recorded)")
+        sp.add_argument("--scene-seed", type=int, default=0, help="seed of --scene-fallback random")
+        sp.add_argument("--no-scene", action="store_true", help="store no scene features (trainer computes them)")
+        sp.add_argument("--overwrite", action="store_true", help="start the splits over instead of resuming")
+        sp.add_argument("--batch", type=int, default=64, help="images per scene-feature batch (default 64)")
+        sp.add_argument("--embeddings", help="label embedding pickle")
+
+    nus = sub.add_parser("nus_wide", help="NUS-WIDE (925 seen tags, 81 unseen concepts)")
+    common(nus)
+    for key, flag in (("train_h5", "--train-h5"), ("test_h5", "--test-h5"), ("train_names", "--train-names"),
+                      ("test_names", "--test-names"), ("tags", "--tags"), ("concepts", "--concepts")):
+        nus.add_argument(flag, dest=key, help=f"default: <src>/{NUS_WIDE_PATHS[key]}")
+    oi = sub.add_parser("openimages", help="Open Images v4 (7186 seen, 2594 unseen, top-400 evaluated)")
+    common(oi)
+    oi.add_argument("--train-dir", help="folder of the training *.h5 shards (the published scripts name it differently)")
+    oi.add_argument("--test-h5", help="the test feature file")
+    for key, flag in (("classes", "--classes"), ("unseen_ids", "--unseen-ids"), ("top400", "--top400"),
+                      ("descriptions", "--descriptions")):
+        oi.add_argument(flag, dest=key, help=f"default: <src>/{OPENIMAGES_PATHS[key]}")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point ``biam-convert``. Returns the exit status."""
+    args = _parser().parse_args(argv)
+    src, out = Path(args.src), Path(args.out)
+    defaults = NUS_WIDE_PATHS if args.dataset == "nus_wide" else OPENIMAGES_PATHS
+    paths = {k: str(getattr(args, k, None) or (src / v)) for k, v in defaults.items()}
+    if args.dataset == "openimages":
+        paths["train_dir"], paths["test_h5"] = args.train_dir, args.test_h5
+    splits = [s for s in args.splits.split(",") if s]
+    bad = [s for s in splits if s not in ("train", "test")]
+    if bad:
+        print(f"biam-convert: unknown split(s) {bad}; use train and/or test", file=sys.stderr)
+        return 2
+    try:
+        head, source = resolve_scene_head(args.vgg_weights, args.scene_fallback, args.no_scene, args.scene_seed)
+    except SceneSetupError as err:
+        print(f"biam-convert: {err}", file=sys.stderr)
+        return 2
+    fn = convert_nus_wide if args.dataset == "nus_wide" else convert_openimages
+    try:
+        manifest = fn(src, out, paths=paths, splits=splits, shard_size=args.shard_size, dtype=args.dtype,
+                      scene_head=head, scene_source=source, overwrite=args.overwrite, batch=args.batch)
+    except (released.RecordError, PackedFormatError, FileNotFoundError, ValueError, KeyError) as err:
+        print(f"biam-convert: error: {err}", file=sys.stderr)
+        return 1
+    counts = ", ".join(f"{k}: {v['num_images']} images in {len(v['shards'])} shards" for k, v in manifest["splits"].items())
+    print(f"biam-convert: wrote {out} ({counts}; scene: {source or 'none'})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
