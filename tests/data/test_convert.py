@@ -1,0 +1,213 @@
+"""Tests of biam-convert: synthetic NUS-WIDE and Open Images layouts, record checks, kill + resume."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from biam.data.convert import main as convert_main
+from biam.data.packed import PackedDataset, load_embeddings
+from biam.data.released import read_img_names
+from biam.data.synthetic import SYNTHETIC_PATHS, write_synthetic_nus_wide
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = dict(num_train=48, num_test=16, num_tags=12, num_concepts=5, overlap=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def nus_src(tmp_path_factory):
+    src = tmp_path_factory.mktemp("nus_src")
+    write_synthetic_nus_wide(src, seed=3, **SMALL)
+    return src
+
+
+def _shas(out):
+    m = json.loads((Path(out) / "manifest.json").read_text())
+    return {split: [s["sha256"] for s in e["shards"]] for split, e in m["splits"].items()}
+
+
+def test_nus_wide_conversion_matches_source(nus_src, tmp_path):
+    out = tmp_path / "packed"
+    assert convert_main(["nus_wide", "--src", str(nus_src), "--out", str(out), "--shard-size", "20", "--no-scene",
+                         "--dtype", "float32"]) == 0
+    train = PackedDataset(out, "train")
+    assert len(train) == 48 and len(train.shards) == 3
+    assert train.num_seen == 10 and train.num_unseen == 5 and not train.has_scene
+    names = read_img_names(nus_src / SYNTHETIC_PATHS["train_names"])
+    assert train.names() == names
+    with h5py.File(nus_src / SYNTHETIC_PATHS["train_h5"], "r") as f:
+        for i in (0, 21, 47):
+            got = train.read_slice(i, i + 1)
+            np.testing.assert_array_equal(got["regions"][0], f[f"{names[i]}-features"][()])
+            want = np.concatenate([f[f"{names[i]}-labels"][()], f[f"{names[i]}-labels_81"][()]])
+            np.testing.assert_array_equal(got["labels"][0], want)
+    test = PackedDataset(out, "test")
+    tnames = read_img_names(nus_src / SYNTHETIC_PATHS["test_names"])
+    with h5py.File(nus_src / SYNTHETIC_PATHS["test_h5"], "r") as f:
+        np.testing.assert_array_equal(test.labels()[5], f[f"{tnames[5]}-labels"][()])
+    seen, unseen = load_embeddings(out)
+    assert seen.shape == (10, 300) and unseen.shape == (5, 300)
+    train.verify(progress=False)
+
+
+def test_scene_fallback_is_recorded_and_missing_weights_stop(nus_src, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # an empty cache: no weights found
+    out = tmp_path / "p"
+    assert convert_main(["nus_wide", "--src", str(nus_src), "--out", str(out), "--splits", "test"]) == 2
+    err = capsys.readouterr().err
+    assert "--vgg-weights" in err and "--scene-fallback random" in err and "--no-scene" in err
+    assert not (out / "manifest.json").exists()
+    assert convert_main(["nus_wide", "--src", str(nus_src), "--out", str(out), "--splits", "test",
+                         "--scene-fallback", "random", "--scene-seed", "4"]) == 0
+    ds = PackedDataset(out, "test")
+    assert ds.manifest["scene"] == {"present": True, "source": "random-seed-4"}
+    batch = ds.read_slice(0, 4)
+    assert batch["scene"].shape == (4, 4096) and batch["scene"].dtype == np.float16
+    assert np.isfinite(batch["scene"]).all() and (batch["scene"] >= 0).all()
+
+
+def _replace(h5path, key, data):
+    with h5py.File(h5path, "r+") as f:
+        del f[key]
+        if data is not None:
+            f.create_dataset(key, data=data)
+
+
+@pytest.mark.parametrize("field,data,expect", [
+    ("features", np.zeros((512, 195), np.float32), "shape (512, 195), expected (512, 196)"),
+    ("features", None, "missing"),
+    ("labels", np.full(10, 2, np.int8), "value 2"),
+    ("features", np.full((512, 196), np.nan, np.float32), "NaN"),
+])
+def test_bad_record_is_named(tmp_path, field, data, expect, capsys):
+    src = tmp_path / "src"
+    write_synthetic_nus_wide(src, seed=1, **SMALL)
+    names = read_img_names(src / SYNTHETIC_PATHS["train_names"])
+    bad = names[30]
+    _replace(src / SYNTHETIC_PATHS["train_h5"], f"{bad}-{field}", data)
+    rc = convert_main(["nus_wide", "--src", str(src), "--out", str(tmp_path / "out"), "--no-scene", "--shard-size", "16"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "nus_wide_train.h5" in err and repr(bad) in err and f"'{field}'" in err and expect in err
+    # Shards before the bad record are complete and listed; the split is not marked complete.
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert m["splits"]["train"]["complete"] is False
+    assert m["splits"]["train"]["num_images"] <= 30
+
+
+def _run_convert(src, out, extra_env=None):
+    env = dict(os.environ, PYTHONPATH=str(REPO), **(extra_env or {}))
+    cmd = [sys.executable, "-m", "biam.data.convert", "nus_wide", "--src", str(src), "--out", str(out),
+           "--shard-size", "8", "--batch", "4", "--no-scene"]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_killed_conversion_resumes_to_identical_result(nus_src, tmp_path):
+    straight = tmp_path / "straight"
+    proc = _run_convert(nus_src, straight)
+    assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()
+
+    resumed = tmp_path / "resumed"
+    proc = _run_convert(nus_src, resumed, {"BIAM_CONVERT_SLOWDOWN": "0.4"})
+    manifest = resumed / "manifest.json"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if manifest.exists() and len(json.loads(manifest.read_text())["splits"].get("train", {}).get("shards", [])) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    partial = json.loads(manifest.read_text())["splits"]["train"]
+    assert partial["complete"] is False and 2 <= len(partial["shards"]) < 6
+    kept = {s["file"]: (resumed / s["file"]).stat().st_mtime_ns for s in partial["shards"]}
+
+    proc = _run_convert(nus_src, resumed)
+    assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()
+    assert _shas(resumed) == _shas(straight)
+    for name, mtime in kept.items():
+        assert (resumed / name).stat().st_mtime_ns == mtime  # complete shards were kept, not rewritten
+    assert sorted(p.name for p in resumed.iterdir()) == sorted(p.name for p in straight.iterdir())
+    PackedDataset(resumed, "train").verify(progress=False)
+
+
+def test_rerun_of_complete_conversion_and_other_source(nus_src, tmp_path, capsys):
+    out = tmp_path / "o"
+    args = ["nus_wide", "--src", str(nus_src), "--out", str(out), "--no-scene", "--shard-size", "16", "--splits", "test"]
+    assert convert_main(args) == 0
+    before = _shas(out)
+    assert convert_main(args) == 0
+    assert _shas(out) == before
+    # Converting a different source into the same folder is refused, not mixed.
+    other = tmp_path / "other"
+    write_synthetic_nus_wide(other, seed=9, **SMALL)
+    assert convert_main(["nus_wide", "--src", str(other), "--out", str(out), "--no-scene", "--shard-size", "16",
+                         "--splits", "test"]) == 1
+    assert "overwrite" in capsys.readouterr().err
+
+
+def _write_openimages(root: Path, S=6, U=5):
+    rng = np.random.default_rng(0)
+    base = root / "OpenImages"
+    (base / "2018_04").mkdir(parents=True)
+    (base / "wiki_contexts").mkdir()
+    seen_ids = [f"/m/s{i}" for i in range(S)]
+    unseen_ids = [f"/m/u{i}" for i in range(U)]
+    (base / "2018_04" / "classes-trainable.txt").write_text("\n".join(seen_ids) + "\n")
+    with open(base / "2018_04" / "unseen_labels.pkl", "wb") as fh:
+        pickle.dump(np.array(unseen_ids, dtype=object), fh, protocol=2)
+    (base / "2018_04" / "top_400_unseen.csv").write_bytes("\ufeff3\r\n0\r\n4".encode("utf-8"))
+    (base / "2018_04" / "class-descriptions.csv").write_text(
+        "".join(f'{i},"Name, {i[3:]}"\n' for i in seen_ids + unseen_ids[:-1]))
+    with open(base / "wiki_contexts" / "OpenImage_w2v_context_window_10_glove-wiki-gigaword-300.pkl", "wb") as fh:
+        pickle.dump([rng.random((S, 300), dtype=np.float32), rng.random((U, 300), dtype=np.float32)], fh, protocol=2)
+    train = base / "train_feats"
+    train.mkdir()
+    ids = {}
+    for k in range(2):
+        with h5py.File(train / f"shard_{k}.h5", "w") as f:
+            ids[k] = [f"{k}{j:03x}abc" for j in range(7)]
+            for i in ids[k]:
+                f.create_dataset(f"{i}-features", data=rng.random((512, 196), dtype=np.float32), compression="gzip")
+                f.create_dataset(f"{i}-seenlabels", data=rng.integers(-1, 2, S).astype(np.int8), compression="gzip")
+    with h5py.File(base / "test.h5", "w") as f:
+        for j in range(5):
+            f.create_dataset(f"t{j}-features", data=rng.random((512, 196), dtype=np.float32), compression="gzip")
+            f.create_dataset(f"t{j}-seenlabels", data=rng.integers(-1, 2, S).astype(np.int8))
+            f.create_dataset(f"t{j}-unseenlabels", data=rng.integers(-1, 2, U).astype(np.int8))
+    return train, base / "test.h5", ids
+
+
+def test_openimages_conversion(tmp_path):
+    train_dir, test_h5, ids = _write_openimages(tmp_path / "src")
+    out = tmp_path / "out"
+    assert convert_main(["openimages", "--src", str(tmp_path / "src"), "--out", str(out), "--train-dir", str(train_dir),
+                         "--test-h5", str(test_h5), "--no-scene", "--shard-size", "4"]) == 0
+    train = PackedDataset(out, "train")
+    assert train.names() == sorted(ids[0]) + sorted(ids[1])
+    assert train.labels().shape == (14, 11)
+    assert (train.labels()[:, 6:] == 0).all()  # training shards have no unseen annotations: unknown
+    test = PackedDataset(out, "test")
+    assert len(test) == 5 and test.unseen_eval.tolist() == [3, 0, 4]
+    with h5py.File(test_h5, "r") as f:
+        want = np.concatenate([f["t2-seenlabels"][()], f["t2-unseenlabels"][()]])
+    np.testing.assert_array_equal(test.labels()[2], want)
+    desc = test.manifest["label_descriptions"]
+    assert desc["seen"][0] == "Name, s0" and desc["unseen"][-1] == "/m/u4"
+
+
+def test_openimages_unknown_field_is_named(tmp_path, capsys):
+    train_dir, test_h5, ids = _write_openimages(tmp_path / "src")
+    with h5py.File(test_h5, "r+") as f:
+        f.create_dataset("t9-features", data=np.zeros((512, 196), np.float32))  # no labels for t9
+    assert convert_main(["openimages", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out"),
+                         "--train-dir", str(train_dir), "--test-h5", str(test_h5), "--no-scene", "--splits", "test"]) == 1
+    err = capsys.readouterr().err
+    assert "test.h5" in err and "'t9'" in err and "'seenlabels'" in err
