@@ -1,0 +1,574 @@
+"""From image files to BiAM inputs: the one image -> feature pipeline of the project.
+
+Everything that turns pixels into features goes through here, so that the feature extractors
+(``feature_extraction/``) and ``biam-predict`` compute exactly what the released features hold
+(SPEC section 3):
+
+* resize to 224x224 (no crop), ImageNet mean/std normalisation;
+* VGG19 ``features[:-1]`` (conv5_4 after ReLU, before the last max-pool) -> (B, 512, 14, 14),
+  stored channel-major as (B, 512, 196), region index = row * 14 + col;
+* the scene feature (B, 4096) through :class:`biam.modeling.SceneHead` built from the same VGG19.
+
+Images are read in DataLoader workers by :class:`ImageFileDataset`; an image that cannot be read
+comes back as an :class:`Unreadable` marker so that the main process records it (path + reason)
+instead of crashing or silently dropping it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from .modeling import SceneHead
+
+__all__ = [
+    "IMAGE_SIZE", "IMAGENET_MEAN", "IMAGENET_STD", "VGG19_FILENAME", "VGG19_SHA256_PREFIX",
+    "WeightsNotFoundError", "Unreadable", "ImageFileDataset", "collate_images", "image_transform",
+    "load_image", "torchvision_cache_file", "load_vgg19", "FeatureExtractor", "add_weight_arguments",
+    "vgg19_from_args",
+]
+
+IMAGE_SIZE = 224
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# torchvision's file name for the ImageNet VGG19 weights; "dcbb9e9d" = first hex digits of its SHA-256.
+VGG19_FILENAME = "vgg19-dcbb9e9d.pth"
+VGG19_SHA256_PREFIX = "dcbb9e9d"
+
+PathLike = Union[str, os.PathLike]
+
+
+class WeightsNotFoundError(RuntimeError):
+    """No VGG19 weights were given and torchvision's cache holds none (message says what to do)."""
+
+
+# --------------------------------------------------------------------------------------------- #
+# Images
+# --------------------------------------------------------------------------------------------- #
+def image_transform():
+    """PIL RGB image (any size) -> float32 tensor (3, 224, 224), ImageNet-normalised.
+
+    Resized to 224x224 without keeping the aspect ratio and without a crop, as the released
+    features were made.
+    """
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.Resize((IMAGE_SIZE, IMAGE_SIZE)),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def load_image(path: PathLike):
+    """Open an image file fully and return it as an RGB ``PIL.Image``.
+
+    Raises ``OSError`` (missing file, truncated or corrupt data, not an image; PIL's
+    ``UnidentifiedImageError`` is one) or ``ValueError``/``Image.DecompressionBombError``.
+    ``load()`` is forced here so that a truncated file fails now, not later in a transform.
+    """
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        return img.convert("RGB")
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """Marker a dataset item carries instead of a tensor when its image could not be read.
+
+    ``path``: the file; ``reason``: the exception type and message.
+    """
+
+    path: str
+    reason: str
+
+
+def _read_errors():
+    from PIL import Image
+
+    # Everything PIL and the OS raise for bad files; anything else is a bug and must surface.
+    return (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class ImageFileDataset(Dataset):
+    """Image files -> ``(tensor (3, 224, 224) float32, index)``, or ``(Unreadable, index)``.
+
+    Args:
+        paths: image files, in output order; ``index`` is the position in this list.
+        transform: PIL image -> tensor (default :func:`image_transform`).
+
+    Safe to hand to DataLoader workers (holds only paths). Use :func:`collate_images` as the
+    DataLoader's ``collate_fn``.
+    """
+
+    def __init__(self, paths: Sequence[PathLike], transform=None):
+        self.paths = [os.fspath(p) for p in paths]
+        self.transform = transform if transform is not None else image_transform()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        path = self.paths[index]
+        try:
+            img = load_image(path)
+        except _read_errors() as err:
+            return Unreadable(path, f"{type(err).__name__}: {err}"), index
+        return self.transform(img), index
+
+
+def collate_images(items) -> Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, Unreadable]]]:
+    """Batch ``ImageFileDataset`` items.
+
+    Input: a list of ``(tensor (3, H, W) | Unreadable, index)``.
+    Output: ``images`` (n, 3, H, W) float32 of the readable items, ``indices`` (n,) int64 of those
+    items, and ``failed``: list of ``(index, Unreadable)`` for the others, in input order.
+    """
+    good = [(x, i) for x, i in items if not isinstance(x, Unreadable)]
+    failed = [(i, x) for x, i in items if isinstance(x, Unreadable)]
+    if good:
+        images = torch.stack([x for x, _ in good])
+    else:
+        images = torch.empty((0, 3, IMAGE_SIZE, IMAGE_SIZE))
+    indices = torch.tensor([i for _, i in good], dtype=torch.int64)
+    return images, indices, failed
+
+
+# --------------------------------------------------------------------------------------------- #
+# VGG19 weights
+# --------------------------------------------------------------------------------------------- #
+def torchvision_cache_file() -> Path:
+    """Where torchvision keeps (and looks for) the ImageNet VGG19 weights on this machine."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / VGG19_FILENAME
+
+
+def _missing_weights_message(what: str) -> str:
+    return (
+        f"{what}: no VGG19 ImageNet weights available. Provide them in one of two ways:\n"
+        f"  * pass --weights FILE (or --vgg-weights FILE for biam-predict), FILE being torchvision's\n"
+        f"    {VGG19_FILENAME} (e.g. pretrained_weights/{VGG19_FILENAME}), or\n"
+        f"  * put that file where torchvision's cache expects it: {torchvision_cache_file()}\n"
+        f"How to obtain and verify the file on a machine with network: pretrained_weights/README.md.\n"
+        f"For tests and smoke runs only, --random-weights SEED (--random-vgg SEED) uses a seeded random VGG19."
+    )
+
+
+def load_vgg19(weights: Optional[PathLike] = None, random_seed: Optional[int] = None,
+               what: str = "feature extraction") -> Tuple[nn.Module, str]:
+    """Build torchvision's VGG19 in eval mode and say where its weights came from.
+
+    Args:
+        weights: a VGG19 state dict file (loaded with ``weights_only=True``); None: torchvision's
+            cache file :func:`torchvision_cache_file`, if present.
+        random_seed: explicit request for a seeded random VGG19 (tests, smoke runs); only used
+            when ``weights`` is None.
+        what: the tool's name, for the error message.
+    Returns:
+        ``(vgg, source)``: the model (parameters frozen) and a string for the manifest, e.g.
+        ``"vgg19-state-dict:vgg19-dcbb9e9d.pth:sha256:dcbb9e9d..."`` or ``"random-seed-0"``.
+    Raises:
+        WeightsNotFoundError with instructions when nothing is available; FileNotFoundError /
+        RuntimeError / ValueError naming the file when it is missing, unreadable or not VGG19.
+    """
+    from torchvision.models import vgg19
+
+    if weights is None and random_seed is not None:
+        # torchvision initialises from the global generator: seeding it makes the net reproducible.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(random_seed))
+            vgg = vgg19(weights=None)
+        source = f"random-seed-{int(random_seed)}"
+    else:
+        path = Path(weights) if weights is not None else torchvision_cache_file()
+        if not path.is_file():
+            if weights is not None:
+                raise FileNotFoundError(f"VGG19 weights file not found: {path}\n" + _missing_weights_message(what))
+            raise WeightsNotFoundError(_missing_weights_message(what))
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, ValueError, OSError) as err:
+            raise RuntimeError(f"{path}: cannot read VGG19 weights (truncated or not a state dict? {err})") from err
+        if not isinstance(state, dict):
+            raise ValueError(f"{path}: expected a VGG19 state dict, found {type(state).__name__}")
+        # Built on the meta device: the 143M-parameter random init (seconds) would be overwritten anyway.
+        with torch.device("meta"):
+            vgg = vgg19(weights=None)
+        try:
+            vgg.load_state_dict(state, strict=True, assign=True)
+        except RuntimeError as err:
+            raise ValueError(f"{path}: not a torchvision VGG19 state dict ({err})") from err
+        # Content, not path: a resumed run on another machine must record the same source.
+        from .data.packed import sha256_file
+
+        source = f"vgg19-state-dict:{path.name}:sha256:{sha256_file(path)[:16]}"
+    vgg.requires_grad_(False)
+    return vgg.eval(), source
+
+
+def check_weights_available(weights: Optional[PathLike], random_seed: Optional[int], what: str) -> None:
+    """Fail early (before hours of work) when :func:`load_vgg19` would find no weights.
+
+    Raises WeightsNotFoundError / FileNotFoundError with the instructions of :func:`load_vgg19`.
+    """
+    if weights is None and random_seed is not None:
+        return
+    path = Path(weights) if weights is not None else torchvision_cache_file()
+    if not path.is_file():
+        if weights is not None:
+            raise FileNotFoundError(f"VGG19 weights file not found: {path}\n" + _missing_weights_message(what))
+        raise WeightsNotFoundError(_missing_weights_message(what))
+
+
+def add_weight_arguments(parser, weights_flag: str = "--weights", random_flag: str = "--random-weights") -> None:
+    """Add ``--weights FILE`` and ``--random-weights SEED`` (or other spellings) to an argparse parser."""
+    parser.add_argument(weights_flag, default=None, metavar="FILE",
+                        help=f"VGG19 ImageNet state dict ({VGG19_FILENAME}); default: torchvision's cache "
+                             f"({torchvision_cache_file()})")
+    parser.add_argument(random_flag, type=int, default=None, metavar="SEED",
+                        help="use a seeded random VGG19 instead (tests and smoke runs only; recorded in the manifest)")
+
+
+# --------------------------------------------------------------------------------------------- #
+# Features
+# --------------------------------------------------------------------------------------------- #
+class FeatureExtractor(nn.Module):
+    """VGG19 conv5_4 region features and fc7 scene features of normalised images.
+
+    Built from a torchvision VGG19 (:func:`load_vgg19`): ``body`` = ``vgg.features[:-1]`` and
+    ``scene_head`` = ``SceneHead.from_torchvision(vgg)``, so both come from the same weights.
+    Always in eval mode, no gradients.
+
+    Input: images (B, 3, 224, 224) float32, ImageNet-normalised.
+    Output: ``regions`` (B, 512, 196) float32 channel-major (region = row * 14 + col) and
+    ``scene`` (B, 4096) float32.
+    """
+
+    def __init__(self, vgg: nn.Module):
+        super().__init__()
+        # features[:-1] drops the last max-pool: conv5_4 after its ReLU, 14x14 for a 224 input.
+        self.body = vgg.features[:-1]
+        self.scene_head = SceneHead.from_torchvision(vgg)
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "FeatureExtractor":
+        # Frozen feature pipeline: never enter training mode.
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if images.dim() != 4 or images.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE):
+            raise ValueError(f"FeatureExtractor expects (B, 3, {IMAGE_SIZE}, {IMAGE_SIZE}) images, "
+                             f"got {tuple(images.shape)}")
+        fmap = self.body(images)
+        regions = fmap.flatten(2).float()
+        scene = self.scene_head(fmap).float()
+        return regions, scene
+
+
+def vgg19_from_args(weights: Optional[str], random_seed: Optional[int], what: str) -> Tuple[FeatureExtractor, str]:
+    """:func:`load_vgg19` then :class:`FeatureExtractor`; returns ``(extractor, source)``."""
+    vgg, source = load_vgg19(weights, random_seed, what=what)
+    return FeatureExtractor(vgg), source
+
+
+# --------------------------------------------------------------------------------------------- #
+# Image list -> packed split (shared by feature_extraction/extract_*.py)
+# --------------------------------------------------------------------------------------------- #
+REPORT_HEADER = "name\tpath\treason\n"
+
+
+def report_path(out_root: PathLike, split: str) -> Path:
+    """``<out_root>/unreadable-<split>.tsv``: the images of a split that could not be read."""
+    return Path(out_root) / f"unreadable-{split}.tsv"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _report_lines(rows) -> str:
+    # Tabs and newlines inside a reason would break the table; flatten them.
+    clean = (lambda s: str(s).replace("\t", " ").replace("\r", " ").replace("\n", " "))
+    return "".join(f"{clean(n)}\t{clean(p)}\t{clean(r)}\n" for n, p, r in rows)
+
+
+def _rank_range(n: int, rank: int, world: int) -> Tuple[int, int]:
+    # Contiguous blocks in rank order, so that concatenating the ranks' shards keeps list order.
+    return (n * rank) // world, (n * (rank + 1)) // world
+
+
+class SparseLabels:
+    """Label rows kept sparse (Open Images train: 1.7M images x 9780 labels would be 17 GB dense).
+
+    Args: ``num_images``, ``num_labels``; ``indptr`` (N + 1,) int64 and ``cols`` (nnz,) int64,
+    ``vals`` (nnz,) int8 in CSR order (image i's entries at ``indptr[i]:indptr[i+1]``).
+    ``labels[idx]`` with an int array ``idx`` (n,) gives dense int8 rows (n, num_labels), 0 where
+    nothing is stored.
+    """
+
+    def __init__(self, num_images: int, num_labels: int, indptr, cols, vals):
+        import numpy as np
+
+        self.shape = (int(num_images), int(num_labels))
+        self.indptr = np.asarray(indptr, dtype=np.int64)
+        self.cols = np.asarray(cols, dtype=np.int64)
+        self.vals = np.asarray(vals, dtype=np.int8)
+        if self.indptr.shape != (num_images + 1,) or self.indptr[-1] != len(self.cols) or len(self.cols) != len(self.vals):
+            raise ValueError("SparseLabels: indptr/cols/vals do not describe a CSR matrix")
+
+    def __getitem__(self, idx):
+        import numpy as np
+
+        idx = np.atleast_1d(np.asarray(idx, dtype=np.int64))
+        out = np.zeros((len(idx), self.shape[1]), dtype=np.int8)
+        for r, i in enumerate(idx):
+            a, b = self.indptr[i], self.indptr[i + 1]
+            out[r, self.cols[a:b]] = self.vals[a:b]
+        return out
+
+
+@dataclass
+class SplitSpec:
+    """What to extract for one split.
+
+    ``paths`` (N,) image files; ``names`` (N,) unique image names without '/'; ``labels``
+    (N, S + U) int8 in {-1, 0, +1}, seen columns first: a numpy array or any object with
+    ``.shape`` whose ``labels[int64 index array]`` gives dense rows (e.g. :class:`SparseLabels`); ``seen``/``unseen`` label names;
+    ``unseen_eval`` evaluated unseen indices (None: all); ``dataset`` manifest dataset name;
+    ``extra`` more manifest fields (sources of the labels).
+    """
+
+    split: str
+    dataset: str
+    paths: Sequence[str]
+    names: Sequence[str]
+    labels: "object"
+    seen: Sequence[str]
+    unseen: Sequence[str]
+    unseen_eval: Optional[Sequence[int]] = None
+    extra: Optional[dict] = None
+
+    def check(self) -> None:
+        n = len(self.paths)
+        shape = tuple(self.labels.shape)
+        if len(self.names) != n or shape != (n, len(self.seen) + len(self.unseen)):
+            raise ValueError(f"split '{self.split}': {n} paths, {len(self.names)} names, labels of shape "
+                             f"{shape}; expected ({n}, {len(self.seen) + len(self.unseen)})")
+        seen_names = {}
+        for i, name in enumerate(self.names):
+            if not name or "/" in name:
+                raise ValueError(f"split '{self.split}': image {self.paths[i]}: field 'name' {name!r} is empty or holds '/'")
+            if name in seen_names:
+                raise ValueError(f"split '{self.split}': image name {name!r} occurs twice "
+                                 f"({self.paths[seen_names[name]]} and {self.paths[i]})")
+            seen_names[name] = i
+
+
+def extract_split(
+    spec: SplitSpec,
+    out_root: PathLike,
+    *,
+    weights: Optional[str],
+    random_seed: Optional[int],
+    batch_size: int = 32,
+    num_workers: int = 4,
+    shard_size: int = 4096,
+    dtype: str = "float16",
+    device: str = "auto",
+    overwrite: bool = False,
+    tool: str = "feature extraction",
+) -> dict:
+    """Compute features of every image of ``spec`` and write them as one packed split.
+
+    Resumable: complete shards of an earlier run are kept (checksums verified) and extraction
+    restarts after the last stored image. Under ``torchrun`` each rank extracts a contiguous
+    block of the list into ``<out_root>/.parts/<split>/rank-<r>-of-<W>/``; after a barrier rank 0
+    moves the shards into ``out_root`` in rank order and writes the one manifest.
+
+    Output: a summary dict ``{"split", "listed", "written", "unreadable", "report", "skipped_complete"}``
+    (on rank 0 the totals over all ranks). Unreadable images (missing, truncated, corrupt, not an
+    image) are listed with their reason in :func:`report_path` and counted in the summary.
+    """
+    import numpy as np
+    from tqdm import tqdm
+    from torch.utils.data import DataLoader
+
+    from .data.packed import PackedDataset, PackedWriter, read_manifest
+    from .utils import comm
+
+    spec.check()
+    out_root = Path(out_root)
+    dev = comm.init_distributed(device, timeout_minutes=24 * 60)
+    rank, world = comm.get_rank(), comm.get_world_size()
+    summary = {"split": spec.split, "listed": len(spec.paths), "written": 0, "unreadable": 0,
+               "report": str(report_path(out_root, spec.split)), "skipped_complete": False}
+
+    final_manifest = out_root / "manifest.json"
+    if not overwrite and final_manifest.is_file():
+        entry = read_manifest(out_root)["splits"].get(spec.split)
+        if entry is not None and entry.get("complete"):
+            summary.update(skipped_complete=True, written=entry["num_images"])
+            if rank == 0:
+                print(f"{tool}: split '{spec.split}' of {out_root} is already complete "
+                      f"({entry['num_images']} images); nothing to do (--overwrite starts it over)")
+            return summary
+
+    extractor, source = vgg19_from_args(weights, random_seed, what=tool)
+    extractor = extractor.to(dev)
+    start, stop = _rank_range(len(spec.paths), rank, world)
+    root = out_root if world == 1 else out_root / ".parts" / spec.split / f"rank-{rank}-of-{world}"
+    writer = PackedWriter(
+        root, spec.split, dataset=spec.dataset, seen_labels=spec.seen, unseen_labels=spec.unseen,
+        unseen_eval=spec.unseen_eval, shard_size=shard_size, dtype=dtype, scene_source=source,
+        resume=not overwrite, extra=spec.extra,
+    )
+    names = list(spec.names[start:stop])
+    dataset = ImageFileDataset(spec.paths[start:stop])
+    failures: List[Tuple[int, Unreadable]] = []
+    resume_at = 0
+    if writer.num_images:
+        resume_at, failures = _resume_point(PackedDataset(root, spec.split, allow_incomplete=True).names(),
+                                            names, dataset, root)
+        print(f"{tool} (rank {rank}): resuming split '{spec.split}' after {writer.num_images} stored images "
+              f"(image {start + resume_at} of the list)")
+    # (Re)opening a writer marks the split incomplete; running the (maybe empty) rest and closing
+    # it makes it complete again and rebuilds the report either way.
+    todo = torch.utils.data.Subset(dataset, range(resume_at, len(dataset)))
+    loader = DataLoader(todo, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images,
+                        pin_memory=dev.type == "cuda", shuffle=False)
+    bar = tqdm(total=len(dataset), initial=resume_at, unit="img", dynamic_ncols=True,
+               desc=f"{spec.split}" + (f" rank {rank}" if world > 1 else ""))
+    with bar:
+        for images, local, failed in loader:
+            failures.extend(failed)
+            if len(local):
+                regions, scene = extractor(images.to(dev, non_blocking=True))
+                idx = local.numpy()
+                writer.append(regions.cpu().numpy(), np.asarray(spec.labels[start + idx], dtype=np.int8), [names[i] for i in idx],
+                              scene=scene.cpu().numpy())
+            bar.update(len(local) + len(failed))
+            if failed:
+                bar.set_postfix(unreadable=len(failures))
+    writer.close()
+    rows = [(names[i], u.path, u.reason) for i, u in sorted(failures, key=lambda t: t[0])]
+    _atomic_write_text(report_path(root, spec.split), REPORT_HEADER + _report_lines(rows))
+
+    if world > 1:
+        comm.barrier()
+        if rank == 0:
+            _merge_parts(out_root, spec, world, shard_size, dtype, source)
+        comm.barrier()
+    if rank == 0:
+        entry = read_manifest(out_root)["splits"][spec.split]
+        report = report_path(out_root, spec.split)
+        with open(report, encoding="utf-8") as fh:
+            unreadable = sum(1 for _ in fh) - 1
+        summary.update(written=entry["num_images"], unreadable=unreadable)
+        print(f"{tool}: split '{spec.split}': {summary['listed']} images listed, {summary['written']} written, "
+              f"{unreadable} unreadable" + (f" (listed with reasons in {report})" if unreadable else "")
+              + f"; VGG19 weights: {source}")
+    return summary
+
+
+def _resume_point(stored: List[str], names: List[str], dataset: "ImageFileDataset", root: Path):
+    """Where a resumed run continues, and the unreadable images before that point.
+
+    ``stored``: names already in complete shards; ``names``: this rank's list. Output:
+    ``(position after the last stored image, [(index, Unreadable), ...] of skipped images)``.
+    The skipped images are read again so their reasons reach the report.
+    """
+    where = {n: i for i, n in enumerate(names)}
+    pos = [where.get(n, -1) for n in stored]
+    if any(p < 0 for p in pos) or any(b <= a for a, b in zip(pos, pos[1:])):
+        raise RuntimeError(f"{root}: the stored shards were written from a different image list "
+                           "(names missing or out of order); use a fresh output directory or --overwrite")
+    resume_at = pos[-1] + 1
+    kept = set(pos)
+    failures = []
+    for i in range(resume_at):
+        if i not in kept:
+            item, _ = dataset[i]
+            reason = item.reason if isinstance(item, Unreadable) else "unreadable in an earlier run, readable now: rerun with --overwrite"
+            failures.append((i, Unreadable(dataset.paths[i], reason)))
+    return resume_at, failures
+
+
+def _merge_parts(out_root: Path, spec: SplitSpec, world: int, shard_size: int, dtype: str, source: str) -> None:
+    """Rank 0, after the barrier: move every rank's shards into ``out_root`` in rank order, write
+    one manifest listing them (checksums carried over) and one report, then drop ``.parts``."""
+    import json
+    import shutil
+
+    from .data.packed import PackedFormatError, PackedWriter, read_manifest, shard_filename
+
+    parts = [out_root / ".parts" / spec.split / f"rank-{r}-of-{world}" for r in range(world)]
+    # Opening a writer on the final root checks that labels/dtype/scene agree with what is there
+    # and clears any older shards of this split; its manifest dict is the base of the new one.
+    base = PackedWriter(out_root, spec.split, dataset=spec.dataset, seen_labels=spec.seen,
+                        unseen_labels=spec.unseen, unseen_eval=spec.unseen_eval, shard_size=shard_size,
+                        dtype=dtype, scene_source=source, resume=False, extra=spec.extra).manifest
+    shards, total, report = [], 0, REPORT_HEADER
+    for part in parts:
+        entry = read_manifest(part)["splits"][spec.split]
+        if not entry.get("complete"):
+            raise PackedFormatError(f"{part}: split '{spec.split}' incomplete after the barrier")
+        for shard in entry["shards"]:
+            target = shard_filename(spec.split, len(shards))
+            os.replace(part / shard["file"], out_root / target)
+            shards.append({"file": target, "num_images": shard["num_images"], "sha256": shard["sha256"]})
+            total += shard["num_images"]
+        with open(report_path(part, spec.split), encoding="utf-8") as fh:
+            report += "".join(fh.readlines()[1:])
+    base["splits"][spec.split] = {"num_images": total, "complete": True, "shard_size": shard_size, "shards": shards}
+    _atomic_write_text(out_root / "manifest.json", json.dumps(base, indent=1, ensure_ascii=False) + "\n")
+    read_manifest(out_root)  # the same checks the readers apply
+    _atomic_write_text(report_path(out_root, spec.split), report)
+    shutil.rmtree(out_root / ".parts" / spec.split)
+
+
+def add_extraction_arguments(parser) -> None:
+    """Options shared by the feature extractors: output, weights, batching, sharding, device."""
+    parser.add_argument("--out", required=True, metavar="DIR", help="packed dataset directory to write (manifest.json, shards)")
+    add_weight_arguments(parser)
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per forward pass (default 32)")
+    parser.add_argument("--workers", type=int, default=4, metavar="N",
+                        help="DataLoader worker processes decoding images (default 4; 0 = in the main process)")
+    parser.add_argument("--shard-size", type=int, default=4096, metavar="N",
+                        help="images per shard file (default 4096); a resumed run must use the same value")
+    parser.add_argument("--dtype", choices=("float16", "float32"), default="float16",
+                        help="stored feature dtype (default float16, as the trainer reads it)")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                        help="auto: this rank's GPU when there is one (default)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start the split over instead of resuming / skipping a complete one")
+
+
+def check_extraction_arguments(parser, args) -> None:
+    """Reject impossible values of :func:`add_extraction_arguments` options via ``parser.error``."""
+    for flag, value, low in (("--batch-size", args.batch_size, 1), ("--workers", args.workers, 0),
+                             ("--shard-size", args.shard_size, 1)):
+        if value < low:
+            parser.error(f"{flag} must be >= {low}, got {value}")
+    if args.weights is not None and args.random_weights is not None:
+        parser.error("give either --weights FILE or --random-weights SEED, not both")
+
+
+def run_split(spec: SplitSpec, args, tool: str) -> dict:
+    """:func:`extract_split` with the options of :func:`add_extraction_arguments`."""
+    return extract_split(spec, args.out, weights=args.weights, random_seed=args.random_weights,
+                         batch_size=args.batch_size, num_workers=args.workers, shard_size=args.shard_size,
+                         dtype=args.dtype, device=args.device, overwrite=args.overwrite, tool=tool)
