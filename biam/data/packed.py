@@ -386,7 +386,8 @@ class PackedWriter:
         for field, arr in (("regions", regions), ("scene", scene)):
             if arr is None:
                 continue
-            stored = np.asarray(arr).astype(self.dtype, copy=False)
+            with np.errstate(over="ignore"):  # overflow is what this check reports, by image
+                stored = np.asarray(arr).astype(self.dtype, copy=False)
             bad = ~np.isfinite(stored).reshape(n, -1).all(axis=1)
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
@@ -545,9 +546,10 @@ class PackedDataset:
                 raise PackedFormatError(f"{path}: field '{field}' missing")
             ds = f[field]
             if ds.shape != shape or (dtype is not None and ds.dtype != dtype):
+                msg = (f"{path}: field '{field}': shape {ds.shape} dtype {ds.dtype}, "
+                       f"manifest implies shape {shape} dtype {dtype}")
                 f.close()
-                raise PackedFormatError(f"{path}: field '{field}': shape {ds.shape} dtype {ds.dtype}, "
-                                        f"manifest implies shape {shape} dtype {dtype}")
+                raise PackedFormatError(msg)
         return f
 
     def locate(self, index: int) -> tuple:

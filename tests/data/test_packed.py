@@ -1,0 +1,123 @@
+"""Tests of biam.data.packed: writer checks, reader errors, checksums, resume bookkeeping."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from biam.data.packed import (PackedDataset, PackedFormatError, PackedWriter, l2_normalize, load_embeddings,
+                              read_manifest, save_embeddings)
+
+LABELS = dict(dataset="toy", seen_labels=["a", "b"], unseen_labels=["c", "d"])
+
+
+def _write(root, n=30, shard_size=12, **kw):
+    rng = np.random.default_rng(0)
+    w = PackedWriter(root, "train", shard_size=shard_size, **LABELS, **kw)
+    regions = rng.random((n, 512, 196), dtype=np.float32) * 10
+    labels = rng.integers(-1, 2, (n, 4)).astype(np.int8)
+    w.append(regions[:7], labels[:7], [f"n{i}" for i in range(7)])
+    w.append(regions[7:], labels[7:], [f"n{i}" for i in range(7, n)])
+    w.close()
+    return regions, labels
+
+
+def test_roundtrip_and_layout(tmp_path):
+    regions, labels = _write(tmp_path, unseen_eval=[1])
+    ds = PackedDataset(tmp_path, "train")
+    assert len(ds) == 30 and ds.shard_offsets.tolist() == [0, 12, 24, 30]
+    assert ds.unseen_eval.tolist() == [1]
+    got = ds.read_slice(5, 27)
+    np.testing.assert_allclose(got["regions"], regions[5:27].astype(np.float16))
+    np.testing.assert_array_equal(got["labels"], labels[5:27])
+    assert got["names"].tolist() == [f"n{i}" for i in range(5, 27)]
+    with h5py.File(tmp_path / "train-00000.h5", "r") as f:
+        assert f["regions"].dtype == np.float16 and f["regions"].chunks[1:] == (512, 196)
+        assert f["labels"].dtype == np.int8 and "scene" not in f
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "train-00000.h5", "train-00001.h5",
+                                                           "train-00002.h5"]
+    assert ds.count_positives().tolist() == (labels[:, :2] == 1).sum(1).tolist()
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(labels=np.full((2, 4), 3, np.int8)), "image 'x0', field 'labels'"),
+    (dict(regions=np.full((2, 512, 196), 70000.0, np.float32)), "image 'x0', field 'regions': not finite as float16"),
+    (dict(regions=np.zeros((2, 512, 195), np.float32)), "field 'regions': shape"),
+    (dict(names=["x0", "a/b"]), "'a/b', field 'names'"),
+])
+def test_writer_rejects_bad_records(tmp_path, bad, match):
+    w = PackedWriter(tmp_path, "train", shard_size=4, **LABELS)
+    args = dict(regions=np.zeros((2, 512, 196), np.float32), labels=np.zeros((2, 4), np.int8), names=["x0", "x1"])
+    args.update(bad)
+    with pytest.raises(ValueError, match=match):
+        w.append(**args)
+
+
+def test_verify_names_the_changed_shard(tmp_path):
+    _write(tmp_path)
+    ds = PackedDataset(tmp_path, "train")
+    ds.verify(progress=False)
+    with h5py.File(tmp_path / "train-00001.h5", "r+") as f:
+        f["labels"][0, 0] = -f["labels"][0, 0] or 1
+    with pytest.raises(PackedFormatError, match="train-00001.h5: sha256"):
+        PackedDataset(tmp_path, "train").verify(progress=False)
+
+
+def test_missing_truncated_and_inconsistent(tmp_path):
+    _write(tmp_path)
+    (tmp_path / "train-00002.h5").write_bytes((tmp_path / "train-00002.h5").read_bytes()[:5000])
+    with pytest.raises(PackedFormatError, match="train-00002.h5: cannot open shard"):
+        PackedDataset(tmp_path, "train").read_slice(20, 30)
+    (tmp_path / "train-00002.h5").unlink()
+    with pytest.raises(PackedFormatError, match="train-00002.h5: shard listed in the manifest is missing"):
+        PackedDataset(tmp_path, "train").read_slice(25, 26)
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    m["splits"]["train"]["shards"][0]["num_images"] = 11
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(PackedFormatError, match="splits.train.num_images"):
+        read_manifest(tmp_path)
+    m["splits"]["train"]["num_images"] = 29
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(PackedFormatError, match="train-00000.h5: field 'regions': shape"):
+        PackedDataset(tmp_path, "train").read_slice(0, 1)
+    with pytest.raises(PackedFormatError, match="no split 'test'"):
+        PackedDataset(tmp_path, "test")
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(PackedFormatError, match="not valid JSON"):
+        PackedDataset(tmp_path, "train")
+
+
+def test_resume_keeps_listed_shards_and_refuses_changes(tmp_path):
+    w = PackedWriter(tmp_path, "train", shard_size=4, **LABELS)
+    w.append(np.ones((10, 512, 196), np.float32), np.zeros((10, 4), np.int8), [f"n{i}" for i in range(10)])
+    # Simulate a kill: 2 complete shards listed, 2 images buffered, a stray temp file.
+    (tmp_path / "train-00002.h5.tmp").write_bytes(b"partial")
+    with pytest.raises(PackedFormatError, match="incomplete"):
+        PackedDataset(tmp_path, "train")
+    w2 = PackedWriter(tmp_path, "train", shard_size=4, **LABELS)
+    assert w2.num_images == 8 and not (tmp_path / "train-00002.h5.tmp").exists()
+    with pytest.raises(PackedFormatError, match="shard_size"):
+        PackedWriter(tmp_path, "train", shard_size=5, **LABELS)
+    with pytest.raises(PackedFormatError, match="'feature_dtype'"):
+        PackedWriter(tmp_path, "train", shard_size=4, dtype="float32", **LABELS)
+    # A listed shard whose bytes changed is rewritten (with a warning), with all later ones.
+    with open(tmp_path / "train-00001.h5", "r+b") as fh:
+        fh.seek(3000)
+        fh.write(b"\x01\x02")
+    with pytest.warns(UserWarning, match="train-00001.h5: sha256"):
+        w3 = PackedWriter(tmp_path, "train", shard_size=4, **LABELS)
+    assert w3.num_images == 4
+
+
+def test_embeddings_roundtrip(tmp_path):
+    _write(tmp_path)
+    seen = np.arange(600, dtype=np.float32).reshape(2, 300)
+    save_embeddings(tmp_path, seen, np.ones((2, 300)))
+    s, u = load_embeddings(tmp_path)
+    np.testing.assert_array_equal(s, seen)
+    assert u.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(l2_normalize(s), axis=1), 1.0, rtol=1e-6)
+    save_embeddings(tmp_path, seen, np.ones((3, 300)))
+    with pytest.raises(PackedFormatError, match="'unseen' has shape"):
+        load_embeddings(tmp_path)
