@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .modeling import SceneHead
+from .modeling.scene_head import vgg19_head_state_dict
 
 __all__ = [
     "IMAGE_SIZE", "IMAGENET_MEAN", "IMAGENET_STD", "VGG19_FILENAME", "VGG19_SHA256_PREFIX",
@@ -255,7 +256,12 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         # features[:-1] drops the last max-pool: conv5_4 after its ReLU, 14x14 for a 224 input.
         self.body = vgg.features[:-1]
-        self.scene_head = SceneHead.from_torchvision(vgg)
+        # Same result as SceneHead.from_torchvision(vgg), minus the seconds of random init of a
+        # 25088x4096 layer that is overwritten anyway: build on meta, then take vgg's fc6/fc7.
+        with torch.device("meta"):
+            head = SceneHead()
+        head.load_state_dict(vgg19_head_state_dict(vgg.state_dict(), "torchvision vgg19"), assign=True)
+        self.scene_head = head
         self.requires_grad_(False)
         super().train(False)
 

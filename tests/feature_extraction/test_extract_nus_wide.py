@@ -117,19 +117,18 @@ def _run(args, **kw):
 
 
 def test_resume_after_kill_gives_the_same_output(tmp_path, helpers, vgg_file):
-    test_items = [(f"water\\{k:04d}_{k}.jpg", [k % 2, 1, 0, 1, 0], [0, 1, k % 2], "ok") for k in range(4)]
+    test_items = [(f"water\\{k:04d}_{k}.jpg", [k % 2, 1, 0, 1, 0], [0, 1, k % 2], "ok") for k in range(3)]
     nus = helpers.make_nus_release(tmp_path / "NUS-WIDE", TRAIN[:1], test_items)
     helpers.write_glove(tmp_path / "glove.txt", helpers.NUS_TAGS + ["person"])
     common = ["--nus-root", str(nus), "--glove", str(tmp_path / "glove.txt"), "--weights", str(vgg_file),
               "--splits", "test", "--batch-size", "1", "--shard-size", "1", "--workers", "0", "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="2")
 
+    # The uninterrupted reference run, in this process (saves a start-up).
     straight = tmp_path / "straight"
-    proc = _run(common + ["--out", str(straight)], env=env)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out.decode()
+    assert helpers.load_script("extract_nus_wide").main(common + ["--out", str(straight)]) == 0
 
-    # Kill the second run (SIGKILL: no clean-up code runs) once its first shard is listed.
+    # Kill a second run (SIGKILL: no clean-up code runs) once its first shard is listed.
     resumed = tmp_path / "resumed"
     proc = _run(common + ["--out", str(resumed)], env=env)
     deadline = time.time() + 120
@@ -144,7 +143,7 @@ def test_resume_after_kill_gives_the_same_output(tmp_path, helpers, vgg_file):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     interrupted = read_manifest(resumed)["splits"]["test"]
-    assert not interrupted["complete"] and 1 <= len(interrupted["shards"]) < 4
+    assert not interrupted["complete"] and 1 <= len(interrupted["shards"]) < 3
 
     proc = _run(common + ["--out", str(resumed)], env=env)
     out, _ = proc.communicate(timeout=120)
