@@ -98,12 +98,14 @@ class RegionContextBlock(nn.Module):
         if self.attention == "fused":
             att = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         else:
-            # float32 so that the -1e9 fill cannot overflow half precision into -inf/NaN.
-            qf, kf, vf = q.float(), k.float(), v.float()
-            scores = qf @ kf.transpose(-2, -1) / math.sqrt(qf.shape[-1])
-            scores = scores.masked_fill(scores == 0, -1e9)
-            weights = F.dropout(scores.softmax(dim=-1), p=p, training=self.training)
-            att = (weights @ vf).to(v.dtype)
+            # float32 with autocast off: -1e9 does not fit float16, and autocast would otherwise
+            # run the matmuls in half precision again whatever dtype they are given.
+            with torch.autocast(device_type=q.device.type, enabled=False):
+                qf, kf, vf = q.float(), k.float(), v.float()
+                scores = qf @ kf.transpose(-2, -1) / math.sqrt(qf.shape[-1])
+                scores = scores.masked_fill(scores == 0, -1e9)
+                weights = F.dropout(scores.softmax(dim=-1), p=p, training=self.training)
+                att = (weights @ vf).to(v.dtype)
         att = att.transpose(2, 3).reshape(b, d, h, w)
         o_r = self.out_dropout(self.w_o(att)) + x
         return self.sub_network(o_r) + o_r
