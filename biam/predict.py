@@ -1,0 +1,255 @@
+"""``biam-predict``: tag images with any label list, optionally with attention figures.
+
+    python -m biam.predict photo.jpg photos/ --labels labels.txt --glove glove.6B.300d.txt \
+        --checkpoint pretrained_weights/model_best_nus.pth [--top-k 5] [--json] [--visualize figs/] \
+        [--config-file configs/nus_wide.yaml] [MODEL.HEADS 8 ...]
+
+Images (files, and folders searched recursively) go through the extractors' pipeline
+(:mod:`biam.features`: 224x224 resize, VGG19 conv5_4 regions and fc7 scene), then through BiAM
+with the label embeddings L2-normalised; each image gets its top-K labels and scores. Labels
+are known only through their embeddings, so any label list works (zero-shot): ``--labels``
+(one name a line) with ``--embeddings`` (.npy/.npz rows in label order) or ``--glove`` (a GloVe
+text file; multi-word labels averaged).
+
+Exit status: 0 all images tagged; 1 some images could not be read (they are listed, with the
+reason, on stderr and under "unreadable" in the JSON; the others are still tagged); 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .config import ConfigError
+from .data.released import RecordError
+from .engine.checkpoint import CheckpointError
+from .features import WeightsNotFoundError
+
+__all__ = ["main", "build_parser", "split_inputs", "collect_images", "load_label_embeddings", "IMAGE_EXTENSIONS"]
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="biam-predict",
+        description="Top-K labels (and attention maps) of images for any label list, with a BiAM checkpoint.",
+        epilog="Positional arguments are images or folders, optionally followed by KEY VALUE config overrides "
+               "(e.g. MODEL.HEADS 8); model options must match the checkpoint.")
+    parser.add_argument("--labels", required=True, metavar="FILE", help="label names, one a line")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--embeddings", metavar="FILE", help=".npy (C, 300) or .npz (one array, or 'seen' + 'unseen' "
+                                                          "as in a packed dataset) with rows in --labels order")
+    group.add_argument("--glove", metavar="FILE.txt", help="GloVe text file; multi-word labels are averaged")
+    parser.add_argument("--glove-missing", choices=("error", "skip-word", "zero"), default="error",
+                        help="labels with words the GloVe file lacks: error (default), average the known words, "
+                             "or a zero row")
+    parser.add_argument("--checkpoint", required=True, metavar="FILE",
+                        help="BiAM weights: our training checkpoint or a published state dict (model_best_nus.pth)")
+    vgg = parser.add_mutually_exclusive_group()
+    vgg.add_argument("--vgg-weights", metavar="FILE",
+                     help="VGG19 ImageNet state dict (vgg19-dcbb9e9d.pth); default: torchvision's cache")
+    vgg.add_argument("--random-vgg", type=int, metavar="SEED", help="seeded random VGG19 (tests and smoke runs only)")
+    parser.add_argument("--top-k", type=int, default=5, metavar="K", help="labels shown per image (default 5)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--output", metavar="FILE", help="write the table / JSON to FILE instead of stdout")
+    parser.add_argument("--visualize", metavar="DIR", help="write one attention figure (PNG) per image into DIR")
+    parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per forward pass (default 8)")
+    parser.add_argument("--workers", type=int, default=0, metavar="N", help="image decoding worker processes (default 0)")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="default: a GPU when present")
+    parser.add_argument("--config-file", default="", metavar="FILE",
+                        help="YAML config with the checkpoint's model options (e.g. configs/nus_wide.yaml)")
+    parser.add_argument("opts", nargs="*", metavar="IMAGE | KEY VALUE",
+                        help="image files or folders, then optional config overrides such as MODEL.HEADS 8")
+    return parser
+
+
+def split_inputs(tokens: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """Positional tokens -> (input paths, KEY VALUE overrides).
+
+    A token that looks like a config key (``MODEL.TOPK``: upper case, dotted) and is not an
+    existing path starts an override; the token after it is its value.
+    """
+    paths, opts = [], []
+    it = iter(tokens)
+    for tok in it:
+        if _CONFIG_KEY.match(tok) and not Path(tok).exists():
+            value = next(it, None)
+            if value is None:
+                raise ValueError(f"config override {tok} has no value")
+            opts += [tok, value]
+        else:
+            paths.append(tok)
+    return paths, opts
+
+
+def collect_images(inputs: Sequence[str]) -> List[str]:
+    """Files as given (a missing one is kept, to be reported as unreadable), folders searched
+    recursively for image extensions, in sorted order. Raises ValueError if nothing is found."""
+    out: List[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise ValueError(f"{p}: folder holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            out += found
+        else:
+            out.append(str(p))
+    if not out:
+        raise ValueError("no images given (pass image files and/or folders)")
+    return out
+
+
+def load_label_embeddings(args, names: List[str], embed_dim: int) -> torch.Tensor:
+    """(C, embed_dim) float32 label embeddings, rows L2-normalised, in the order of ``names``."""
+    from .data import embeddings as emb
+    from .data.packed import l2_normalize
+
+    if args.embeddings:
+        path = Path(args.embeddings)
+        if path.suffix == ".npz" and path.is_file():
+            with np.load(path, allow_pickle=False) as z:
+                files = z.files
+            if "seen" in files and "unseen" in files:
+                vectors = np.concatenate([emb.load_embedding_array(path, "seen"), emb.load_embedding_array(path, "unseen")])
+            else:
+                vectors = emb.load_embedding_array(path)
+        else:
+            vectors = emb.load_embedding_array(path)
+        source = str(path)
+    else:
+        vectors = emb.build_from_glove(names, args.glove, missing=args.glove_missing)
+        source = str(args.glove)
+    if vectors.shape != (len(names), embed_dim):
+        raise ValueError(f"{source}: embeddings of shape {vectors.shape}, expected ({len(names)}, {embed_dim}) "
+                         f"for the {len(names)} labels of {args.labels} (MODEL.EMBED_DIM {embed_dim})")
+    zero = np.flatnonzero(np.linalg.norm(vectors, axis=1) == 0)
+    if len(zero):
+        print(f"biam-predict: warning: label(s) {[names[i] for i in zero]} have zero embeddings and score "
+              "the same for every image", file=sys.stderr)
+    return torch.from_numpy(l2_normalize(vectors))
+
+
+def _figure_name(path: str, used: set) -> str:
+    stem = Path(path).stem or "image"
+    name, n = f"{stem}.png", 1
+    while name in used:  # same file name in two folders: number the later ones
+        name, n = f"{stem}-{n}.png", n + 1
+    used.add(name)
+    return name
+
+
+def _format_table(results: list, unreadable: list) -> str:
+    lines = []
+    for r in results:
+        lines.append(r["image"])
+        width = max(len(t["label"]) for t in r["labels"]) if r["labels"] else 0
+        for rank, t in enumerate(r["labels"], 1):
+            lines.append(f"  {rank:>2}  {t['label']:<{width}}  {t['score']:.4f}")
+    for u in unreadable:
+        lines.append(f"{u['image']}\n  unreadable: {u['reason']}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.top_k < 1 or args.batch_size < 1 or args.workers < 0:
+        parser.error("--top-k and --batch-size must be >= 1, --workers >= 0")
+    try:
+        return _run(args)
+    except (ConfigError, CheckpointError, WeightsNotFoundError, RecordError, FileNotFoundError, KeyError,
+            ValueError) as err:
+        # Bad input (files, labels, config, weights): one clear line instead of a traceback.
+        print(f"biam-predict: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from .config import load_cfg
+    from .data.released import read_lines
+    from .engine.checkpoint import load_model_weights
+    from .features import ImageFileDataset, check_weights_available, collate_images, load_image, vgg19_from_args
+    from .modeling import build_model
+
+    inputs, opts = split_inputs(args.opts)
+    cfg = load_cfg(args.config_file or None, opts)
+    images = collect_images(inputs)
+    names = read_lines(args.labels)
+    if len(set(names)) != len(names):
+        raise ValueError(f"{args.labels}: a label name appears twice")
+    check_weights_available(args.vgg_weights, args.random_vgg, "biam-predict")
+    label_emb = load_label_embeddings(args, names, cfg.MODEL.EMBED_DIM)
+
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    model = build_model(cfg)
+    load_model_weights(model, args.checkpoint)
+    model = model.to(device).eval()
+    extractor, vgg_source = vgg19_from_args(args.vgg_weights, args.random_vgg, "biam-predict")
+    extractor = extractor.to(device)
+    label_emb = label_emb.to(device)
+    k = min(args.top_k, len(names))
+
+    loader = DataLoader(ImageFileDataset(images), batch_size=args.batch_size, num_workers=args.workers,
+                        collate_fn=collate_images, shuffle=False)
+    results: dict = {}
+    unreadable: dict = {}
+    used_names: set = set()
+    if args.visualize:
+        from .visualize import save_attention_figure
+
+        Path(args.visualize).mkdir(parents=True, exist_ok=True)
+    with torch.no_grad(), tqdm(total=len(images), unit="img", desc="predict", file=sys.stderr) as bar:
+        for batch, index, failed in loader:
+            for i, u in failed:
+                unreadable[i] = {"image": images[i], "reason": u.reason}
+            if len(index):
+                regions, scene = extractor(batch.to(device))
+                maps = model.region_scores(regions, label_emb, scene).float()  # (B, 196, C)
+                scores = maps.topk(model.topk, dim=1).values.mean(dim=1)  # as BiAM.forward
+                top_scores, top_idx = scores.topk(k, dim=1)
+                for b, i in enumerate(index.tolist()):
+                    entry = {"image": images[i], "labels": [
+                        {"label": names[c], "score": float(s)} for c, s in zip(top_idx[b].tolist(), top_scores[b].tolist())]}
+                    if args.visualize:
+                        fig = Path(args.visualize) / _figure_name(images[i], used_names)
+                        save_attention_figure(load_image(images[i]), maps[b][:, top_idx[b]].cpu().numpy(),
+                                              [t["label"] for t in entry["labels"]],
+                                              [t["score"] for t in entry["labels"]], fig)
+                        entry["figure"] = str(fig)
+                    results[i] = entry
+            bar.update(len(index) + len(failed))
+
+    ordered = [results[i] for i in sorted(results)]
+    bad = [unreadable[i] for i in sorted(unreadable)]
+    if args.json:
+        text = json.dumps({"checkpoint": str(args.checkpoint), "vgg_weights": vgg_source, "top_k": k,
+                           "results": ordered, "unreadable": bad}, indent=1, ensure_ascii=False) + "\n"
+    else:
+        text = _format_table(ordered, bad)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    for u in bad:
+        print(f"biam-predict: unreadable image {u['image']}: {u['reason']}", file=sys.stderr)
+    print(f"biam-predict: {len(ordered)} of {len(images)} images tagged" +
+          (f", {len(bad)} unreadable" if bad else "") + (f"; figures in {args.visualize}" if args.visualize else ""),
+          file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

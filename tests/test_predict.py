@@ -1,0 +1,111 @@
+"""biam-predict end to end on generated images with a random BiAM checkpoint and a seeded random
+VGG19: JSON with sorted top-K scores equal to BiAM's own forward on torchvision's features,
+unreadable images listed (exit 1), real PNG attention figures of the documented size."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from biam.config import load_cfg
+from biam.modeling import BiAM, SceneHead, build_model
+from biam.predict import main, split_inputs
+from biam.visualize import figure_size
+
+LABELS = ["sky", "red car", "dog", "water"]
+
+
+def _glove(path, words, seed=3):
+    rng = np.random.default_rng(seed)
+    vecs = {w: rng.normal(size=300).astype(np.float32) for w in words}
+    path.write_text("".join(w + " " + " ".join(repr(float(v)) for v in vec) + "\n" for w, vec in vecs.items()))
+    return vecs
+
+
+def _images(folder):
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    a = folder / "a.jpg"
+    Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(a)
+    (folder / "sub").mkdir()
+    b = folder / "sub" / "b.png"
+    Image.fromarray(rng.integers(0, 256, (80, 50, 3), dtype=np.uint8)).save(b)
+    return [a, b]
+
+
+def test_split_inputs_separates_paths_and_overrides(tmp_path):
+    assert split_inputs(["x.jpg", "dir", "MODEL.HEADS", "4", "MODEL.TOPK", "3"]) == (
+        ["x.jpg", "dir"], ["MODEL.HEADS", "4", "MODEL.TOPK", "3"])
+    with pytest.raises(ValueError, match="MODEL.TOPK has no value"):
+        split_inputs(["x.jpg", "MODEL.TOPK"])
+
+
+def test_predict_json_and_attention_figures(tmp_path, capsys):
+    import torchvision
+    from torchvision import transforms
+
+    images = _images(tmp_path / "imgs")
+    corrupt = tmp_path / "broken.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (tmp_path / "labels.txt").write_text("\n".join(LABELS) + "\n")
+    vecs = _glove(tmp_path / "glove.txt", ["sky", "red", "car", "dog", "water"])
+    torch.manual_seed(5)
+    cfg = load_cfg(None, ["MODEL.HEADS", "4"])
+    model = build_model(cfg).eval()
+    torch.save(model.state_dict(), tmp_path / "model.pth")  # a plain state dict, like the published files
+
+    out = tmp_path / "pred.json"
+    figs = tmp_path / "figs"
+    rc = main([str(tmp_path / "imgs"), str(corrupt), "MODEL.HEADS", "4", "--labels", str(tmp_path / "labels.txt"),
+               "--glove", str(tmp_path / "glove.txt"), "--checkpoint", str(tmp_path / "model.pth"),
+               "--random-vgg", "0", "--top-k", "3", "--json", "--output", str(out), "--visualize", str(figs),
+               "--device", "cpu", "--batch-size", "2"])
+    assert rc == 1  # one unreadable image
+    assert "unreadable image" in capsys.readouterr().err
+    result = json.loads(out.read_text())
+    assert [r["image"] for r in result["unreadable"]] == [str(corrupt)]
+    assert [r["image"] for r in result["results"]] == [str(p) for p in images]
+    assert result["vgg_weights"] == "random-seed-0"
+
+    # Independent reference: torchvision VGG19 (same seed) features, BiAM.forward, L2-normalised GloVe means.
+    torch.manual_seed(0)
+    vgg = torchvision.models.vgg19(weights=None).eval()
+    tf = transforms.Compose([transforms.Resize((224, 224)), transforms.ToTensor(),
+                             transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    x = torch.stack([tf(Image.open(p).convert("RGB")) for p in images])
+    emb = np.stack([vecs["sky"], (vecs["red"] + vecs["car"]) / 2, vecs["dog"], vecs["water"]])
+    emb = torch.from_numpy(emb / np.linalg.norm(emb, axis=1, keepdims=True)).float()
+    with torch.no_grad():
+        fmap = vgg.features[:-1](x)
+        expected = model(fmap, emb, SceneHead.from_torchvision(vgg)(fmap))
+    for row, r in zip(expected, result["results"]):
+        scores = [t["score"] for t in r["labels"]]
+        assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+        top = torch.topk(row, 3)
+        assert [t["label"] for t in r["labels"]] == [LABELS[i] for i in top.indices.tolist()]
+        np.testing.assert_allclose(scores, top.values.numpy(), rtol=1e-4, atol=1e-5)
+
+    # One real PNG per readable image, of the documented size, not blank.
+    pngs = sorted(figs.iterdir())
+    assert [p.name for p in pngs] == ["a.png", "b.png"]
+    assert [r["figure"] for r in result["results"]] == [str(figs / "a.png"), str(figs / "b.png")]
+    for p in pngs:
+        with Image.open(p) as im:
+            assert im.format == "PNG" and im.size == figure_size(3) == (1200, 350)
+            assert np.asarray(im.convert("RGB")).std() > 10
+
+
+def test_wrong_embedding_rows_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "labels.txt").write_text("sky\ndog\n")
+    np.save(tmp_path / "emb.npy", np.ones((3, 300), dtype=np.float32))
+    torch.save(BiAM().state_dict(), tmp_path / "model.pth")
+    img = tmp_path / "x.png"
+    Image.new("RGB", (20, 20)).save(img)
+    rc = main([str(img), "--labels", str(tmp_path / "labels.txt"), "--embeddings", str(tmp_path / "emb.npy"),
+               "--checkpoint", str(tmp_path / "model.pth"), "--random-vgg", "0"])
+    assert rc == 2
+    assert "emb.npy: embeddings of shape (3, 300), expected (2, 300)" in capsys.readouterr().err
