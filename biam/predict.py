@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     vgg.add_argument("--vgg-weights", metavar="FILE",
                      help="VGG19 ImageNet state dict (vgg19-dcbb9e9d.pth); default: torchvision's cache")
     vgg.add_argument("--random-vgg", type=int, metavar="SEED", help="seeded random VGG19 (tests and smoke runs only)")
-    parser.add_argument("--top-k", type=int, default=5, metavar="K", help="labels shown per image (default 5)")
+    parser.add_argument("--top-k", "--topk", dest="top_k", type=int, default=5, metavar="K",
+                        help="labels shown per image (default 5)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--output", metavar="FILE", help="write the table / JSON to FILE instead of stdout")
     parser.add_argument("--visualize", metavar="DIR", help="write one attention figure (PNG) per image into DIR")
