@@ -544,6 +544,8 @@ def _merge_parts(out_root: Path, spec: SplitSpec, world: int, shard_size: int, d
     read_manifest(out_root)  # the same checks the readers apply
     _atomic_write_text(report_path(out_root, spec.split), report)
     shutil.rmtree(out_root / ".parts" / spec.split)
+    if not any((out_root / ".parts").iterdir()):  # other splits may still be in progress there
+        (out_root / ".parts").rmdir()
 
 
 def add_extraction_arguments(parser) -> None:
