@@ -83,17 +83,16 @@ _C.DATA.TRAIN_FRACTION = 0.8
 # published Open Images: 40)
 _C.DATA.MAX_POSITIVES = 0
 
-# Images per block read as one contiguous slice by the shuffling loader (positive int)
-_C.DATA.BLOCK_SIZE = 256
-
-# Blocks mixed in the loader's shuffle buffer (positive int)
-_C.DATA.BUFFER_BLOCKS = 4
+# Images per block read as one contiguous slice by the shuffling loader; a batch mixes
+# BATCH_SIZE / BLOCK_SIZE blocks from random places of the split (positive int; keep the
+# batch size a multiple of it)
+_C.DATA.BLOCK_SIZE = 8
 
 # DataLoader worker processes per rank (int >= 0)
 _C.DATA.NUM_WORKERS = 2
 
-# Load the whole split into RAM once ("auto": when it fits in a quarter of free memory,
-# "on", "off")
+# Load the training images into RAM once ("auto": when they take under half the free
+# memory, "on": always (error if they cannot fit), "off")
 _C.DATA.IN_MEMORY = "auto"
 
 # Check shard SHA-256 checksums against the manifest before training (bool)
@@ -243,7 +242,7 @@ def check_cfg(cfg: CN) -> None:
         "SOLVER.BASE_LR": s.BASE_LR, "SOLVER.BATCH_SIZE": s.BATCH_SIZE, "SOLVER.MAX_EPOCHS": s.MAX_EPOCHS,
         "SOLVER.FINETUNE_LR": s.FINETUNE_LR, "SOLVER.MAX_LOSS": s.MAX_LOSS, "EVAL.PERIOD": e.PERIOD,
         "EVAL.START_EPOCH": e.START_EPOCH, "EVAL.BATCH_SIZE": e.BATCH_SIZE, "DATA.BLOCK_SIZE": d.BLOCK_SIZE,
-        "DATA.BUFFER_BLOCKS": d.BUFFER_BLOCKS, "KEEP_CHECKPOINTS": cfg.KEEP_CHECKPOINTS,
+        "KEEP_CHECKPOINTS": cfg.KEEP_CHECKPOINTS,
     }
     for key, value in positive.items():
         if not value > 0:
