@@ -1,0 +1,367 @@
+"""The NUS-WIDE and Open Images evaluation protocols (SPEC section 6).
+
+Both take the full score and label matrices over the GZSL label list, seen columns first, then
+the evaluated unseen columns: (N, S + U), torch (CPU or CUDA; computed where the scores are) or
+numpy. ZSL evaluates the U unseen columns alone (top-K among them), GZSL all S + U columns.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .metrics import (
+    ArrayLike,
+    _check_pair,
+    _column_chunks,
+    average_precision,
+    f1_at_ks,
+    openimages_published_ap,
+)
+
+__all__ = [
+    "EvalResult",
+    "chance_level",
+    "evaluate_nus_wide",
+    "evaluate_openimages",
+    "evaluate_random_baseline",
+    "expected_random_ap",
+]
+
+NUS_WIDE_SEEN = 925
+OPENIMAGES_SEEN = 7186
+NUS_WIDE_KS = (3, 5)
+OPENIMAGES_KS = (1, 3, 5, 10, 20)
+TASKS = ("zsl", "gzsl")
+
+# Column headers of the table for the metric keys that are not per-K.
+_EXTRA_COLUMNS = (("mAP", "mAP"), ("wmAP", "wmAP"), ("published_pooled_mAP", "pub.pooled mAP"))
+
+
+@dataclass
+class EvalResult:
+    """Metrics of one protocol run.
+
+    Attributes:
+        dataset: "nus_wide" or "openimages".
+        ks: the K of the F1/P/R columns.
+        metrics: {"zsl": {...}, "gzsl": {...}}; per task "P@K", "R@K", "F1@K" for each K,
+            "mAP" (and for Open Images "wmAP", optionally "published_pooled_mAP") as fractions
+            in [0, 1], plus counts "num_images", "num_labels" (columns evaluated) and for Open
+            Images "num_ap_labels" (columns with an annotation, those in the mAP).
+        per_label_ap: per task a (columns,) float64 numpy array of per-label AP; NaN for a
+            column left out of the mAP.
+        chance: optionally the same protocol on random scores (set by the caller).
+    """
+
+    dataset: str
+    ks: Tuple[int, ...]
+    metrics: Dict[str, Dict[str, float]]
+    per_label_ap: Dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    chance: Optional["EvalResult"] = None
+
+    def to_dict(self) -> Dict[str, Dict[str, float]]:
+        """{"zsl": {metric: value}, "gzsl": {...}} with plain Python numbers (JSON-ready)."""
+        return {task: dict(values) for task, values in self.metrics.items()}
+
+    def format_table(self, chance: Optional["EvalResult"] = None) -> str:
+        """The paper's table: rows ZSL and GZSL, columns P/R/F1 at each K and mAP, in percent.
+
+        Args:
+            chance: an ``EvalResult`` of the same protocol; adds "ZSL chance" / "GZSL chance" rows.
+        Returns:
+            A multi-line string.
+        """
+        keys: List[Tuple[str, str]] = []
+        for k in self.ks:
+            keys += [(f"P@{k}", f"P@{k}"), (f"R@{k}", f"R@{k}"), (f"F1@{k}", f"F1@{k}")]
+        present = set().union(*(m.keys() for m in self.metrics.values())) if self.metrics else set()
+        keys += [kv for kv in _EXTRA_COLUMNS if kv[0] in present]
+        rows: List[Tuple[str, Dict[str, float]]] = []
+        for task in TASKS:
+            if task in self.metrics:
+                rows.append((task.upper(), self.metrics[task]))
+        if chance is not None:
+            for task in TASKS:
+                if task in chance.metrics:
+                    rows.append((f"{task.upper()} chance", chance.metrics[task]))
+        label_w = max(len(r[0]) for r in rows) if rows else 4
+        widths = [max(6, len(h)) for _, h in keys]
+        lines = ["  ".join([" " * label_w] + [h.rjust(w) for (_, h), w in zip(keys, widths)])]
+        for name, values in rows:
+            cells = []
+            for (key, _), w in zip(keys, widths):
+                v = values.get(key)
+                cells.append(("-" if v is None or math.isnan(v) else f"{100 * v:.2f}").rjust(w))
+            lines.append("  ".join([name.ljust(label_w)] + cells))
+        counts = []
+        for task in TASKS:
+            m = self.metrics.get(task, {})
+            if "num_images" in m:
+                extra = f", {m['num_ap_labels']} in mAP" if "num_ap_labels" in m else ""
+                counts.append(f"{task.upper()}: {m['num_images']} images, {m['num_labels']} labels{extra}")
+        if counts:
+            lines.append("(" + "; ".join(counts) + "; values in %)")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.format_table()
+
+
+# ----------------------------------------------------------------------------------- helpers
+def _split(num_cols: int, num_seen: int) -> Dict[str, slice]:
+    if not 0 <= int(num_seen) < num_cols:
+        raise ValueError(f"num_seen={num_seen} must leave at least one unseen column among the {num_cols} "
+                         f"label columns (seen columns first, then unseen)")
+    return {"zsl": slice(int(num_seen), num_cols), "gzsl": slice(0, num_cols)}
+
+
+def _check_ks(ks: Sequence[int], num_cols: int, task: str) -> Tuple[int, ...]:
+    ks = tuple(int(k) for k in ks)
+    for k in ks:
+        if k < 1 or k > num_cols:
+            raise ValueError(f"K={k} is not possible for {task}: it has {num_cols} labels")
+    return ks
+
+
+def _f1_metrics(f1s: Dict[int, Tuple[float, float, float]]) -> Dict[str, float]:
+    out: Dict[str, float] = {}
+    for k, (f1, p, r) in f1s.items():
+        out.update({f"P@{k}": p, f"R@{k}": r, f"F1@{k}": f1})
+    return out
+
+
+def _column_counts(y: torch.Tensor, row_mask: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per column: annotated (non-zero) entries and +1 entries in the kept rows.
+
+    Args:
+        y: (N, C) labels. row_mask: (N,) bool or None.
+    Returns:
+        two (C,) int64 tensors.
+    """
+    n, c = y.shape
+    annotated = torch.zeros(c, dtype=torch.int64, device=y.device)
+    positives = torch.zeros(c, dtype=torch.int64, device=y.device)
+    for c0, c1 in _column_chunks(n, c, None):
+        lab = y[:, c0:c1]
+        if row_mask is not None:
+            lab = lab * row_mask[:, None].to(lab.dtype)
+        annotated[c0:c1] = torch.count_nonzero(lab, dim=0)
+        positives[c0:c1] = (lab == 1).sum(0)
+    return annotated, positives
+
+
+def _rows_with_positive(y: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: images with at least one +1 among the columns of ``y`` (N, C)."""
+    keep = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
+    for c0, c1 in _column_chunks(y.shape[0], y.shape[1], None):
+        keep |= (y[:, c0:c1] == 1).any(1)
+    return keep
+
+
+# --------------------------------------------------------------------------------- protocols
+def evaluate_nus_wide(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    num_seen: int = NUS_WIDE_SEEN,
+    ks: Sequence[int] = NUS_WIDE_KS,
+) -> EvalResult:
+    """NUS-WIDE protocol: all images; mAP over every evaluated label (no positive counts as 0).
+
+    Args:
+        scores: (N, S + U) scores, seen columns first. labels: (N, S + U) in {-1, 0, +1}.
+        num_seen: S (925 for NUS-WIDE).
+        ks: the K of F1@K (3 and 5 in the paper).
+    Returns:
+        EvalResult with tasks "zsl" (the U unseen columns) and "gzsl" (all columns).
+    """
+    s, y = _check_pair(scores, labels)
+    n, c = s.shape
+    cols = _split(c, num_seen)
+    for task, sl in cols.items():
+        _check_ks(ks, sl.stop - sl.start, task.upper())
+    # A label's AP does not depend on the other columns: one pass serves ZSL and GZSL.
+    ap = average_precision(s, y).double().cpu().numpy()
+    metrics, per_label = {}, {}
+    for task, sl in cols.items():
+        m = _f1_metrics(f1_at_ks(s[:, sl], y[:, sl], ks))
+        m["mAP"] = float(ap[sl].mean())
+        m["num_images"] = n
+        m["num_labels"] = sl.stop - sl.start
+        metrics[task] = m
+        per_label[task] = ap[sl].copy()
+    return EvalResult("nus_wide", tuple(int(k) for k in ks), metrics, per_label)
+
+
+def evaluate_openimages(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    num_seen: int = OPENIMAGES_SEEN,
+    ks: Sequence[int] = OPENIMAGES_KS,
+    published_ap: bool = False,
+) -> EvalResult:
+    """Open Images protocol.
+
+    Per task: keep the images with at least one +1 among the task's columns; AP over the columns
+    with at least one non-zero entry in those images (mAP, and wmAP weighted by +1 images);
+    F1/P/R@K over the kept images and all the task's columns.
+
+    Args:
+        scores: (N, S + U) scores, seen columns first. labels: (N, S + U) in {-1, 0, +1}.
+        num_seen: S (7186 for Open Images v4).
+        ks: the K of F1@K (10 and 20 in the paper; 1, 3, 5 also logged).
+        published_ap: also report "published_pooled_mAP", the mean over the same columns of the
+            published (pooled, flawed) AP function; costs sum over images of (annotations per
+            image)^2 work.
+    Returns:
+        EvalResult with tasks "zsl" and "gzsl".
+    """
+    s, y = _check_pair(scores, labels)
+    n, c = s.shape
+    cols = _split(c, num_seen)
+    for task, sl in cols.items():
+        _check_ks(ks, sl.stop - sl.start, task.upper())
+    metrics, per_label = {}, {}
+    for task, sl in cols.items():
+        ts, ty = s[:, sl], y[:, sl]
+        rows = _rows_with_positive(ty)
+        annotated, positives = _column_counts(ty, rows)
+        kept = annotated > 0
+        ap = average_precision(ts, ty, row_mask=rows).double()
+        m = _f1_metrics(f1_at_ks(ts, ty, ks, row_mask=rows))
+        num_kept = int(kept.sum())
+        w = positives.double()
+        m["mAP"] = float(ap[kept].mean()) if num_kept else float("nan")
+        m["wmAP"] = float((ap * w).sum() / w.sum()) if float(w.sum()) > 0 else float("nan")
+        if published_ap:
+            pooled = openimages_published_ap(ts, ty, row_mask=rows).double()
+            m["published_pooled_mAP"] = float(pooled[kept].mean()) if num_kept else float("nan")
+        m["num_images"] = int(rows.sum())
+        m["num_labels"] = sl.stop - sl.start
+        m["num_ap_labels"] = num_kept
+        metrics[task] = m
+        per = ap.cpu().numpy().copy()
+        per[~kept.cpu().numpy()] = np.nan
+        per_label[task] = per
+    return EvalResult("openimages", tuple(int(k) for k in ks), metrics, per_label)
+
+
+# ------------------------------------------------------------------------------ chance level
+def expected_random_ap(num_pos, num_counted):
+    """Expected AP of a uniformly random ranking (no ties).
+
+    E[AP] = (1/n) * (H_n + (P - 1)/(n - 1) * (n - H_n)), H_n the n-th harmonic number: each
+    position i holds a positive with probability P/n, and then the expected precision there is
+    (1 + (i - 1)(P - 1)/(n - 1)) / i.
+
+    Args:
+        num_pos: P per label, array-like of ints. num_counted: n per label (+1 and -1 entries).
+    Returns:
+        float64 numpy array; 0 where P = 0.
+    """
+    p = np.asarray(num_pos, dtype=np.float64)
+    n = np.asarray(num_counted, dtype=np.float64)
+    if np.any(p > n) or np.any(p < 0):
+        raise ValueError("each label needs 0 <= positives <= counted entries")
+    # Exact harmonic numbers H_0..H_max by a cumulative sum (n is at most the image count).
+    n_max = int(n.max()) if n.size else 0
+    harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, n_max + 1))])
+    h = harmonic[n.astype(np.int64)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slope = np.where(n > 1, (p - 1) / (n - 1), 0.0)
+        e = np.where(n > 0, (h + slope * (n - h)) / np.maximum(n, 1), 0.0)
+    return np.where(p > 0, e, 0.0)
+
+
+def chance_level(
+    labels: ArrayLike,
+    dataset: str = "nus_wide",
+    num_seen: Optional[int] = None,
+    ks: Optional[Sequence[int]] = None,
+) -> EvalResult:
+    """Expected metrics of uniformly random scores under a protocol, computed from the labels.
+
+    mAP/wmAP use ``expected_random_ap``; F1@K uses the expected true positives: an image with
+    q positives among C columns gets K*q/C of them in a random top-K, so P = (+1 entries) /
+    (images x C) and R = K / C (F1 is formed from these expectations).
+
+    Args:
+        labels: (N, S + U) in {-1, 0, +1}. dataset: "nus_wide" or "openimages".
+        num_seen, ks: as in the protocol (its defaults when None).
+    Returns:
+        EvalResult (no per-label AP).
+    """
+    nus, num_seen, ks = _protocol_defaults(dataset, num_seen, ks)
+    y = labels if isinstance(labels, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(labels))
+    if y.dim() != 2:
+        raise ValueError(f"labels must be 2-d (images, labels), got shape {tuple(y.shape)}")
+    cols = _split(y.shape[1], num_seen)
+    metrics = {}
+    for task, sl in cols.items():
+        width = sl.stop - sl.start
+        _check_ks(ks, width, task.upper())
+        ty = y[:, sl]
+        rows = None if nus else _rows_with_positive(ty)
+        annotated, positives = _column_counts(ty, rows)
+        num_img = ty.shape[0] if rows is None else int(rows.sum())
+        total_pos = int(positives.sum())
+        e_ap = expected_random_ap(positives.cpu().numpy(), annotated.cpu().numpy())
+        m: Dict[str, float] = {}
+        for k in ks:
+            p = total_pos / (num_img * width) if num_img else 0.0
+            r = k / width if total_pos else 0.0
+            m.update({f"P@{k}": p, f"R@{k}": r, f"F1@{k}": 2 * p * r / (p + r) if p + r > 0 else 0.0})
+        if nus:
+            m["mAP"] = float(e_ap.mean())
+        else:
+            kept = annotated.cpu().numpy() > 0
+            w = positives.cpu().numpy().astype(np.float64)
+            m["mAP"] = float(e_ap[kept].mean()) if kept.any() else float("nan")
+            m["wmAP"] = float((e_ap * w).sum() / w.sum()) if w.sum() > 0 else float("nan")
+            m["num_ap_labels"] = int(kept.sum())
+        m["num_images"] = num_img
+        m["num_labels"] = width
+        metrics[task] = m
+    return EvalResult("nus_wide" if nus else "openimages", tuple(ks), metrics)
+
+
+def evaluate_random_baseline(
+    labels: ArrayLike,
+    dataset: str = "nus_wide",
+    seed: int = 0,
+    num_seen: Optional[int] = None,
+    ks: Optional[Sequence[int]] = None,
+    published_ap: bool = False,
+) -> EvalResult:
+    """The protocol applied to seeded uniform random scores of the labels' shape.
+
+    Args:
+        labels: (N, S + U) in {-1, 0, +1}; the scores are made on its device.
+        dataset: "nus_wide" or "openimages". seed: random seed (CPU generator, so the result
+            does not depend on the device).
+        num_seen, ks, published_ap: as in the protocol.
+    Returns:
+        EvalResult.
+    """
+    nus, num_seen, ks = _protocol_defaults(dataset, num_seen, ks)
+    y = labels if isinstance(labels, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(labels))
+    gen = torch.Generator().manual_seed(int(seed))
+    scores = torch.rand(tuple(y.shape), generator=gen).to(y.device)
+    if nus:
+        return evaluate_nus_wide(scores, y, num_seen=num_seen, ks=ks)
+    return evaluate_openimages(scores, y, num_seen=num_seen, ks=ks, published_ap=published_ap)
+
+
+def _protocol_defaults(dataset: str, num_seen: Optional[int], ks: Optional[Sequence[int]]):
+    if dataset not in ("nus_wide", "openimages"):
+        raise ValueError(f"dataset must be 'nus_wide' or 'openimages', got {dataset!r}")
+    nus = dataset == "nus_wide"
+    if num_seen is None:
+        num_seen = NUS_WIDE_SEEN if nus else OPENIMAGES_SEEN
+    if ks is None:
+        ks = NUS_WIDE_KS if nus else OPENIMAGES_KS
+    return nus, int(num_seen), tuple(int(k) for k in ks)

@@ -1,0 +1,104 @@
+"""The published way of computing the metrics: plain Python loops over labels and images.
+
+Kept only as the reference for tests and for ``biam-benchmark`` (us versus the original's way of
+working). They are slow on purpose: one ``numpy.argsort`` per label, one per image. Ties are
+broken by ``argsort`` order, so on tied scores they may differ from ``biam.evaluation.metrics``
+(which uses a defined tie rule); on tie-free scores the results are equal.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+
+__all__ = [
+    "published_loop_average_precision",
+    "published_loop_f1_at_k",
+    "published_loop_pooled_openimages_ap",
+]
+
+
+def _as_numpy(x, name: str) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":
+            x = x.float()
+        x = x.numpy()
+    a = np.asarray(x)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-d (images, labels), got shape {a.shape}")
+    return a
+
+
+def _ap_of_ranking(scores: np.ndarray, labels: np.ndarray) -> float:
+    """AP of one ranked list. scores, labels: (n,) with labels in {-1, +1}. Returns a float."""
+    order = np.argsort(-scores, kind="quicksort")
+    hits = labels[order] == 1
+    num_pos = int(hits.sum())
+    if num_pos == 0:
+        return 0.0
+    precision_at = np.cumsum(hits) / np.arange(1, hits.size + 1)
+    return float(precision_at[hits].sum() / num_pos)
+
+
+def published_loop_average_precision(scores, labels) -> np.ndarray:
+    """Per-label AP with one Python iteration (and one argsort) per label.
+
+    Args:
+        scores: (N, C) array-like. labels: (N, C) in {-1, 0, +1}; 0 entries are skipped.
+    Returns:
+        (C,) float64 numpy array; 0 for a label without a positive.
+    """
+    s = _as_numpy(scores, "scores").astype(np.float64)
+    y = _as_numpy(labels, "labels")
+    out = np.zeros(s.shape[1], dtype=np.float64)
+    for c in range(s.shape[1]):
+        keep = y[:, c] != 0
+        out[c] = _ap_of_ranking(s[keep, c], y[keep, c])
+    return out
+
+
+def published_loop_f1_at_k(scores, labels, k: int) -> Tuple[float, float, float]:
+    """Overall F1@K with one Python iteration per image.
+
+    Args:
+        scores, labels: (N, C); k: labels per image.
+    Returns:
+        (f1, precision, recall) floats.
+    """
+    s = _as_numpy(scores, "scores").astype(np.float64)
+    y = _as_numpy(labels, "labels")
+    if k > s.shape[1]:
+        raise ValueError(f"K={k} is larger than the {s.shape[1]} labels")
+    tp = 0
+    for i in range(s.shape[0]):
+        top = np.argsort(-s[i])[:k]
+        tp += int((y[i, top] == 1).sum())
+    num_pos = int((y == 1).sum())
+    p = tp / (s.shape[0] * k) if s.shape[0] else 0.0
+    r = tp / num_pos if num_pos else 0.0
+    f1 = 2 * p * r / (p + r) if p + r > 0 else 0.0
+    return f1, p, r
+
+
+def published_loop_pooled_openimages_ap(scores, labels) -> np.ndarray:
+    """The published Open Images AP function, label by label (SPEC section 6).
+
+    For label c: the rows annotated for c; every annotated entry of those rows, all labels
+    pooled, ranked together; the AP of that pooled list is returned as label c's AP.
+
+    Args:
+        scores, labels: (N, C).
+    Returns:
+        (C,) float64 numpy array.
+    """
+    s = _as_numpy(scores, "scores").astype(np.float64)
+    y = _as_numpy(labels, "labels")
+    out = np.zeros(s.shape[1], dtype=np.float64)
+    for c in range(s.shape[1]):
+        rows = y[:, c] != 0
+        sub_s, sub_y = s[rows], y[rows]
+        keep = sub_y != 0
+        out[c] = _ap_of_ranking(sub_s[keep], sub_y[keep])
+    return out
