@@ -116,18 +116,27 @@ class _BatchSource(Dataset):
                 np.take(self.memory[f], rows, axis=0, out=out[f])
         else:
             for start, stop, at in _runs(idx):
-                part = ds.read_slice(start, stop, fields=self.fields)
-                for f in self.fields:
-                    out[f][at:at + stop - start] = part[f]
+                ds.read_into(start, stop, {f: out[f][at:at + stop - start] for f in self.fields}, self.fields)
         batch = {
             # float16 -> float32 here, in the worker, so the training process gets ready tensors.
-            "regions": torch.from_numpy(out["regions"]).float(),
+            "regions": _as_float32(out["regions"]),
             "labels": torch.from_numpy(out["labels"]),
             "index": torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64)),
         }
         if ds.has_scene:
-            batch["scene"] = torch.from_numpy(out["scene"]).float()
+            batch["scene"] = _as_float32(out["scene"])
         return batch
+
+
+def _as_float32(a: np.ndarray) -> torch.Tensor:
+    """float16/float32 array -> new float32 tensor of the same shape."""
+    # numpy's allocator hands out large buffers faster than torch's (measured 1.7 vs 3.1 ms for
+    # a batch of 32 regions, mostly first-touch page faults), and torch's copy_ converts fast.
+    if a.dtype == np.float32:
+        return torch.from_numpy(a)  # already a fresh array of this batch: no copy needed
+    dest = torch.from_numpy(np.empty(a.shape, dtype=np.float32))
+    dest.copy_(torch.from_numpy(a))
+    return dest
 
 
 class BatchLoader:

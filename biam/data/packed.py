@@ -46,9 +46,12 @@ NUM_REGIONS = 196
 SCENE_DIM = 4096
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npz"
-# Images per HDF5 chunk: one chunk of float16 regions is 64 * 512 * 196 * 2 B = 12.8 MB, large
-# enough that a batch slice is one or two sequential reads, small enough to keep memory flat.
-CHUNK_IMAGES = 64
+# Images per HDF5 chunk: a float16 regions chunk is 16 * 512 * 196 * 2 B = 3.2 MB. Readers keep
+# the chunk cache (1 MB) smaller than that, so HDF5 reads just the requested images of a chunk
+# straight from the file instead of pulling whole chunks through the cache (measured: 0.36 ms
+# per random 8-image slice, against 4.2 ms with 12.8 MB chunks going through a 32 MB cache).
+CHUNK_IMAGES = 16
+READ_CACHE_BYTES = 1 << 20
 FEATURE_DTYPES = ("float16", "float32")
 
 PathLike = Union[str, os.PathLike]
@@ -486,6 +489,7 @@ class PackedDataset:
         counts = [s["num_images"] for s in self.shards]
         self.shard_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._handles: Dict[int, h5py.File] = {}
+        self._dsets: Dict[int, Dict[str, h5py.Dataset]] = {}
         self._pid = os.getpid()
 
     def __len__(self) -> int:
@@ -499,6 +503,7 @@ class PackedDataset:
         # Open HDF5 handles must never cross a process boundary; workers reopen their own.
         state = dict(self.__dict__)
         state["_handles"] = {}
+        state["_dsets"] = {}
         return state
 
     def close(self) -> None:
@@ -506,6 +511,7 @@ class PackedDataset:
         for f in self._handles.values():
             f.close()
         self._handles = {}
+        self._dsets = {}
 
     def __del__(self):
         if getattr(self, "_pid", None) == os.getpid():
@@ -518,11 +524,14 @@ class PackedDataset:
         if self._pid != os.getpid():
             # Forked child: the parent's handles are unusable here; drop them without closing.
             self._handles = {}
+            self._dsets = {}
             self._pid = os.getpid()
         f = self._handles.get(i)
         if f is None:
             f = self._open_checked(i)
             self._handles[i] = f
+            # Dataset objects are looked up once: h5py's name lookup costs ~0.4 ms per read.
+            self._dsets[i] = {k: f[k] for k in ("regions", "scene", "labels", "names") if k in f}
         return f
 
     def _open_checked(self, i: int) -> h5py.File:
@@ -531,8 +540,7 @@ class PackedDataset:
         if not path.is_file():
             raise PackedFormatError(f"{path}: shard listed in the manifest is missing")
         try:
-            # A 16 MB chunk cache holds one float16 regions chunk, so partial-chunk slices hit it.
-            f = h5py.File(path, "r", rdcc_nbytes=32 << 20)
+            f = h5py.File(path, "r", rdcc_nbytes=READ_CACHE_BYTES)
         except OSError as err:
             raise PackedFormatError(f"{path}: cannot open shard (truncated or corrupt? run verify()): {err}") from err
         n = shard["num_images"]
@@ -591,6 +599,31 @@ class PackedDataset:
         out = {k: (np.concatenate(v) if v else self._empty(k)) for k, v in parts.items()}
         out["index"] = np.arange(start, stop, dtype=np.int64)
         return out
+
+    def read_into(self, start: int, stop: int, out: Dict[str, np.ndarray], fields: Sequence[str]) -> None:
+        """Read images ``start:stop`` of ``fields`` straight into ``out[field]`` (C-contiguous
+        arrays of ``stop - start`` rows in the stored dtypes), without intermediate copies."""
+        if not 0 <= start <= stop <= len(self):
+            raise IndexError(f"slice {start}:{stop} out of range [0, {len(self)}] of split '{self.split}'")
+        pos = start
+        while pos < stop:
+            s, local = self.locate(pos)
+            end = min(stop, int(self.shard_offsets[s + 1]))
+            self._shard(s)
+            dsets = self._dsets[s]
+            for k in fields:
+                dest = out[k][pos - start:end - start]
+                try:
+                    # Low-level read of a hyperslab into the caller's contiguous rows: skips
+                    # h5py's per-call selection machinery (most of the cost of a small slice).
+                    ds = dsets[k]
+                    fspace = ds.id.get_space()
+                    fspace.select_hyperslab((local,) + (0,) * (dest.ndim - 1), dest.shape)
+                    ds.id.read(h5py.h5s.create_simple(dest.shape), fspace, dest)
+                except OSError as err:
+                    raise PackedFormatError(f"{self.root / self.shards[s]['file']}: field '{k}': read failed "
+                                            f"for images {pos}:{end} (corrupt? run verify()): {err}") from err
+            pos = end
 
     def _empty(self, field: str) -> np.ndarray:
         shapes = {"regions": ((0, NUM_CHANNELS, NUM_REGIONS), self.feature_dtype), "scene": ((0, SCENE_DIM), self.feature_dtype),
