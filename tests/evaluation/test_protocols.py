@@ -1,0 +1,143 @@
+"""The NUS-WIDE and Open Images protocols, the result table and the chance level."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from biam.evaluation import (
+    EvalResult,
+    average_precision,
+    chance_level,
+    evaluate_nus_wide,
+    evaluate_openimages,
+    evaluate_random_baseline,
+    expected_random_ap,
+    f1_at_k,
+)
+
+
+def _nus_data(seed=0, n=400, seen=12, unseen=5):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.rand(n, seen + unseen, generator=g)
+    labels = torch.where(torch.rand(n, seen + unseen, generator=g) < 0.15, 1, -1).to(torch.int8)
+    labels[:, seen + 1] = -1  # an unseen label without a positive: counts as AP 0
+    return scores, labels
+
+
+def test_nus_wide_protocol_splits_and_counts_zero_ap():
+    scores, labels = _nus_data()
+    res = evaluate_nus_wide(scores, labels, num_seen=12, ks=(3, 5))
+    d = res.to_dict()
+    assert set(d) == {"zsl", "gzsl"}
+    ap = average_precision(scores, labels)
+    assert ap[13].item() == 0.0
+    assert d["zsl"]["mAP"] == pytest.approx(ap[12:].mean().item())
+    assert d["gzsl"]["mAP"] == pytest.approx(ap.mean().item())
+    # ZSL top-K is among the unseen columns only.
+    f1, p, r = f1_at_k(scores[:, 12:], labels[:, 12:], 3)
+    assert (d["zsl"]["F1@3"], d["zsl"]["P@3"], d["zsl"]["R@3"]) == pytest.approx((f1, p, r))
+    assert d["gzsl"]["F1@5"] == pytest.approx(f1_at_k(scores, labels, 5)[0])
+    assert d["zsl"]["num_labels"] == 5 and d["gzsl"]["num_images"] == 400
+    json.dumps(d)  # JSON-ready
+
+
+def test_numpy_and_torch_inputs_agree():
+    scores, labels = _nus_data(seed=1)
+    a = evaluate_nus_wide(scores, labels, num_seen=12).to_dict()
+    b = evaluate_nus_wide(scores.numpy(), labels.numpy(), num_seen=12).to_dict()
+    assert a == b
+
+
+def test_table_has_the_paper_rows_and_columns():
+    scores, labels = _nus_data(seed=2)
+    res = evaluate_nus_wide(scores, labels, num_seen=12)
+    text = res.format_table(chance=chance_level(labels, "nus_wide", num_seen=12))
+    lines = text.splitlines()
+    assert lines[0].split() == ["P@3", "R@3", "F1@3", "P@5", "R@5", "F1@5", "mAP"]
+    assert lines[1].startswith("ZSL ") and lines[2].startswith("GZSL ")
+    assert lines[3].startswith("ZSL chance") and lines[4].startswith("GZSL chance")
+    assert f"{100 * res.metrics['zsl']['mAP']:.2f}" in lines[1]
+    assert str(res) == res.format_table()
+
+
+def _oi_data():
+    # 6 images x (3 seen + 3 unseen). Image 4 has no +1 at all; image 5 has a +1 only on a seen
+    # label; unseen column 5 is never annotated.
+    labels = np.array([
+        [1, -1, 0, 1, -1, 0],
+        [0, 1, 0, -1, 1, 0],
+        [-1, 0, 1, 1, 0, 0],
+        [0, 0, -1, 0, 1, 0],
+        [-1, -1, 0, -1, -1, 0],
+        [1, 0, 0, -1, 0, 0],
+    ], dtype=np.int8)
+    rng = np.random.default_rng(0)
+    scores = rng.random(labels.shape).astype(np.float32)
+    return scores, labels
+
+
+def test_openimages_filters_images_and_columns():
+    scores, labels = _oi_data()
+    res = evaluate_openimages(scores, labels, num_seen=3, ks=(1, 2), published_ap=True)
+    zsl, gzsl = res.metrics["zsl"], res.metrics["gzsl"]
+    # ZSL keeps images 0-3 (a +1 among unseen); GZSL keeps 0-3 and 5.
+    assert zsl["num_images"] == 4 and gzsl["num_images"] == 5
+    # Column 5 has no annotation: left out of the mAP, NaN in the per-label list.
+    assert zsl["num_ap_labels"] == 2 and gzsl["num_ap_labels"] == 5
+    assert np.isnan(res.per_label_ap["zsl"][2])
+    zrows = np.array([0, 1, 2, 3])
+    expected_zsl_ap = average_precision(scores[zrows][:, 3:5], labels[zrows][:, 3:5])
+    assert zsl["mAP"] == pytest.approx(expected_zsl_ap.mean())
+    w = (labels[zrows][:, 3:5] == 1).sum(0)
+    assert zsl["wmAP"] == pytest.approx((expected_zsl_ap * w).sum() / w.sum())
+    f1, p, r = f1_at_k(scores[zrows][:, 3:], labels[zrows][:, 3:], 2)
+    assert (zsl["F1@2"], zsl["P@2"], zsl["R@2"]) == pytest.approx((f1, p, r))
+    assert "published_pooled_mAP" in zsl and 0 <= zsl["published_pooled_mAP"] <= 1
+    assert "pub.pooled mAP" in str(res) and "wmAP" in str(res)
+
+
+def test_openimages_row_filter_changes_ap_as_specified():
+    # Row 1 has no +1 at all, so GZSL drops it, and with it the negative scoring 0.9 above the
+    # only positive of column 0: AP 1.0 instead of 0.5.
+    labels = np.array([[1, -1], [-1, -1], [-1, 1]], dtype=np.int8)
+    scores = np.array([[0.5, 0.1], [0.9, 0.2], [0.1, 0.3]], dtype=np.float32)
+    res = evaluate_openimages(scores, labels, num_seen=1, ks=(1,))
+    assert res.metrics["gzsl"]["num_images"] == 2
+    assert res.per_label_ap["gzsl"][0] == pytest.approx(1.0)
+    assert average_precision(scores, labels)[0] == pytest.approx(0.5)
+
+
+def test_protocol_errors():
+    scores, labels = _nus_data()
+    with pytest.raises(ValueError, match="num_seen=17"):
+        evaluate_nus_wide(scores, labels, num_seen=17)
+    with pytest.raises(ValueError, match="K=6 is not possible for ZSL: it has 5 labels"):
+        evaluate_nus_wide(scores, labels, num_seen=12, ks=(6,))
+    with pytest.raises(ValueError, match="dataset"):
+        chance_level(labels, "coco")
+
+
+def test_expected_random_ap_formula_against_simulation():
+    rng = np.random.default_rng(0)
+    n, p = 12, 3
+    labels = np.repeat(np.array([1] * p + [-1] * (n - p))[:, None], 20000, axis=1)
+    sims = average_precision(rng.random(labels.shape), labels)  # 20000 random rankings at once
+    assert sims.mean() == pytest.approx(expected_random_ap([p], [n])[0], abs=0.005)
+    assert expected_random_ap([2], [2])[0] == pytest.approx(1.0)
+    assert expected_random_ap([1], [2])[0] == pytest.approx(0.75)
+    assert expected_random_ap([0], [5])[0] == 0.0
+
+
+def test_random_baseline_is_near_chance_and_seeded():
+    g = torch.Generator().manual_seed(9)
+    labels = torch.where(torch.rand(3000, 20, generator=g) < 0.1, 1, -1).to(torch.int8)
+    a = evaluate_random_baseline(labels, "nus_wide", seed=3, num_seen=10)
+    b = evaluate_random_baseline(labels, "nus_wide", seed=3, num_seen=10)
+    assert a.to_dict() == b.to_dict()
+    ch = chance_level(labels, "nus_wide", num_seen=10)
+    for task in ("zsl", "gzsl"):
+        assert a.metrics[task]["mAP"] == pytest.approx(ch.metrics[task]["mAP"], abs=0.01)
+        assert a.metrics[task]["R@5"] == pytest.approx(ch.metrics[task]["R@5"], abs=0.03)
+    assert isinstance(a, EvalResult)
