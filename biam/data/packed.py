@@ -172,11 +172,29 @@ def save_embeddings(root: PathLike, seen: np.ndarray, unseen: np.ndarray) -> Pat
     path = root / EMBEDDINGS
     tmp = root / (EMBEDDINGS + ".tmp")
     with open(tmp, "wb") as fh:
-        np.savez(fh, seen=seen, unseen=unseen)
+        _write_npz(fh, {"seen": seen, "unseen": unseen})
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     return path
+
+
+def _write_npz(fh, arrays: Dict[str, np.ndarray]) -> None:
+    """An uncompressed .npz (readable by ``np.load``) with fixed member timestamps.
+
+    ``np.savez`` stamps members with the current time; fixed stamps make the same arrays give
+    the same bytes, so a rerun conversion is byte-identical to the first.
+    """
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, arr in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue())
 
 
 def load_embeddings(root: PathLike, manifest: Optional[dict] = None) -> tuple:

@@ -132,6 +132,8 @@ def test_killed_conversion_resumes_to_identical_result(nus_src, tmp_path):
     proc = _run_convert(nus_src, resumed)
     assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()
     assert _shas(resumed) == _shas(straight)
+    for name in ("manifest.json", "embeddings.npz"):
+        assert (resumed / name).read_bytes() == (straight / name).read_bytes()
     for name, mtime in kept.items():
         assert (resumed / name).stat().st_mtime_ns == mtime  # complete shards were kept, not rewritten
     assert sorted(p.name for p in resumed.iterdir()) == sorted(p.name for p in straight.iterdir())
