@@ -78,3 +78,15 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path):
         ckpt.save_checkpoint(d, 2, {"epoch": 2, "bad": Unsaveable()})
     assert sorted(os.listdir(d)) == ["checkpoint_epoch_0001.pth"]
     assert ckpt.load_checkpoint(ckpt.latest_checkpoint(d))["epoch"] == 1
+
+
+def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    ckpt.save_checkpoint(str(tmp_path), 1, {"rng": ckpt.rng_state()})
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    random.random(), np.random.rand(), torch.rand(1)  # move every generator on
+    ckpt.set_rng_state(ckpt.load_checkpoint(ckpt.latest_checkpoint(str(tmp_path)))["rng"])
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected

@@ -1,0 +1,149 @@
+"""``biam-evaluate``: the NUS-WIDE or Open Images protocol on the test split.
+
+Loads a training checkpoint or a published plain ``state_dict`` (``MODEL.WEIGHTS``), scores the
+test split in batches (each rank its own part under torchrun), prints the paper's table and
+writes ``metrics.json`` to ``OUTPUT_DIR`` as ``{"zsl": {...}, "gzsl": {...}}`` with fractions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from ..config import ConfigError, add_config_arguments, dump_cfg, load_cfg
+from ..data.packed import PackedDataset
+from ..evaluation import chance_level, evaluate_nus_wide, evaluate_openimages
+from ..modeling import build_model
+from ..utils import comm
+from ..utils.logging import setup_logger
+from . import checkpoint as ckpt
+from .runtime import LabelSpace, build_label_space, build_scene_head, resolve_amp, run_inference
+
+__all__ = ["evaluate_split", "format_result", "main", "protocol_for"]
+
+
+def protocol_for(cfg) -> Callable[..., Any]:
+    """The metric protocol function of ``DATA.DATASET`` with the config's options bound."""
+    if cfg.DATA.DATASET == "openimages":
+        return lambda scores, labels, num_seen: evaluate_openimages(
+            scores, labels, num_seen=num_seen, published_ap=cfg.EVAL.PUBLISHED_OPENIMAGES_AP)
+    return lambda scores, labels, num_seen: evaluate_nus_wide(scores, labels, num_seen=num_seen)
+
+
+def evaluate_split(
+    model: nn.Module,
+    dataset: PackedDataset,
+    labels: LabelSpace,
+    cfg,
+    device: torch.device,
+    amp_dtype: Optional[torch.dtype],
+    scene_head,
+    loader_fn: Callable[[PackedDataset, int], Any],
+):
+    """Score ``dataset`` with ``model`` over the GZSL label list and run the protocol.
+
+    Returns the protocol's result object (``.to_dict()`` gives the metrics.json structure).
+    """
+    loader = loader_fn(dataset, cfg.EVAL.BATCH_SIZE)
+    bar = None
+    if comm.is_main_process():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(dataset), desc="scoring test images", unit="img", leave=False, file=sys.stderr)
+    scores, label_matrix = run_inference(
+        model, loader, labels.all_eval, labels.eval_columns, device, amp_dtype, scene_head,
+        progress=(lambda n: bar.update(n * comm.get_world_size())) if bar is not None else None,
+    )
+    if bar is not None:
+        bar.close()
+    protocol = protocol_for(cfg)
+    # Metrics run where the scores are cheapest to sort: the GPU when there is one.
+    metric_device = device if device.type == "cuda" else torch.device("cpu")
+    result = protocol(scores.to(metric_device), label_matrix.to(metric_device), labels.num_seen)
+    if cfg.EVAL.REPORT_CHANCE:
+        # Expected metrics of random scores, computed exactly from the labels (no sampling noise).
+        dataset = "openimages" if cfg.DATA.DATASET == "openimages" else "nus_wide"
+        result.chance = chance_level(label_matrix, dataset=dataset, num_seen=labels.num_seen, ks=result.ks)
+    return result
+
+
+def format_result(result, cfg) -> str:
+    """The paper's table, with the chance level rows (expected metrics of random scores) when computed."""
+    return result.format_table(chance=result.chance)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="biam-evaluate",
+        description="Evaluate a BiAM checkpoint (ours or a published state_dict) on the test split with the "
+                    "protocol of DATA.DATASET; prints the paper's table and writes OUTPUT_DIR/metrics.json.",
+    )
+    add_config_arguments(parser)
+    parser.add_argument("--checkpoint", default="", metavar="FILE",
+                        help="weights to evaluate (overrides MODEL.WEIGHTS): a training checkpoint or a published state_dict")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_cfg(args.config_file or None, args.opts, freeze=False)
+    except ConfigError as err:
+        print(f"biam-evaluate: config error: {err}", file=sys.stderr)
+        return 2
+    if args.checkpoint:
+        cfg.MODEL.WEIGHTS = args.checkpoint
+    cfg.freeze()
+    if not cfg.MODEL.WEIGHTS:
+        print("biam-evaluate: no weights given: pass --checkpoint FILE or MODEL.WEIGHTS FILE "
+              "(published checkpoints: see pretrained_weights/README.md)", file=sys.stderr)
+        return 2
+    device = comm.init_distributed(cfg.DEVICE)
+    try:
+        if comm.is_main_process():
+            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+            dump_cfg(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
+        logger = setup_logger(cfg.OUTPUT_DIR)
+        dataset = PackedDataset(cfg.DATA.ROOT, cfg.DATA.TEST_SPLIT)
+        if cfg.DATA.VERIFY_CHECKSUMS:
+            dataset.verify()
+        labels = build_label_space(dataset, device, cfg.MODEL.EMBED_DIM)
+        scene_head = build_scene_head(cfg.MODEL.SCENE_HEAD_WEIGHTS, dataset, device)
+        model = build_model(cfg)
+        ckpt.load_model_weights(model, cfg.MODEL.WEIGHTS)
+        model.to(device).eval()
+        from ..data.loader import build_loader
+
+        result = evaluate_split(
+            model, dataset, labels, cfg, device, resolve_amp(cfg.AMP, device), scene_head,
+            loader_fn=lambda ds, bs: build_loader(
+                ds, batch_size=bs, shuffle=False, rank=comm.get_rank(), world_size=comm.get_world_size(),
+                num_workers=cfg.DATA.NUM_WORKERS, pin_memory=device.type == "cuda"),
+        )
+        logger.info(f"{cfg.MODEL.WEIGHTS} on {cfg.DATA.ROOT} [{cfg.DATA.TEST_SPLIT}]:\n" + format_result(result, cfg))
+        if comm.is_main_process():
+            out = os.path.join(cfg.OUTPUT_DIR, "metrics.json")
+            payload = result.to_dict()
+            if result.chance is not None:
+                payload["chance"] = result.chance.to_dict()
+            tmp = out + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(payload, f, indent=2, sort_keys=True)
+            os.replace(tmp, out)
+            logger.info(f"wrote {out}")
+    except (ckpt.CheckpointError, FileNotFoundError, ValueError) as err:
+        print(f"biam-evaluate: {err}", file=sys.stderr)
+        return 1
+    finally:
+        comm.destroy()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

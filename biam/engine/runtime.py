@@ -1,0 +1,184 @@
+"""Pieces shared by the trainer, the evaluator and the benchmark: device, precision, seeding,
+label embeddings, scene features and batched inference."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.packed import PackedDataset, load_embeddings
+from ..modeling import SceneHead
+from ..utils import comm
+
+__all__ = [
+    "derive_seed", "seed_everything", "autocast_context", "resolve_amp", "LabelSpace",
+    "build_label_space", "build_scene_head", "run_inference",
+]
+
+
+def derive_seed(seed: int, *parts: int) -> int:
+    """A 31-bit seed from the config seed and e.g. (epoch, rank), stable across runs and Pythons."""
+    digest = hashlib.sha256(",".join(str(p) for p in (seed,) + parts).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for config ``AMP`` on ``device``; None means float32."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
+def autocast_context(device: torch.device, dtype: Optional[torch.dtype]):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _l2_normalize(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+@dataclass
+class LabelSpace:
+    """Label names and L2-normalised embeddings of one packed dataset.
+
+    ``seen`` (S, E) and ``unseen_eval`` (U, E) tensors; ``unseen_columns`` are the label columns
+    (indices into the packed label matrix) of the evaluated unseen labels, so that a test batch's
+    evaluated labels are ``labels[:, eval_columns]`` with seen columns first.
+    """
+
+    seen_names: list
+    unseen_names: list
+    seen: torch.Tensor
+    unseen_eval: torch.Tensor
+    eval_columns: torch.Tensor
+
+    @property
+    def num_seen(self) -> int:
+        return self.seen.shape[0]
+
+    @property
+    def all_eval(self) -> torch.Tensor:
+        """(S + U, E): seen then evaluated unseen embeddings, the GZSL label list."""
+        return torch.cat([self.seen, self.unseen_eval], dim=0)
+
+
+def build_label_space(dataset: PackedDataset, device: torch.device, embed_dim: int) -> LabelSpace:
+    """Embeddings and evaluated columns from a packed dataset's manifest and embeddings file."""
+    seen, unseen = load_embeddings(dataset.root)
+    manifest = dataset.manifest
+    seen_names = list(manifest["labels"]["seen"])
+    unseen_names = list(manifest["labels"]["unseen"])
+    for name, emb, names in (("seen", seen, seen_names), ("unseen", unseen, unseen_names)):
+        if emb.ndim != 2 or emb.shape[0] != len(names):
+            raise ValueError(
+                f"{dataset.root}/embeddings.npz: '{name}' embeddings have shape {emb.shape} but the manifest "
+                f"lists {len(names)} {name} labels"
+            )
+        if emb.shape[1] != embed_dim:
+            raise ValueError(
+                f"{dataset.root}/embeddings.npz: '{name}' embeddings are {emb.shape[1]}-d but MODEL.EMBED_DIM is {embed_dim}"
+            )
+    unseen_eval = manifest.get("unseen_eval")
+    if unseen_eval is None:
+        unseen_eval = list(range(len(unseen_names)))
+    unseen_eval = np.asarray(unseen_eval, dtype=np.int64)
+    columns = np.concatenate([np.arange(len(seen_names)), len(seen_names) + unseen_eval])
+    return LabelSpace(
+        seen_names=seen_names,
+        unseen_names=[unseen_names[i] for i in unseen_eval],
+        seen=torch.from_numpy(_l2_normalize(seen.astype(np.float32))).to(device),
+        unseen_eval=torch.from_numpy(_l2_normalize(unseen[unseen_eval].astype(np.float32))).to(device),
+        eval_columns=torch.from_numpy(columns),
+    )
+
+
+def build_scene_head(spec: str, dataset: PackedDataset, device: torch.device) -> Optional[SceneHead]:
+    """The frozen scene head, or None when the packed data already holds scene features.
+
+    ``spec`` is config ``MODEL.SCENE_HEAD_WEIGHTS``: a VGG19 state-dict file or ``random:<seed>``.
+    """
+    if dataset.has_scene:
+        return None
+    if not spec:
+        raise FileNotFoundError(
+            f"{dataset.root}: the packed data has no scene features, so the frozen VGG19 head must run on the fly; "
+            "set MODEL.SCENE_HEAD_WEIGHTS to a torchvision vgg19 state-dict file (for example "
+            "pretrained_weights/vgg19-dcbb9e9d.pth, see pretrained_weights/README.md), or reconvert with "
+            "biam-convert --vgg-weights FILE to store them once"
+        )
+    if spec.startswith("random:"):
+        head = SceneHead.random(int(spec.split(":", 1)[1]))
+    else:
+        head = SceneHead.from_file(spec)
+    return head.to(device)
+
+
+def scene_features(batch: Dict[str, torch.Tensor], regions: torch.Tensor, head: Optional[SceneHead]) -> torch.Tensor:
+    """Stored scene features when present, else the frozen head applied to the regions."""
+    if "scene" in batch:
+        return batch["scene"].to(regions.device, non_blocking=True).float()
+    with torch.no_grad():
+        return head(regions)
+
+
+@torch.no_grad()
+def run_inference(
+    model: nn.Module,
+    batches: Iterable[Dict[str, torch.Tensor]],
+    label_embeddings: torch.Tensor,
+    label_columns: torch.Tensor,
+    device: torch.device,
+    amp_dtype: Optional[torch.dtype] = None,
+    scene_head: Optional[SceneHead] = None,
+    progress: Optional[Callable[[int], None]] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Score every image of ``batches`` against ``label_embeddings`` and gather over ranks.
+
+    Args:
+        batches: loader batches (see docs/architecture.md); each rank passes its own part.
+        label_embeddings: (C, E) normalised embeddings on ``device``.
+        label_columns: (C,) label-matrix columns matching the embeddings' rows.
+    Returns:
+        scores (N, C) float32 and labels (N, C) int8 on the CPU, rows in global image order
+        (all ranks' parts, sorted by image index), identical on every rank.
+    """
+    was_training = model.training
+    model.eval()
+    scores, labels, index = [], [], []
+    for batch in batches:
+        regions = batch["regions"].to(device, non_blocking=True).float()
+        scene = scene_features(batch, regions, scene_head)
+        with autocast_context(device, amp_dtype):
+            s = model(regions, label_embeddings, scene)
+        scores.append(s.float())
+        labels.append(batch["labels"][:, label_columns].to(device))
+        index.append(batch["index"].to(device))
+        if progress is not None:
+            progress(regions.shape[0])
+    model.train(was_training)
+    num_labels = label_embeddings.shape[0]
+    scores_t = torch.cat(scores) if scores else torch.empty((0, num_labels), device=device)
+    labels_t = torch.cat(labels) if labels else torch.empty((0, num_labels), dtype=torch.int8, device=device)
+    index_t = torch.cat(index) if index else torch.empty((0,), dtype=torch.long, device=device)
+    if comm.get_world_size() > 1:
+        scores_t = torch.cat(comm.all_gather_rows(scores_t))
+        labels_t = torch.cat(comm.all_gather_rows(labels_t))
+        index_t = torch.cat(comm.all_gather_rows(index_t))
+    order = torch.argsort(index_t)
+    return scores_t[order].cpu(), labels_t[order].cpu()

@@ -1,0 +1,538 @@
+"""``biam-train``: the paper's training recipe on packed features, on one process or many.
+
+Epochs are numbered globally: 1..SOLVER.MAX_EPOCHS train on the first DATA.TRAIN_FRACTION of the
+training split with the warm-up + cosine schedule, validating on the rest from EVAL.START_EPOCH
+every EVAL.PERIOD epochs and keeping the best model (by EVAL.SELECT_METRIC on the seen labels);
+then MAX_EPOCHS+1..MAX_EPOCHS+FINETUNE_EPOCHS fine-tune that best model on all training images
+at SOLVER.FINETUNE_LR, evaluating on the test split after each. A checkpoint is written after
+every epoch; ``--resume`` continues from the last complete one.
+
+Launch: ``python -m biam.train --config-file configs/nus_wide.yaml`` or
+``torchrun --nproc_per_node=4 -m biam.train --config-file ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import ConfigError, add_config_arguments, dump_cfg, load_cfg
+from ..data.loader import build_loader
+from ..data.packed import PackedDataset
+from ..evaluation import average_precision, f1_at_k
+from ..modeling import build_model, ranking_loss
+from ..utils import comm
+from ..utils.logging import JsonlWriter, setup_logger
+from . import checkpoint as ckpt
+from .evaluator import evaluate_split, format_result
+from .runtime import (
+    autocast_context, build_label_space, build_scene_head, derive_seed, resolve_amp, scene_features,
+    seed_everything,
+)
+from .schedule import build_scheduler
+
+__all__ = ["Trainer", "main", "TrainingDiverged"]
+
+
+class TrainingDiverged(RuntimeError):
+    """A batch's loss was NaN, infinite or above SOLVER.MAX_LOSS and SOLVER.BAD_LOSS is 'stop'."""
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The bare BiAM inside DistributedDataParallel and/or torch.compile wrappers."""
+    while True:
+        inner = model.__dict__.get("_orig_mod") or model.__dict__.get("_modules", {}).get("_orig_mod")
+        if inner is None and isinstance(model, nn.parallel.DistributedDataParallel):
+            inner = model.module
+        if inner is None:
+            return model
+        model = inner
+
+
+def in_memory_mode(setting: str):
+    """Config ``DATA.IN_MEMORY`` -> the loader's ``in_memory`` argument."""
+    return {"auto": "auto", "on": True, "off": False}[setting]
+
+
+class Trainer:
+    """One training run: built from a frozen config, driven by ``run()``."""
+
+    def __init__(self, cfg, resume: Optional[str] = None):
+        self.cfg = cfg
+        self.device = comm.init_distributed(cfg.DEVICE)
+        self.rank, self.world = comm.get_rank(), comm.get_world_size()
+        self.out_dir = cfg.OUTPUT_DIR
+        self.ckpt_dir = os.path.join(self.out_dir, "checkpoints")
+        if comm.is_main_process():
+            os.makedirs(self.ckpt_dir, exist_ok=True)
+            dump_cfg(cfg, os.path.join(self.out_dir, "config.yaml"))
+        comm.barrier()
+        self.logger = setup_logger(self.out_dir)
+        self.jsonl = JsonlWriter(os.path.join(self.out_dir, "metrics.jsonl"))
+        self.amp_dtype = resolve_amp(cfg.AMP, self.device)
+        seed_everything(derive_seed(cfg.SEED, 0, self.rank))
+
+        self.build_data()
+        self.model = self.build_model()
+        self.optimizer, self.scheduler = self.build_optimizer(finetune=False)
+        # A GradScaler only does something for float16 autocast; it is kept (and saved) always.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.start_epoch = 1
+        self.phase = "train"
+        self.best = {"metric": -math.inf, "epoch": 0}
+        self.history: List[Dict[str, Any]] = []
+        self.bad_batches = 0
+        if resume is not None:
+            self.resume(resume)
+
+    # ------------------------------------------------------------------ set-up
+    def build_data(self) -> None:
+        cfg = self.cfg
+        self.train_set = PackedDataset(cfg.DATA.ROOT, cfg.DATA.TRAIN_SPLIT)
+        self.test_set = PackedDataset(cfg.DATA.ROOT, cfg.DATA.TEST_SPLIT)
+        if cfg.DATA.VERIFY_CHECKSUMS:
+            self.train_set.verify()
+            self.test_set.verify()
+        self.labels = build_label_space(self.train_set, self.device, cfg.MODEL.EMBED_DIM)
+        self.scene_head = build_scene_head(cfg.MODEL.SCENE_HEAD_WEIGHTS, self.train_set, self.device)
+        n = len(self.train_set)
+        if n == 0:
+            raise ValueError(f"{cfg.DATA.ROOT}: split '{cfg.DATA.TRAIN_SPLIT}' has no images")
+        all_idx = np.arange(n)
+        if cfg.DATA.MAX_POSITIVES > 0:
+            positives = self.train_set.count_positives()
+            all_idx = all_idx[positives <= cfg.DATA.MAX_POSITIVES]
+            self.logger.info(f"dropped {n - len(all_idx)} training images with more than {cfg.DATA.MAX_POSITIVES} positive labels")
+        cut = int(round(len(all_idx) * cfg.DATA.TRAIN_FRACTION))
+        self.all_train_idx = all_idx
+        self.train_idx = all_idx[:cut]
+        self.val_idx = all_idx[cut:]
+        if len(self.train_idx) == 0:
+            raise ValueError(f"{cfg.DATA.ROOT}: no training images left after DATA.TRAIN_FRACTION / DATA.MAX_POSITIVES")
+        self.train_loader = None  # built when a phase starts (it may load its images into RAM)
+        self.logger.info(
+            f"data {cfg.DATA.ROOT}: {len(self.train_idx)} training, {len(self.val_idx)} validation, "
+            f"{len(self.test_set)} test images; {self.labels.num_seen} seen and "
+            f"{self.labels.unseen_eval.shape[0]} evaluated unseen labels; scene features "
+            f"{'stored' if self.scene_head is None else 'computed on the fly'}"
+        )
+
+    def loader(self, dataset: PackedDataset, indices, *, shuffle: bool, batch_size: int, in_memory=False):
+        cfg = self.cfg
+        return build_loader(
+            dataset, batch_size=batch_size, shuffle=shuffle, seed=cfg.SEED, indices=indices,
+            rank=self.rank, world_size=self.world, num_workers=cfg.DATA.NUM_WORKERS,
+            block_size=cfg.DATA.BLOCK_SIZE, in_memory=in_memory, pin_memory=self.device.type == "cuda",
+        )
+
+    def phase_loader(self):
+        """The shuffling loader of the current phase: the training part, or all training images."""
+        indices = self.train_idx if self.phase == "train" else self.all_train_idx
+        if self.train_loader is None or self.train_loader_phase != self.phase:
+            self.train_loader = None  # release the previous phase's in-memory copy first
+            self.train_loader = self.loader(self.train_set, indices, shuffle=True, batch_size=self.cfg.SOLVER.BATCH_SIZE,
+                                            in_memory=in_memory_mode(self.cfg.DATA.IN_MEMORY))
+            self.train_loader_phase = self.phase
+            if self.train_loader.memory is not None:
+                self.logger.info(f"{len(indices)} training images held in RAM "
+                                 f"({self.train_loader.memory_bytes() / 2**30:.2f} GiB)")
+        return self.train_loader
+
+    def build_model(self) -> nn.Module:
+        cfg = self.cfg
+        model = build_model(cfg)
+        if cfg.MODEL.WEIGHTS:
+            ckpt.load_model_weights(model, cfg.MODEL.WEIGHTS)
+            self.logger.info(f"initialised from {cfg.MODEL.WEIGHTS}")
+        model.to(self.device)
+        if cfg.CHANNELS_LAST and self.device.type == "cuda":
+            model.to(memory_format=torch.channels_last)
+        if self.world > 1:
+            if cfg.DIST_BN == "sync":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            )
+        compile_on = cfg.COMPILE == "on" or (cfg.COMPILE == "auto" and self.device.type == "cuda")
+        if compile_on:
+            model = torch.compile(model)
+        return model
+
+    def build_optimizer(self, finetune: bool):
+        s = self.cfg.SOLVER
+        lr = s.FINETUNE_LR if finetune else s.BASE_LR
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        kwargs = dict(lr=lr, betas=tuple(s.BETAS), weight_decay=s.WEIGHT_DECAY)
+        if self.device.type == "cuda":
+            kwargs["fused"] = True  # one kernel for the whole update instead of one per tensor
+        optimizer = torch.optim.Adam(params, **kwargs)
+        if finetune:
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        else:
+            scheduler = build_scheduler(
+                optimizer, warmup_epochs=s.WARMUP_EPOCHS, total_epochs=s.MAX_EPOCHS, base_lr=s.BASE_LR,
+                min_lr=s.MIN_LR, cosine=s.SCHEDULE == "cosine",
+            )
+        return optimizer, scheduler
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self, epoch: int) -> Dict[str, Any]:
+        return {
+            "model": _unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": ckpt.rng_state(),
+            "epoch": epoch,
+            "phase": self.phase,
+            "best": dict(self.best),
+            "history": list(self.history),
+            "bad_batches": self.bad_batches,
+            "config": self.cfg.dump(),
+        }
+
+    def save(self, epoch: int) -> None:
+        if comm.is_main_process():
+            path = ckpt.save_checkpoint(self.ckpt_dir, epoch, self.state_dict(epoch), keep=self.cfg.KEEP_CHECKPOINTS)
+            self.logger.info(f"saved {path}")
+        comm.barrier()
+
+    def resume(self, resume: str) -> None:
+        path = ckpt.latest_checkpoint(self.ckpt_dir) if resume in ("", "last") else resume
+        if path is None:
+            self.logger.info(f"--resume: no checkpoint in {self.ckpt_dir}; starting from scratch")
+            return
+        state = ckpt.load_checkpoint(path)
+        required = ("model", "optimizer", "scheduler", "scaler", "epoch", "phase", "best")
+        missing = [k for k in required if k not in state]
+        if missing:
+            raise ckpt.CheckpointError(f"{path}: not a training checkpoint (missing {', '.join(missing)}); "
+                                       "use MODEL.WEIGHTS to start from plain weights")
+        ckpt.load_model_weights(_unwrap(self.model), path)
+        if state["phase"] == "finetune":
+            self.phase = "finetune"
+            self.optimizer, self.scheduler = self.build_optimizer(finetune=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if "rng" in state:
+            ckpt.set_rng_state(state["rng"])
+        self.best = dict(state["best"])
+        self.history = list(state.get("history", []))
+        self.bad_batches = int(state.get("bad_batches", 0))
+        self.start_epoch = int(state["epoch"]) + 1
+        self.logger.info(f"resumed from {path} (epoch {state['epoch']}, phase {self.phase})")
+
+    # ------------------------------------------------------------------ epochs
+    def train_one_epoch(self, epoch: int) -> Dict[str, Any]:
+        """One pass over the phase's images; returns the epoch's mean loss, learning rate and speed."""
+        cfg = self.cfg
+        # Per-(epoch, rank) seeds make dropout and the batch order a function of the epoch, so a
+        # run resumed from epoch k's checkpoint repeats exactly what an uninterrupted run does.
+        seed_everything(derive_seed(cfg.SEED, epoch, self.rank))
+        loader = self.phase_loader()
+        loader.set_epoch(epoch)
+        self.model.train()
+        lr = self.optimizer.param_groups[0]["lr"]
+        seen_emb = self.labels.seen
+        num_seen = self.labels.num_seen
+        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        steps, good_steps, images, skipped = 0, 0, 0, 0
+        num_batches = len(loader)
+        if self.world > 1 and cfg.DIST_BN == "sync":
+            # SyncBatchNorm's collectives are not Join-aware: every rank runs the same step count.
+            num_batches = loader.min_batches
+        if cfg.MAX_STEPS_PER_EPOCH:
+            num_batches = min(num_batches, cfg.MAX_STEPS_PER_EPOCH)
+        bar = _progress(total=num_batches, desc=f"epoch {epoch} [{self.phase}]")
+        start = time.perf_counter()
+        with self.join_uneven_ranks():
+            for batch in loader:
+                if steps >= num_batches:
+                    break
+                loss, n = self.train_step(batch, seen_emb, num_seen, epoch, steps)
+                steps += 1
+                images += n
+                if loss is None:
+                    skipped += 1
+                else:
+                    good_steps += 1
+                    total_loss += loss
+                if bar is not None:
+                    bar.update(1)
+                    if steps % 20 == 0 or steps == num_batches:
+                        elapsed = time.perf_counter() - start
+                        bar.set_postfix(loss=f"{total_loss.item() / max(good_steps, 1):.4f}", lr=f"{lr:.2e}",
+                                        img_s=f"{images * self.world / max(elapsed, 1e-9):.0f}")
+        if bar is not None:
+            bar.close()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - start
+        stats = torch.tensor([total_loss.item(), float(good_steps), float(images), float(skipped)], dtype=torch.float64)
+        if self.world > 1:
+            stats = comm.all_reduce_sum(stats.to(self.device)).cpu()
+        self.bad_batches += int(stats[3].item())
+        return {
+            "loss": stats[0].item() / max(stats[1].item(), 1.0),
+            "lr": lr,
+            "images": int(stats[2].item()),
+            "images_per_s": stats[2].item() / max(elapsed, 1e-9),
+            "seconds": elapsed,
+            "skipped_batches": int(stats[3].item()),
+        }
+
+    def join_uneven_ranks(self):
+        """DDP's Join lets ranks with one batch fewer shadow the others' gradient all-reduces."""
+        if self.world > 1 and self.cfg.DIST_BN != "sync":
+            from torch.distributed.algorithms.join import Join
+
+            ddp = self.model.__dict__.get("_orig_mod", self.model)
+            return Join([ddp])
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def train_step(self, batch: Dict[str, torch.Tensor], seen_emb: torch.Tensor, num_seen: int, epoch: int, step: int):
+        """Forward, loss, backward, update. Returns (detached loss or None if skipped, images)."""
+        cfg = self.cfg
+        labels = batch["labels"][:, :num_seen]
+        # Images without a positive seen label add nothing to the ranking loss; as published,
+        # they are dropped before the forward so batch-norm statistics match too.
+        keep = (labels > 0).any(dim=1)
+        if not bool(keep.all()):
+            batch = {k: v[keep] for k, v in batch.items()}
+            labels = labels[keep]
+        self.optimizer.zero_grad(set_to_none=True)
+        if not bool(keep.any()):
+            # Nothing to learn from. Alone, skip the step; under DDP, still join the gradient
+            # all-reduce with zero gradients so the other ranks are not left waiting.
+            if self.world > 1:
+                (sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0).backward()
+                self.optimizer.step()
+            return None, 0
+        regions = batch["regions"].to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        if cfg.CHANNELS_LAST and self.device.type == "cuda":
+            regions = regions.reshape(regions.shape[0], regions.shape[1], 14, 14).contiguous(memory_format=torch.channels_last)
+        scene = scene_features(batch, regions, self.scene_head)
+        with autocast_context(self.device, self.amp_dtype):
+            scores = self.model(regions, seen_emb, scene)
+        loss = ranking_loss(scores.float(), labels)
+        bad_here = bool((~torch.isfinite(loss)) | (loss > cfg.SOLVER.MAX_LOSS))
+        if bad_here:
+            # Poison this rank's gradients with NaN: DDP's all-reduce carries the NaN to every
+            # rank, so all of them see non-finite gradients below and take the same decision
+            # without an extra collective (which would not be Join-aware).
+            poison = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * float("nan")
+            poison.backward()
+        else:
+            self.scaler.scale(loss).backward()
+        if self.scaler.is_enabled() and not bad_here:
+            # float16: the scaler skips steps with overflowing gradients by design.
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return loss.detach().double(), int(regions.shape[0])
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        finite = bool(torch.isfinite(torch.stack([g.abs().sum() for g in grads]).sum())) if grads else True
+        if not finite:
+            self.handle_bad_batch(loss, batch["index"], epoch, step, here=bad_here)
+            self.optimizer.zero_grad(set_to_none=True)
+            return None, int(regions.shape[0])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach().double(), int(regions.shape[0])
+
+    def handle_bad_batch(self, loss: torch.Tensor, index: torch.Tensor, epoch: int, step: int, here: bool) -> None:
+        """Log and go on (SOLVER.BAD_LOSS skip) or raise TrainingDiverged naming the images (stop)."""
+        names = ", ".join(self.image_names(index)) if here else "(the bad batch was on another rank)"
+        what = (f"epoch {epoch} step {step}: loss {loss.item()} is NaN, infinite or above SOLVER.MAX_LOSS "
+                f"{self.cfg.SOLVER.MAX_LOSS}; batch images: {names}")
+        if self.cfg.SOLVER.BAD_LOSS == "skip":
+            self.logger.warning(what + " (skipped)")
+            return
+        last = ckpt.latest_checkpoint(self.ckpt_dir)
+        raise TrainingDiverged(
+            f"{what}. Last good checkpoint: {last or 'none'} (continue with --resume, or set "
+            "SOLVER.BAD_LOSS skip to skip such batches)"
+        )
+
+    def image_names(self, index: torch.Tensor) -> List[str]:
+        """Names of training images by global index (read only when a batch must be reported)."""
+        names = []
+        for i in index.tolist():
+            names.append(str(self.train_set.read_slice(i, i + 1, fields=["names"])["names"][0]))
+        return names
+
+    def validate(self) -> Dict[str, float]:
+        """Metrics on the seen labels of the held-out part of the training split."""
+        loader = self.loader(self.train_set, self.val_idx, shuffle=False, batch_size=self.cfg.EVAL.BATCH_SIZE)
+        columns = torch.arange(self.labels.num_seen)
+        from .runtime import run_inference
+
+        scores, labels = run_inference(
+            _unwrap(self.model), loader, self.labels.seen, columns, self.device, self.amp_dtype, self.scene_head,
+        )
+        result = {"mAP": float(average_precision(scores, labels).mean())}
+        for k in (3, 5):
+            f1, p, r = f1_at_k(scores, labels, k)
+            result.update({f"P@{k}": p, f"R@{k}": r, f"F1@{k}": f1})
+        return result
+
+    def test(self) -> Dict[str, Any]:
+        result = evaluate_split(
+            _unwrap(self.model), self.test_set, self.labels, self.cfg, self.device, self.amp_dtype, self.scene_head,
+            loader_fn=lambda ds, bs: self.loader(ds, None, shuffle=False, batch_size=bs),
+        )
+        self.logger.info("test split:\n" + format_result(result, self.cfg))
+        out = result.to_dict()
+        if result.chance is not None:
+            out["chance"] = result.chance.to_dict()
+        return out
+
+    # ------------------------------------------------------------------ driver
+    def enter_finetune(self) -> None:
+        """Switch to fine-tuning: the best validated weights, a fresh optimiser at FINETUNE_LR."""
+        best_path = os.path.join(self.out_dir, "model_best.pth")
+        if len(self.val_idx) and os.path.exists(best_path):
+            ckpt.load_model_weights(_unwrap(self.model), best_path)
+            self.logger.info(f"fine-tuning from {best_path} (epoch {self.best['epoch']}, "
+                             f"{self.cfg.EVAL.SELECT_METRIC} {self.best['metric']:.4f})")
+        self.phase = "finetune"
+        self.optimizer, self.scheduler = self.build_optimizer(finetune=True)
+
+    def run(self) -> Dict[str, Any]:
+        cfg = self.cfg
+        E, F = cfg.SOLVER.MAX_EPOCHS, cfg.SOLVER.FINETUNE_EPOCHS
+        last_test: Optional[Dict[str, Any]] = None
+        for epoch in range(self.start_epoch, E + F + 1):
+            if epoch > E and self.phase == "train":
+                self.enter_finetune()
+            record: Dict[str, Any] = {"epoch": epoch, "phase": self.phase}
+            record.update(self.train_one_epoch(epoch))
+            with warnings.catch_warnings():
+                # An epoch whose every batch was skipped never called optimizer.step(); the
+                # schedule still advances with the epoch, which is what PyTorch warns about.
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                self.scheduler.step()
+            if self.phase == "train" and self.should_validate(epoch):
+                val = self.validate()
+                record["val"] = val
+                metric = val[cfg.EVAL.SELECT_METRIC]
+                if metric > self.best["metric"]:
+                    self.best = {"metric": metric, "epoch": epoch}
+                    if comm.is_main_process():
+                        ckpt.atomic_torch_save(_unwrap(self.model).state_dict(), os.path.join(self.out_dir, "model_best.pth"))
+            if self.phase == "finetune" and cfg.EVAL.TEST_AFTER_FINETUNE:
+                last_test = record["test"] = self.test()
+            self.log_epoch(record)
+            self.history.append({k: v for k, v in record.items() if k in ("epoch", "phase", "loss", "lr", "val", "images_per_s")})
+            self.save(epoch)
+            if comm.is_main_process() and cfg.PLOT_CURVE:
+                plot_curve(self.history, os.path.join(self.out_dir, "curve.png"), cfg.EVAL.SELECT_METRIC)
+        if last_test is None:
+            last_test = self.test()
+        if comm.is_main_process():
+            write_json(os.path.join(self.out_dir, "metrics.json"), last_test)
+        return last_test
+
+    def should_validate(self, epoch: int) -> bool:
+        e = self.cfg.EVAL
+        if not len(self.val_idx):
+            return False
+        last = epoch == self.cfg.SOLVER.MAX_EPOCHS
+        return (epoch >= e.START_EPOCH and (epoch - e.START_EPOCH) % e.PERIOD == 0) or (last and self.best["epoch"] == 0)
+
+    def log_epoch(self, record: Dict[str, Any]) -> None:
+        msg = (f"epoch {record['epoch']} [{record['phase']}] loss {record['loss']:.4f} lr {record['lr']:.3e} "
+               f"{record['images_per_s']:.0f} img/s ({record['seconds']:.1f} s)")
+        if record.get("skipped_batches"):
+            msg += f", {record['skipped_batches']} bad batches skipped"
+        if "val" in record:
+            msg += " | val (seen) " + " ".join(f"{k} {100 * v:.2f}" for k, v in record["val"].items())
+        self.logger.info(msg)
+        self.jsonl.write(record)
+
+
+def _progress(total: int, desc: str):
+    if not comm.is_main_process():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+def write_json(path: str, obj: Any) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def plot_curve(history: List[Dict[str, Any]], path: str, metric: str) -> None:
+    """Training loss and validation metric per epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(epochs, [h["loss"] for h in history], "o-", color="tab:blue", label="training loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("ranking loss", color="tab:blue")
+    val = [(h["epoch"], h["val"][metric]) for h in history if "val" in h]
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot([e for e, _ in val], [100 * v for _, v in val], "s--", color="tab:red", label=f"val {metric}")
+        ax2.set_ylabel(f"validation {metric} (seen, %)", color="tab:red")
+    ax.set_title("BiAM training curve")
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="biam-train",
+        description="Train BiAM with the paper's recipe on a packed dataset (see configs/ and docs/training.md). "
+                    "Run under torchrun for several GPUs or machines.",
+    )
+    add_config_arguments(parser)
+    parser.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
+                        help="continue from the last checkpoint in OUTPUT_DIR/checkpoints, or from CKPT")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_cfg(args.config_file or None, args.opts)
+    except ConfigError as err:
+        print(f"biam-train: config error: {err}", file=sys.stderr)
+        return 2
+    try:
+        trainer = Trainer(cfg, resume=args.resume)
+        trainer.run()
+    except TrainingDiverged as err:
+        print(f"biam-train: training stopped: {err}", file=sys.stderr)
+        return 3
+    finally:
+        comm.destroy()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Training end to end on a tiny packed dataset: smoke run, outputs, resume equality, bad losses."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from biam.config import load_cfg
+from biam.engine import checkpoint as ckpt
+from biam.engine.trainer import Trainer, TrainingDiverged, main
+
+TESTS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TESTS))
+from conftest import TINY_MODEL_OPTS  # noqa: E402
+
+
+def cfg_for(data_root, out_dir, *extra):
+    return load_cfg(None, TINY_MODEL_OPTS + ["DATA.ROOT", str(data_root), "OUTPUT_DIR", str(out_dir), *extra])
+
+
+def final_weights(out_dir):
+    path = ckpt.latest_checkpoint(os.path.join(out_dir, "checkpoints"))
+    return ckpt.load_checkpoint(path)["model"]
+
+
+def test_smoke_run_writes_every_output_and_learns(tiny_packed, tmp_path):
+    out = tmp_path / "run"
+    cfg = cfg_for(tiny_packed, out, "SOLVER.MAX_EPOCHS", "6", "PLOT_CURVE", "True", "SOLVER.MIN_LR", "0.0005")
+    result = Trainer(cfg).run()
+    for name in ("config.yaml", "log.txt", "metrics.jsonl", "metrics.json", "model_best.pth", "curve.png"):
+        assert (out / name).is_file(), name
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == list(range(1, 8))
+    assert [l["phase"] for l in lines] == ["train"] * 6 + ["finetune"]
+    assert lines[-1]["loss"] < lines[0]["loss"]  # the loss falls
+    assert all(l["images_per_s"] > 0 for l in lines)
+    assert "val" in lines[1] and "val" in lines[3] and "val" not in lines[2]  # epochs 2, 4, 6
+    assert "test" in lines[-1]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert set(saved) >= {"zsl", "gzsl"} and {"mAP", "F1@3", "P@5"} <= set(saved["zsl"])
+    assert saved == json.loads(json.dumps(result))
+    # The resolved config beside the outputs rebuilds the same config.
+    again = load_cfg(str(out / "config.yaml"))
+    assert again.dump() == cfg.dump()
+    # Only the last KEEP_CHECKPOINTS epoch checkpoints remain, with zero-padded names.
+    names = sorted(os.listdir(out / "checkpoints"))
+    assert names == ["checkpoint_epoch_0005.pth", "checkpoint_epoch_0006.pth", "checkpoint_epoch_0007.pth"]
+    state = ckpt.load_checkpoint(str(out / "checkpoints" / names[-1]))
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "epoch", "best", "config"} <= set(state)
+
+
+def test_resume_in_process_equals_uninterrupted(tiny_packed, tmp_path):
+    straight = tmp_path / "straight"
+    Trainer(cfg_for(tiny_packed, straight)).run()
+    # Stop after epoch 3 (as if killed), then resume to the end.
+    resumed = tmp_path / "resumed"
+    Trainer(cfg_for(tiny_packed, resumed, "SOLVER.FINETUNE_EPOCHS", "0", "SOLVER.MAX_EPOCHS", "4")).run()
+    for name in ("checkpoint_epoch_0004.pth",):
+        os.remove(resumed / "checkpoints" / name)
+    Trainer(cfg_for(tiny_packed, resumed), resume="last").run()
+    a, b = final_weights(straight), final_weights(resumed)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tiny_packed, tmp_path):
+    """A real training process killed with SIGKILL mid-run, then resumed with --resume."""
+    straight = tmp_path / "straight"
+    Trainer(cfg_for(tiny_packed, straight)).run()
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "biam.train", *TINY_MODEL_OPTS, "DATA.ROOT", str(tiny_packed), "OUTPUT_DIR", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "checkpoints" / "checkpoint_epoch_0002.pth").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "checkpoints" / "checkpoint_epoch_0002.pth").exists()
+    assert not (out / "checkpoints" / "checkpoint_epoch_0005.pth").exists()  # it really died early
+    # The newest complete checkpoint loads; leftovers of the interrupted write are ignored.
+    ckpt.load_checkpoint(ckpt.latest_checkpoint(str(out / "checkpoints")))
+    done = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = final_weights(straight), final_weights(out)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_exploding_loss_stops_with_image_names_and_keeps_last_checkpoint(tiny_packed, tmp_path):
+    out = tmp_path / "explode"
+    Trainer(cfg_for(tiny_packed, out, "SOLVER.MAX_EPOCHS", "2", "SOLVER.FINETUNE_EPOCHS", "0")).run()
+    os.remove(out / "checkpoints" / "checkpoint_epoch_0002.pth")
+    before = ckpt.latest_checkpoint(str(out / "checkpoints"))
+    # Resume with a loss ceiling every batch exceeds: the first batch of epoch 2 stops the run.
+    trainer = Trainer(cfg_for(tiny_packed, out, "SOLVER.MAX_EPOCHS", "2", "SOLVER.FINETUNE_EPOCHS", "0",
+                              "SOLVER.MAX_LOSS", "1e-6"), resume="last")
+    with pytest.raises(TrainingDiverged) as err:
+        trainer.run()
+    msg = str(err.value)
+    assert "epoch 2 step 0" in msg and "train_0" in msg and os.path.basename(before) in msg
+    assert ckpt.latest_checkpoint(str(out / "checkpoints")) == before  # nothing newer was written
+    ckpt.load_checkpoint(before)
+
+
+def test_nan_features_stop_the_run_naming_the_image(tmp_path):
+    """A NaN that reached a shard after conversion (the converter refuses them) is caught."""
+    import h5py
+
+    from conftest import make_tiny_packed
+
+    root = make_tiny_packed(tmp_path / "packed", num_train=32, num_test=16, shard_size=64)
+    with h5py.File(root / "train-00000.h5", "r+") as f:
+        f["regions"][5, 0, :3] = float("nan")
+        bad_name = f["names"].asstr()[5]
+    cfg = cfg_for(root, tmp_path / "run", "SOLVER.BATCH_SIZE", "32", "DATA.TRAIN_FRACTION", "1.0",
+                  "SOLVER.MAX_EPOCHS", "1", "SOLVER.WARMUP_EPOCHS", "0", "SOLVER.FINETUNE_EPOCHS", "0")
+    with pytest.raises(TrainingDiverged, match=bad_name):
+        Trainer(cfg).run()
+
+
+def test_bad_batches_can_be_skipped_and_counted(tiny_packed, tmp_path):
+    out = tmp_path / "skip"
+    cfg = cfg_for(tiny_packed, out, "SOLVER.BAD_LOSS", "skip", "SOLVER.MAX_LOSS", "1e-6",
+                  "SOLVER.MAX_EPOCHS", "1", "SOLVER.WARMUP_EPOCHS", "0", "SOLVER.FINETUNE_EPOCHS", "0")
+    Trainer(cfg).run()
+    line = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert line["skipped_batches"] == 5  # 77 training images (80% of 96) -> 5 batches of 16, all skipped
+    assert "skipped" in (out / "log.txt").read_text()
+
+
+def test_cli_reports_config_errors(tmp_path, capsys):
+    assert main(["SOLVER.NOPE", "1"]) == 2
+    assert "SOLVER.NOPE" in capsys.readouterr().err
