@@ -27,6 +27,8 @@ scikit-learn's ``average_precision_score`` convention (one threshold per distinc
 
 from __future__ import annotations
 
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -124,6 +126,28 @@ def _row_chunks(num_rows: int, num_cols: int, chunk_size: Optional[int]) -> Iter
     chunk_size = int(chunk_size)
     for start in range(0, num_rows, chunk_size):
         yield start, min(num_rows, start + chunk_size)
+
+
+@contextlib.contextmanager
+def _one_thread_per_worker(device: torch.device, num_items: int):
+    """Yields a ``map(fn, items)`` that runs chunks on parallel Python threads, each with one
+    intra-op thread (CPU only).
+
+    Why: the per-chunk work is many medium-sized ops; splitting each op over cores pays a
+    barrier per op, which costs more than the op when other processes share the cores. Whole
+    chunks per thread (torch releases the GIL inside ops) keep every core busy without barriers.
+    """
+    workers = torch.get_num_threads()
+    if device.type != "cpu" or workers <= 1 or num_items <= 1:
+        yield map
+        return
+    torch.set_num_threads(1)
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        yield pool.map
+    finally:
+        pool.shutdown(wait=True)
+        torch.set_num_threads(workers)
 
 
 def _like_input(values: torch.Tensor, template: ArrayLike):
@@ -398,7 +422,9 @@ def average_precision(
     n, c = s.shape
     dtype = _work_dtype(s)
     out = torch.zeros(c, dtype=torch.float64, device=s.device)
-    for c0, c1 in _column_chunks(n, c, chunk_size):
+
+    def run(bounds: Tuple[int, int]) -> None:
+        c0, c1 = bounds
         # Contiguous copies: later passes run faster, and entries are addressed by flat index.
         chunk = s[:, c0:c1].to(dtype=dtype, memory_format=torch.contiguous_format, copy=True)
         lab = y[:, c0:c1].contiguous()
@@ -406,6 +432,11 @@ def average_precision(
             lab = lab * rm[:, None].to(lab.dtype)
         _check_finite(chunk, f"scores (label columns {c0}..{c1 - 1})")
         out[c0:c1] = _ap_chunk(chunk, lab)
+
+    chunks = list(_column_chunks(n, c, chunk_size))
+    with _one_thread_per_worker(s.device, len(chunks)) as pmap:
+        # list() drains the iterator so that a worker's exception is raised here.
+        list(pmap(run, chunks))
     return _like_input(out, scores)
 
 
@@ -468,21 +499,30 @@ def f1_at_ks(
             raise ValueError(f"row_mask must be a bool vector of the {n} rows, got {rm.dtype} {tuple(rm.shape)}")
     kmax = max(ks) if ks else 0
     dtype = _work_dtype(s)
-    hits = torch.zeros(kmax, dtype=torch.int64, device=s.device)
-    num_pos = 0
-    num_img = 0
-    for r0, r1 in _row_chunks(n, c, chunk_size):
+
+    def run(bounds: Tuple[int, int]) -> Tuple[torch.Tensor, int, int]:
+        """(true positives at each rank 1..kmax, +1 entries, images) of one chunk of images."""
+        r0, r1 = bounds
         chunk, lab = s[r0:r1].to(dtype), y[r0:r1]
         if rm is not None:
             keep = rm[r0:r1]
             chunk, lab = chunk[keep], lab[keep]
         _check_finite(chunk, f"scores (images {r0}..{r1 - 1})")
-        num_img += chunk.shape[0]
-        num_pos += int((lab == 1).sum())
+        hits = torch.zeros(kmax, dtype=torch.int64, device=s.device)
         if kmax and chunk.shape[0]:
             top = torch.topk(chunk, kmax, dim=1, largest=True, sorted=True).indices
-            # hits[j] = true positives at rank j+1 over the chunk; cumsum gives TP@K for every K.
-            hits += (lab.gather(1, top) == 1).sum(0)
+            hits = (lab.gather(1, top) == 1).sum(0)
+        return hits, int((lab == 1).sum()), chunk.shape[0]
+
+    hits = torch.zeros(kmax, dtype=torch.int64, device=s.device)
+    num_pos = num_img = 0
+    chunks = list(_row_chunks(n, c, chunk_size))
+    with _one_thread_per_worker(s.device, len(chunks)) as pmap:
+        for h, p, i in pmap(run, chunks):
+            # hits[j] = true positives at rank j+1; the cumsum below gives TP@K for every K.
+            hits += h
+            num_pos += p
+            num_img += i
     tp_at = torch.cumsum(hits, 0).tolist()
     out = {}
     for k in ks:

@@ -221,3 +221,16 @@ def test_grid_constant_does_not_change_results(monkeypatch):
     for cells in (1, 64):
         monkeypatch.setattr(metrics_module, "_CELLS_PER_POSITIVE", cells)
         assert torch.allclose(average_precision(scores, labels), base, rtol=1e-12, atol=0)
+
+
+def test_parallel_chunks_restore_threads_and_raise_worker_errors():
+    torch.set_num_threads(2)
+    scores = torch.rand(50, 8)
+    scores[3, 6] = float("nan")
+    labels = torch.where(torch.rand(50, 8) < 0.3, 1, -1)
+    with pytest.raises(ValueError, match="label columns 6..6"):
+        average_precision(scores, labels, chunk_size=1)
+    assert torch.get_num_threads() == 2
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        f1_at_k(scores, labels, 2, chunk_size=2)
+    assert torch.get_num_threads() == 2
