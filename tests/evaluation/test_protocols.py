@@ -122,9 +122,9 @@ def test_protocol_errors():
 def test_expected_random_ap_formula_against_simulation():
     rng = np.random.default_rng(0)
     n, p = 12, 3
-    labels = np.repeat(np.array([1] * p + [-1] * (n - p))[:, None], 20000, axis=1)
-    sims = average_precision(rng.random(labels.shape), labels)  # 20000 random rankings at once
-    assert sims.mean() == pytest.approx(expected_random_ap([p], [n])[0], abs=0.005)
+    labels = np.repeat(np.array([1] * p + [-1] * (n - p))[:, None], 5000, axis=1)
+    sims = average_precision(rng.random(labels.shape), labels)  # 5000 random rankings at once
+    assert sims.mean() == pytest.approx(expected_random_ap([p], [n])[0], abs=0.015)
     assert expected_random_ap([2], [2])[0] == pytest.approx(1.0)
     assert expected_random_ap([1], [2])[0] == pytest.approx(0.75)
     assert expected_random_ap([0], [5])[0] == 0.0
