@@ -17,7 +17,7 @@ import torch
 from .metrics import (
     ArrayLike,
     _check_pair,
-    _column_chunks,
+    _row_chunks,
     average_precision,
     f1_at_ks,
     openimages_published_ap,
@@ -146,20 +146,24 @@ def _column_counts(y: torch.Tensor, row_mask: Optional[torch.Tensor]) -> Tuple[t
     n, c = y.shape
     annotated = torch.zeros(c, dtype=torch.int64, device=y.device)
     positives = torch.zeros(c, dtype=torch.int64, device=y.device)
-    for c0, c1 in _column_chunks(n, c, None):
-        lab = y[:, c0:c1]
+    # Blocks of whole rows, and counting through the list of non-zero entries: labels are
+    # mostly 0 on Open Images, and a column reduction over int8 is far slower than this here.
+    for r0, r1 in _row_chunks(n, c, None):
+        lab = y[r0:r1]
+        row, col = lab.nonzero(as_tuple=True)
         if row_mask is not None:
-            lab = lab * row_mask[:, None].to(lab.dtype)
-        annotated[c0:c1] = torch.count_nonzero(lab, dim=0)
-        positives[c0:c1] = (lab == 1).sum(0)
+            keep = row_mask[r0:r1][row]
+            row, col = row[keep], col[keep]
+        annotated += torch.bincount(col, minlength=c)
+        positives += torch.bincount(col[lab[row, col] == 1], minlength=c)
     return annotated, positives
 
 
 def _rows_with_positive(y: torch.Tensor) -> torch.Tensor:
     """(N,) bool: images with at least one +1 among the columns of ``y`` (N, C)."""
     keep = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
-    for c0, c1 in _column_chunks(y.shape[0], y.shape[1], None):
-        keep |= (y[:, c0:c1] == 1).any(1)
+    for r0, r1 in _row_chunks(y.shape[0], y.shape[1], None):
+        keep[r0:r1] = (y[r0:r1] == 1).any(1)
     return keep
 
 
