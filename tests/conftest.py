@@ -53,7 +53,10 @@ def make_tiny_packed(root, *, num_train=96, num_test=48, num_seen=12, num_unseen
         regions = np.abs(rng.normal(scale=0.1, size=(n, 512, 196))).astype(np.float32)
         labels = -np.ones((n, num_seen + num_unseen), dtype=np.int8)
         for i in range(n):
-            present = rng.choice(num_seen + num_unseen, size=2, replace=False)
+            # One seen label always, so no image is dropped from training for lack of one.
+            first = int(rng.integers(num_seen))
+            second = int(rng.choice([c for c in range(num_seen + num_unseen) if c != first]))
+            present = (first, second)
             labels[i, present] = 1
             for c in present:
                 where = rng.choice(196, size=8, replace=False)

@@ -87,7 +87,8 @@ def parse_args(argv=None):
     add_config_arguments(parser)
     parser.add_argument("--checkpoint", default="", metavar="FILE",
                         help="weights to evaluate (overrides MODEL.WEIGHTS): a training checkpoint or a published state_dict")
-    return parser.parse_args(argv)
+    # Options may come before, between or after the KEY VALUE overrides.
+    return parser.parse_intermixed_args(argv)
 
 
 def main(argv=None) -> int:

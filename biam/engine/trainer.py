@@ -32,6 +32,7 @@ from ..data.packed import PackedDataset
 from ..evaluation import average_precision, f1_at_k
 from ..modeling import build_model, ranking_loss
 from ..utils import comm
+from ..utils.dist_bn import convert_to_global_bn
 from ..utils.logging import JsonlWriter, setup_logger
 from . import checkpoint as ckpt
 from .evaluator import evaluate_split, format_result
@@ -159,7 +160,11 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         if self.world > 1:
             if cfg.DIST_BN == "sync":
-                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                # nn.SyncBatchNorm is CUDA-only; GlobalBatchNorm2d computes the same on gloo.
+                if self.device.type == "cuda":
+                    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                else:
+                    model = convert_to_global_bn(model)
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
             )
@@ -513,7 +518,8 @@ def parse_args(argv=None):
     add_config_arguments(parser)
     parser.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
                         help="continue from the last checkpoint in OUTPUT_DIR/checkpoints, or from CKPT")
-    return parser.parse_args(argv)
+    # Options may come before, between or after the KEY VALUE overrides.
+    return parser.parse_intermixed_args(argv)
 
 
 def main(argv=None) -> int:
