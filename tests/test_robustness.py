@@ -147,6 +147,7 @@ def test_embeddings_of_the_wrong_width(small_packed, tmp_path):
         Trainer(cfg_for(small_packed, tmp_path / "out", "MODEL.EMBED_DIM", "200"))
     msg = str(err.value)
     assert "embeddings.npz" in msg and "300-d" in msg and "MODEL.EMBED_DIM is 200" in msg
+    assert "set MODEL.EMBED_DIM 300" in msg  # says how to fix it
 
 
 def test_k_larger_than_the_label_count_is_named(tmp_path):

@@ -92,7 +92,9 @@ def build_label_space(dataset: PackedDataset, device: torch.device, embed_dim: i
             )
         if emb.shape[1] != embed_dim:
             raise ValueError(
-                f"{dataset.root}/embeddings.npz: '{name}' embeddings are {emb.shape[1]}-d but MODEL.EMBED_DIM is {embed_dim}"
+                f"{dataset.root}/embeddings.npz: '{name}' embeddings are {emb.shape[1]}-d but MODEL.EMBED_DIM is "
+                f"{embed_dim}; set MODEL.EMBED_DIM {emb.shape[1]} (a checkpoint must then have been trained with "
+                f"that width too) or reconvert with {embed_dim}-d label embeddings"
             )
     unseen_eval = manifest.get("unseen_eval")
     if unseen_eval is None:
