@@ -12,8 +12,8 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["biam", "biam.*"]),
     install_requires=[
-        "torch>=2.1",
-        "torchvision>=0.16",
+        "torch>=2.6",
+        "torchvision>=0.21",
         "numpy>=1.22",
         "h5py>=3.6",
         "yacs>=0.1.8",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Iterable, Optional, Sequence
 
+import yaml
 from yacs.config import CfgNode as CN
 
 _C = CN()
@@ -294,6 +295,9 @@ def load_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (), freeze
             raise ConfigError(f"{config_file}: Python config files are not accepted (configs are parsed, never run)")
         try:
             cfg.merge_from_file(config_file)
+        except yaml.YAMLError as err:
+            # Also what a !!python/... tag gives: yacs parses with yaml.safe_load, which refuses it.
+            raise ConfigError(f"{config_file}: not a plain YAML config ({err}); configs are parsed, never run") from None
         except KeyError as err:
             raise ConfigError(f"{config_file}: unknown config key {err}") from None
         except ValueError as err:

@@ -43,10 +43,14 @@ def atomic_torch_save(obj: Any, path: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         # A failed write (disk full, interrupt) must not leave a half file that looks usable.
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(err, (OSError, RuntimeError)):
+            # torch's zip writer reports a full disk as "unexpected pos ..."; say what it means.
+            raise CheckpointError(f"{path}: write failed (disk full or file-size limit?): {err}; "
+                                  "earlier checkpoints are untouched") from err
         raise
 
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..config import ConfigError, add_config_arguments, dump_cfg, load_cfg
 from ..data.loader import build_loader
-from ..data.packed import PackedDataset
+from ..data.packed import PackedDataset, PackedFormatError
 from ..evaluation import average_precision, f1_at_k
 from ..modeling import build_model, ranking_loss
 from ..utils import comm
@@ -119,7 +119,11 @@ class Trainer:
         self.train_idx = all_idx[:cut]
         self.val_idx = all_idx[cut:]
         if len(self.train_idx) == 0:
-            raise ValueError(f"{cfg.DATA.ROOT}: no training images left after DATA.TRAIN_FRACTION / DATA.MAX_POSITIVES")
+            raise ValueError(
+                f"{cfg.DATA.ROOT}: split '{cfg.DATA.TRAIN_SPLIT}' has {n} images; DATA.MAX_POSITIVES "
+                f"{cfg.DATA.MAX_POSITIVES} keeps {len(all_idx)}; DATA.TRAIN_FRACTION {cfg.DATA.TRAIN_FRACTION} "
+                "keeps 0 for training (raise DATA.TRAIN_FRACTION)")
+        self.check_label_counts()
         self.train_loader = None  # built when a phase starts (it may load its images into RAM)
         self.logger.info(
             f"data {cfg.DATA.ROOT}: {len(self.train_idx)} training, {len(self.val_idx)} validation, "
@@ -127,6 +131,18 @@ class Trainer:
             f"{self.labels.unseen_eval.shape[0]} evaluated unseen labels; scene features "
             f"{'stored' if self.scene_head is None else 'computed on the fly'}"
         )
+
+    def check_label_counts(self) -> None:
+        """Fail before training, not after an epoch, when a reported K exceeds a label count."""
+        cfg = self.cfg
+        ks = (1, 3, 5, 10, 20) if cfg.DATA.DATASET == "openimages" else (3, 5)
+        unseen = self.labels.unseen_eval.shape[0]
+        if unseen < max(ks):
+            raise ValueError(f"{cfg.DATA.ROOT}: {unseen} evaluated unseen labels, but the {cfg.DATA.DATASET} protocol "
+                             f"reports P/R/F1 at K = {', '.join(map(str, ks))}, which needs at least {max(ks)}")
+        if len(self.val_idx) and self.labels.num_seen < 5:
+            raise ValueError(f"{cfg.DATA.ROOT}: validation reports F1@3 and F1@5 on the seen labels, which needs "
+                             f"at least 5 of them (the manifest lists {self.labels.num_seen})")
 
     def loader(self, dataset: PackedDataset, indices, *, shuffle: bool, batch_size: int, in_memory=False):
         cfg = self.cfg
@@ -349,7 +365,8 @@ class Trainer:
             self.scaler.update()
             return loss.detach().double(), int(regions.shape[0])
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        finite = bool(torch.isfinite(torch.stack([g.abs().sum() for g in grads]).sum())) if grads else True
+        # One fused norm over all gradients: NaN/inf anywhere (ours or another rank's) shows here.
+        finite = bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))) if grads else True
         if not finite:
             self.handle_bad_batch(loss, batch["index"], epoch, step, here=bad_here)
             self.optimizer.zero_grad(set_to_none=True)
@@ -428,7 +445,7 @@ class Trainer:
             with warnings.catch_warnings():
                 # An epoch whose every batch was skipped never called optimizer.step(); the
                 # schedule still advances with the epoch, which is what PyTorch warns about.
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
                 self.scheduler.step()
             if self.phase == "train" and self.should_validate(epoch):
                 val = self.validate()
@@ -535,6 +552,9 @@ def main(argv=None) -> int:
     except TrainingDiverged as err:
         print(f"biam-train: training stopped: {err}", file=sys.stderr)
         return 3
+    except (PackedFormatError, ckpt.CheckpointError, FileNotFoundError, ValueError, MemoryError) as err:
+        print(f"biam-train: error: {err}", file=sys.stderr)
+        return 1
     finally:
         comm.destroy()
     return 0

@@ -74,8 +74,9 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path):
         def __reduce__(self):
             raise OSError("No space left on device")
 
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(ckpt.CheckpointError, match="checkpoint_epoch_0002.pth: write failed.*No space") as err:
         ckpt.save_checkpoint(d, 2, {"epoch": 2, "bad": Unsaveable()})
+    assert "earlier checkpoints are untouched" in str(err.value)
     assert sorted(os.listdir(d)) == ["checkpoint_epoch_0001.pth"]
     assert ckpt.load_checkpoint(ckpt.latest_checkpoint(d))["epoch"] == 1
 
