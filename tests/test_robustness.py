@@ -77,7 +77,7 @@ def test_convert_src_that_does_not_exist_is_named(tmp_path, capsys):
     rc = convert_main(["nus_wide", "--src", str(missing), "--out", str(tmp_path / "out"), "--no-scene"])
     assert rc == 1
     err = capsys.readouterr().err
-    assert str(missing) in err and "not found" in err
+    assert f"--src {missing}: folder not found" in err
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 

@@ -252,6 +252,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point ``biam-convert``. Returns the exit status."""
     args = _parser().parse_args(argv)
     src, out = Path(args.src), Path(args.out)
+    if not src.is_dir():
+        print(f"biam-convert: error: --src {src}: folder not found (the released datasets/ folder)", file=sys.stderr)
+        return 1
     defaults = NUS_WIDE_PATHS if args.dataset == "nus_wide" else OPENIMAGES_PATHS
     paths = {k: str(getattr(args, k, None) or (src / v)) for k, v in defaults.items()}
     if args.dataset == "openimages":
