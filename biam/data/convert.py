@@ -90,13 +90,16 @@ def resolve_scene_head(vgg_weights: Optional[str], fallback: Optional[str], no_s
 
 
 def _scene_fn(head) -> Optional[Callable[[np.ndarray], np.ndarray]]:
+    """(n, 512, 196) regions -> (n, 4096) float32 scene features, on the head's device."""
     if head is None:
         return None
     import torch
 
+    device = head.fc6.weight.device
+
     def run(regions: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return head(torch.from_numpy(regions)).numpy()
+            return head(torch.from_numpy(regions).to(device)).float().cpu().numpy()
 
     return run
 
@@ -231,6 +234,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-scene", action="store_true", help="store no scene features (trainer computes them)")
         sp.add_argument("--overwrite", action="store_true", help="start the splits over instead of resuming")
         sp.add_argument("--batch", type=int, default=64, help="images per scene-feature batch (default 64)")
+        sp.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where the scene head runs (auto: a GPU when present; on a CPU the head, "
+                             "not the reading, bounds the conversion speed)")
         sp.add_argument("--embeddings", help="label embedding pickle")
 
     nus = sub.add_parser("nus_wide", help="NUS-WIDE (925 seen tags, 81 unseen concepts)")
@@ -269,6 +275,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SceneSetupError as err:
         print(f"biam-convert: {err}", file=sys.stderr)
         return 2
+    if head is not None:
+        import torch
+
+        if args.device == "cuda" and not torch.cuda.is_available():
+            print("biam-convert: --device cuda but no CUDA device is available", file=sys.stderr)
+            return 2
+        use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+        head = head.to("cuda" if use_cuda else "cpu")
     fn = convert_nus_wide if args.dataset == "nus_wide" else convert_openimages
     try:
         manifest = fn(src, out, paths=paths, splits=splits, shard_size=args.shard_size, dtype=args.dtype,
