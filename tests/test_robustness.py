@@ -20,7 +20,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from biam.config import ConfigError, load_cfg
 from biam.data.convert import main as convert_main

@@ -8,7 +8,7 @@ of the wrong type are errors. The resolved config is written beside every run's 
 from __future__ import annotations
 
 import os
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import yaml
 from yacs.config import CfgNode as CN

@@ -8,7 +8,6 @@ leaves the previous checkpoints intact. Names carry zero-padded epochs so they s
 
 from __future__ import annotations
 
-import glob
 import os
 import random
 import re

@@ -8,7 +8,6 @@ writes ``metrics.json`` to ``OUTPUT_DIR`` as ``{"zsl": {...}, "gzsl": {...}}`` w
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any, Callable, Optional
@@ -21,6 +20,7 @@ from ..data.packed import PackedDataset
 from ..evaluation import chance_level, evaluate_nus_wide, evaluate_openimages
 from ..modeling import build_model
 from ..utils import comm
+from ..utils.io import write_json
 from ..utils.logging import setup_logger
 from . import checkpoint as ckpt
 from .runtime import LabelSpace, build_label_space, build_scene_head, resolve_amp, run_inference
@@ -133,10 +133,7 @@ def main(argv=None) -> int:
             payload = result.to_dict()
             if result.chance is not None:
                 payload["chance"] = result.chance.to_dict()
-            tmp = out + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(payload, f, indent=2, sort_keys=True)
-            os.replace(tmp, out)
+            write_json(out, payload)
             logger.info(f"wrote {out}")
     except (ckpt.CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"biam-evaluate: {err}", file=sys.stderr)

@@ -14,7 +14,6 @@ Launch: ``python -m biam.train --config-file configs/nus_wide.yaml`` or
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -33,6 +32,7 @@ from ..evaluation import average_precision, f1_at_k
 from ..modeling import build_model, ranking_loss
 from ..utils import comm
 from ..utils.dist_bn import convert_to_global_bn
+from ..utils.io import write_json
 from ..utils.logging import JsonlWriter, setup_logger
 from . import checkpoint as ckpt
 from .evaluator import evaluate_split, format_result
@@ -492,13 +492,6 @@ def _progress(total: int, desc: str):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
-
-
-def write_json(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def plot_curve(history: List[Dict[str, Any]], path: str, metric: str) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pytest
 
 from biam.data.packed import PackedDataset, load_embeddings, read_manifest
 
