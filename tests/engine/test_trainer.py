@@ -137,3 +137,22 @@ def test_bad_batches_can_be_skipped_and_counted(tiny_packed, tmp_path):
 def test_cli_reports_config_errors(tmp_path, capsys):
     assert main(["SOLVER.NOPE", "1"]) == 2
     assert "SOLVER.NOPE" in capsys.readouterr().err
+
+
+def test_openimages_recipe_drops_crowded_images_and_uses_its_protocol(tmp_path):
+    from conftest import make_tiny_packed
+
+    root = make_tiny_packed(tmp_path / "oi", num_train=48, num_test=24, num_unseen=20, shard_size=64,
+                            dataset="openimages")
+    out = tmp_path / "run"
+    cfg = cfg_for(root, out, "DATA.DATASET", "openimages", "DATA.MAX_POSITIVES", "1", "DATA.TRAIN_FRACTION", "1.0",
+                  "SOLVER.MAX_EPOCHS", "1", "SOLVER.WARMUP_EPOCHS", "0", "SOLVER.FINETUNE_EPOCHS", "0",
+                  "EVAL.PUBLISHED_OPENIMAGES_AP", "True")
+    trainer = Trainer(cfg)
+    # Every tiny image has one seen positive, and a second one when its other label is seen.
+    labels = trainer.train_set.labels()[:, :12]
+    assert len(trainer.train_idx) == int(((labels == 1).sum(axis=1) <= 1).sum()) < 48
+    result = trainer.run()
+    for task in ("zsl", "gzsl"):
+        assert {"mAP", "wmAP", "published_pooled_mAP", "F1@10", "F1@20", "P@1"} <= set(result[task])
+    assert "dropped" in (out / "log.txt").read_text()
