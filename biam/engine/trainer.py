@@ -318,7 +318,8 @@ class Trainer:
         if self.world > 1 and self.cfg.DIST_BN != "sync":
             from torch.distributed.algorithms.join import Join
 
-            ddp = self.model.__dict__.get("_orig_mod", self.model)
+            # torch.compile keeps the DDP module it wraps as the submodule "_orig_mod".
+            ddp = self.model._modules.get("_orig_mod", self.model)
             return Join([ddp])
         import contextlib
 
