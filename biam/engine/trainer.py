@@ -351,30 +351,34 @@ class Trainer:
         with autocast_context(self.device, self.amp_dtype):
             scores = self.model(regions, seen_emb, scene)
         loss = ranking_loss(scores.float(), labels)
-        bad_here = bool((~torch.isfinite(loss)) | (loss > cfg.SOLVER.MAX_LOSS))
-        if bad_here:
-            # Poison this rank's gradients with NaN: DDP's all-reduce carries the NaN to every
-            # rank, so all of them see non-finite gradients below and take the same decision
-            # without an extra collective (which would not be Join-aware).
-            poison = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * float("nan")
-            poison.backward()
-        else:
-            self.scaler.scale(loss).backward()
-        if self.scaler.is_enabled() and not bad_here:
-            # float16: the scaler skips steps with overflowing gradients by design.
+        n = int(regions.shape[0])
+        # A bad loss (NaN, inf, or above MAX_LOSS) turns this rank's gradients into NaN through a
+        # constant factor. DDP's all-reduce carries the NaN to every rank, so all of them see
+        # non-finite gradients below and take the same decision without an extra collective
+        # (which would not be Join-aware), and the good path waits on the GPU only once per step.
+        bad = (~torch.isfinite(loss)) | (loss > cfg.SOLVER.MAX_LOSS)
+        factor = torch.where(bad, torch.full_like(loss, float("nan")), torch.ones_like(loss))
+        self.scaler.scale(loss * factor).backward()
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        finite = bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))) if grads else True
+        if finite:
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            return loss.detach().double(), int(regions.shape[0])
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        # One fused norm over all gradients: NaN/inf anywhere (ours or another rank's) shows here.
-        finite = bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))) if grads else True
-        if not finite:
-            self.handle_bad_batch(loss, batch["index"], epoch, step, here=bad_here)
-            self.optimizer.zero_grad(set_to_none=True)
-            return None, int(regions.shape[0])
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return loss.detach().double(), int(regions.shape[0])
+            return loss.detach().double(), n
+        here = bool(bad)
+        if self.scaler.is_enabled() and not here:
+            # float16 overflow (or another rank's bad batch): the scaler skips the step and
+            # lowers its scale, as it is designed to.
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return None, n
+        self.handle_bad_batch(loss, batch["index"], epoch, step, here=here)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler.is_enabled():
+            self.scaler.update()
+        return None, n
 
     def handle_bad_batch(self, loss: torch.Tensor, index: torch.Tensor, epoch: int, step: int, here: bool) -> None:
         """Log and go on (SOLVER.BAD_LOSS skip) or raise TrainingDiverged naming the images (stop)."""
