@@ -31,19 +31,12 @@ import numpy as np
 from . import released
 from .embeddings import read_nus_wide_embeddings, read_openimages_embeddings
 from .packed import PackedDataset, PackedFormatError, PackedWriter, save_embeddings
+from .released import NUS_WIDE_LAYOUT
 
 __all__ = ["main", "convert_nus_wide", "convert_openimages", "resolve_scene_head", "NUS_WIDE_PATHS", "OPENIMAGES_PATHS"]
 
 # Default locations relative to --src (the released ``datasets/`` folder, SPEC section 3).
-NUS_WIDE_PATHS = {
-    "train_h5": "NUS-WIDE/features/nus_wide_train.h5",
-    "test_h5": "NUS-WIDE/features/nus_wide_test.h5",
-    "train_names": "NUS-WIDE/img_names.pkl",
-    "test_names": "NUS-WIDE/test_img_names.pkl",
-    "tags": "NUS-WIDE/NUS_WID_Tags/TagList1k.txt",
-    "concepts": "NUS-WIDE/ConceptsList/Concepts81.txt",
-    "embeddings": "NUS-WIDE/wiki_contexts/NUS_WIDE_pretrained_w2v_glove-wiki-gigaword-300",
-}
+NUS_WIDE_PATHS = dict(NUS_WIDE_LAYOUT)
 OPENIMAGES_PATHS = {
     "classes": "OpenImages/2018_04/classes-trainable.txt",
     "unseen_ids": "OpenImages/2018_04/unseen_labels.pkl",

@@ -38,6 +38,19 @@ FEATURE_SHAPE = (512, 196)
 Record = Tuple[str, np.ndarray, np.ndarray]  # (name, features (512, 196) float32, labels (S+U,) int8)
 
 
+# Where the release puts the NUS-WIDE files, relative to its datasets/ folder (SPEC section 3).
+# The converter's defaults and the synthetic writer both use this one table.
+NUS_WIDE_LAYOUT = {
+    "train_h5": "NUS-WIDE/features/nus_wide_train.h5",
+    "test_h5": "NUS-WIDE/features/nus_wide_test.h5",
+    "train_names": "NUS-WIDE/img_names.pkl",
+    "test_names": "NUS-WIDE/test_img_names.pkl",
+    "tags": "NUS-WIDE/NUS_WID_Tags/TagList1k.txt",
+    "concepts": "NUS-WIDE/ConceptsList/Concepts81.txt",
+    "embeddings": "NUS-WIDE/wiki_contexts/NUS_WIDE_pretrained_w2v_glove-wiki-gigaword-300",
+}
+
+
 class RecordError(ValueError):
     """A record of the released layout is missing or malformed (message names file, image, field)."""
 

@@ -33,18 +33,12 @@ from typing import List, Optional, Sequence
 import h5py
 import numpy as np
 
+from .released import NUS_WIDE_LAYOUT
+
 __all__ = ["write_synthetic_nus_wide", "SYNTHETIC_PATHS", "main"]
 
 EMB_DIM = 300
-SYNTHETIC_PATHS = {
-    "train_h5": "NUS-WIDE/features/nus_wide_train.h5",
-    "test_h5": "NUS-WIDE/features/nus_wide_test.h5",
-    "train_names": "NUS-WIDE/img_names.pkl",
-    "test_names": "NUS-WIDE/test_img_names.pkl",
-    "tags": "NUS-WIDE/NUS_WID_Tags/TagList1k.txt",
-    "concepts": "NUS-WIDE/ConceptsList/Concepts81.txt",
-    "embeddings": "NUS-WIDE/wiki_contexts/NUS_WIDE_pretrained_w2v_glove-wiki-gigaword-300",
-}
+SYNTHETIC_PATHS = dict(NUS_WIDE_LAYOUT)
 
 _SYLLABLES = ["ka", "lo", "mi", "ru", "ten", "va", "zo", "pel", "dri", "sun", "ber", "on", "ix", "qua", "mor", "fel"]
 
