@@ -230,6 +230,12 @@ class Trainer:
 
     def resume(self, resume: str) -> None:
         path = ckpt.latest_checkpoint(self.ckpt_dir) if resume in ("", "last") else resume
+        # Every rank must continue from the checkpoint rank 0 chose (it alone writes them).
+        path = comm.broadcast_object(path)
+        if path is not None and not os.path.isfile(path):
+            raise ckpt.CheckpointError(
+                f"rank {self.rank}: {path} (chosen by rank 0) is not visible here; to resume on several "
+                "machines, OUTPUT_DIR must be on a file system that every machine sees")
         if path is None:
             self.logger.info(f"--resume: no checkpoint in {self.ckpt_dir}; starting from scratch")
             return
@@ -431,8 +437,11 @@ class Trainer:
     def enter_finetune(self) -> None:
         """Switch to fine-tuning: the best validated weights, a fresh optimiser at FINETUNE_LR."""
         best_path = os.path.join(self.out_dir, "model_best.pth")
-        if len(self.val_idx) and os.path.exists(best_path):
-            ckpt.load_model_weights(_unwrap(self.model), best_path)
+        if len(self.val_idx) and self.best["epoch"] > 0:
+            if comm.is_main_process():
+                ckpt.load_model_weights(_unwrap(self.model), best_path)
+            # Rank 0 alone wrote the file, maybe on a disk the other machines do not see.
+            comm.broadcast_module_state(_unwrap(self.model))
             self.logger.info(f"fine-tuning from {best_path} (epoch {self.best['epoch']}, "
                              f"{self.cfg.EVAL.SELECT_METRIC} {self.best['metric']:.4f})")
         self.phase = "finetune"

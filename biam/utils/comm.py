@@ -17,6 +17,7 @@ import torch.distributed as dist
 __all__ = [
     "init_distributed", "destroy", "is_dist", "get_rank", "get_world_size", "get_local_rank",
     "is_main_process", "barrier", "all_gather_rows", "all_reduce_sum", "broadcast_object",
+    "broadcast_module_state",
 ]
 
 
@@ -102,6 +103,15 @@ def all_gather_rows(rows: torch.Tensor) -> List[torch.Tensor]:
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
     return [p[:n] for p, n in zip(parts, counts)]
+
+
+def broadcast_module_state(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy every parameter and buffer of ``module`` from rank ``src`` to all ranks (in place)."""
+    if not is_dist():
+        return
+    with torch.no_grad():
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, src=src)
 
 
 def broadcast_object(obj, src: int = 0):
