@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, add_config_arguments, dump_cfg, load_cfg
-from ..data.packed import PackedDataset
+from ..data.packed import PackedDataset, PackedFormatError
 from ..evaluation import chance_level, evaluate_nus_wide, evaluate_openimages
 from ..modeling import build_model
 from ..utils import comm
@@ -105,8 +105,8 @@ def main(argv=None) -> int:
         print("biam-evaluate: no weights given: pass --checkpoint FILE or MODEL.WEIGHTS FILE "
               "(published checkpoints: see pretrained_weights/README.md)", file=sys.stderr)
         return 2
-    device = comm.init_distributed(cfg.DEVICE)
     try:
+        device = comm.init_distributed(cfg.DEVICE)
         if comm.is_main_process():
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
             dump_cfg(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
@@ -135,8 +135,8 @@ def main(argv=None) -> int:
                 payload["chance"] = result.chance.to_dict()
             write_json(out, payload)
             logger.info(f"wrote {out}")
-    except (ckpt.CheckpointError, FileNotFoundError, ValueError) as err:
-        print(f"biam-evaluate: {err}", file=sys.stderr)
+    except (ckpt.CheckpointError, PackedFormatError, FileNotFoundError, ValueError) as err:
+        print(f"biam-evaluate: error: {err}", file=sys.stderr)
         return 1
     finally:
         comm.destroy()

@@ -51,7 +51,8 @@ def init_distributed(device_kind: str = "auto", timeout_minutes: int = 30) -> to
     """
     use_cuda = torch.cuda.is_available() if device_kind == "auto" else device_kind == "cuda"
     if device_kind == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("DEVICE is 'cuda' but no CUDA device is available (use DEVICE cpu or auto)")
+        # A ValueError: the config asks for what this machine lacks (entry points print it plainly).
+        raise ValueError("DEVICE is 'cuda' but no CUDA device is available (use DEVICE cpu or auto)")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
