@@ -152,8 +152,8 @@ _C.EVAL.START_EPOCH = 4
 # Validate every this many epochs from START_EPOCH (positive int; published: 2)
 _C.EVAL.PERIOD = 2
 
-# Metric used to select the checkpoint to fine-tune: "F1@5" on the seen labels (published),
-# or any key of the seen-label metrics such as "mAP" or "F1@3"
+# Metric used to select the checkpoint to fine-tune, on the seen labels of the validation
+# images: "F1@5" (published), "F1@3", "mAP", "P@3", "P@5", "R@3" or "R@5"
 _C.EVAL.SELECT_METRIC = "F1@5"
 
 # Images per inference batch (positive int)
@@ -204,7 +204,8 @@ _C.PLOT_CURVE = True
 
 _ALLOWED = {
     "MODEL.ATTENTION": ("fused", "published"),
-    "DATA.DATASET": ("nus_wide", "openimages", "synthetic"),
+    "DATA.DATASET": ("nus_wide", "openimages"),
+    "EVAL.SELECT_METRIC": ("F1@5", "F1@3", "mAP", "P@3", "P@5", "R@3", "R@5"),
     "DATA.IN_MEMORY": ("auto", "on", "off"),
     "SOLVER.SCHEDULE": ("cosine", "constant"),
     "SOLVER.BAD_LOSS": ("stop", "skip"),
