@@ -93,7 +93,8 @@ _C.DATA.BLOCK_SIZE = 8
 _C.DATA.NUM_WORKERS = 2
 
 # Load the training images into RAM once ("auto": when they take under half the free
-# memory, "on": always (error if they cannot fit), "off")
+# memory and there is one process (each rank would hold a copy), "on": always (error if they
+# cannot fit), "off")
 _C.DATA.IN_MEMORY = "auto"
 
 # Check shard SHA-256 checksums against the manifest before training (bool)

@@ -60,8 +60,14 @@ def _unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
-def in_memory_mode(setting: str):
-    """Config ``DATA.IN_MEMORY`` -> the loader's ``in_memory`` argument."""
+def in_memory_mode(setting: str, world_size: int = 1):
+    """Config ``DATA.IN_MEMORY`` -> the loader's ``in_memory`` argument.
+
+    Every rank would hold its own copy of the whole split (its blocks change every epoch), and
+    each would judge the free memory alone, so "auto" stays on disk when there are several ranks.
+    """
+    if setting == "auto" and world_size > 1:
+        return False
     return {"auto": "auto", "on": True, "off": False}[setting]
 
 
@@ -158,7 +164,7 @@ class Trainer:
         if self.train_loader is None or self.train_loader_phase != self.phase:
             self.train_loader = None  # release the previous phase's in-memory copy first
             self.train_loader = self.loader(self.train_set, indices, shuffle=True, batch_size=self.cfg.SOLVER.BATCH_SIZE,
-                                            in_memory=in_memory_mode(self.cfg.DATA.IN_MEMORY))
+                                            in_memory=in_memory_mode(self.cfg.DATA.IN_MEMORY, self.world))
             self.train_loader_phase = self.phase
             if self.train_loader.memory is not None:
                 self.logger.info(f"{len(indices)} training images held in RAM "
