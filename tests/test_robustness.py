@@ -232,7 +232,7 @@ _WRITE_NEXT = textwrap.dedent("""
 
     try:
         ckpt.save_checkpoint(sys.argv[1], 2, {"epoch": 2, "w": torch.ones(1_000_000)}, keep=3)
-    except (OSError, RuntimeError) as err:
+    except ckpt.CheckpointError as err:
         print(f"WRITE FAILED {type(err).__name__}: {err}")
         sys.exit(5)
     print("WRITTEN")
@@ -254,9 +254,11 @@ def test_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONDONTWRITEBYTECODE="1")
     done = subprocess.run([sys.executable, "-c", _WRITE_NEXT, str(d)], preexec_fn=_small_file_limit, env=env,
                           capture_output=True, text=True, timeout=120)
-    # torch's zip writer reports the failed write (EFBIG) as a RuntimeError; either way it must fail.
+    # torch's zip writer reports the failed write (EFBIG) as a RuntimeError; save_checkpoint
+    # turns it into a CheckpointError that names the file and the likely cause.
     assert done.returncode == 5, done.stdout + done.stderr[-2000:]
-    assert "WRITE FAILED" in done.stdout and "WRITTEN" not in done.stdout
+    assert "WRITE FAILED CheckpointError" in done.stdout and "WRITTEN" not in done.stdout
+    assert "checkpoint_epoch_0002.pth: write failed (disk full or file-size limit?)" in done.stdout
     assert sorted(os.listdir(d)) == ["checkpoint_epoch_0001.pth"]  # no half file, no .tmp left
     assert sha256(first) == before
     assert ckpt.latest_checkpoint(str(d)) == str(first)
