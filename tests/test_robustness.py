@@ -193,8 +193,8 @@ def test_truncated_shard_and_foreign_checkpoint_in_the_evaluator(packed_copy, tm
     torch.save(build_model(cfg_for(packed_copy, tmp_path / "o", "MODEL.CHANNEL_DIM", "32")).state_dict(), other)
     assert evaluate_main(["--checkpoint", str(other), *opts]) == 1
     err = capsys.readouterr().err
-    assert "other.pth: checkpoint does not fit the model config" in err
-    assert "conv_3X3.body.weight: checkpoint (32, 512, 3, 3) vs model (16, 512, 3, 3)" in err
+    assert "other.pth: state dict does not fit the model" in err
+    assert "conv_3X3.body.weight: file (32, 512, 3, 3), model (16, 512, 3, 3)" in err
     # A shard of the test split cut in half on disk: the shard is named, no metrics are written.
     shard = packed_copy / "test-00001.h5"
     shard.write_bytes(shard.read_bytes()[:4096])

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..modeling.biam import load_published_state_dict
+
 __all__ = [
     "checkpoint_path", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
     "rng_state", "set_rng_state", "load_model_weights", "CheckpointError", "atomic_torch_save",
@@ -140,22 +142,9 @@ def load_model_weights(model: nn.Module, path: str) -> Dict[str, Any]:
     for prefix in ("module.", "_orig_mod."):
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(set(state) & set(expected))
-        if tuple(state[k].shape) != tuple(expected[k].shape)
-    ]
-    if missing or unexpected or mismatched:
-        lines = [f"{path}: checkpoint does not fit the model config"]
-        if missing:
-            lines.append("  missing keys: " + ", ".join(missing))
-        if unexpected:
-            lines.append("  unexpected keys: " + ", ".join(unexpected))
-        if mismatched:
-            lines.append("  shape mismatches: " + "; ".join(mismatched))
-        raise CheckpointError("\n".join(lines))
-    model.load_state_dict(state, strict=True)
+    try:
+        # One key/shape comparison for every caller: the model package's strict loader.
+        load_published_state_dict(model, state, source=path)
+    except ValueError as err:
+        raise CheckpointError(f"{err}\n  (the checkpoint does not fit the model config: check MODEL.* keys)") from None
     return obj
