@@ -548,6 +548,16 @@ def _merge_parts(out_root: Path, spec: SplitSpec, world: int, shard_size: int, d
         (out_root / ".parts").rmdir()
 
 
+def add_label_embedding_arguments(parser, embeddings_help: str, glove_help: str) -> None:
+    """``--embeddings PICKLE`` or ``--glove FILE.txt`` (one required), and ``--glove-missing``."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--embeddings", metavar="PICKLE", help=embeddings_help)
+    group.add_argument("--glove", metavar="FILE.txt", help=glove_help)
+    parser.add_argument("--glove-missing", choices=("error", "skip-word", "zero"), default="error",
+                        help="labels with words the GloVe file lacks: error (default), average the known words, "
+                             "or a zero row")
+
+
 def add_extraction_arguments(parser) -> None:
     """Options shared by the feature extractors: output, weights, batching, sharding, device."""
     parser.add_argument("--out", required=True, metavar="DIR", help="packed dataset directory to write (manifest.json, shards)")

@@ -151,14 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "see datasets/NUS-WIDE/README.md")
     parser.add_argument("--splits", nargs="+", choices=sorted(SPLIT_FILES), default=["train", "test"],
                         help="splits to extract (default: train test)")
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--embeddings", metavar="PICKLE",
-                       help="released embedding pickle [tags (1000, 300), concepts (81, 300)] "
-                            "(wiki_contexts/NUS_WIDE_pretrained_w2v_glove-wiki-gigaword-300)")
-    group.add_argument("--glove", metavar="FILE.txt", help="GloVe text file; multi-word labels are averaged")
-    parser.add_argument("--glove-missing", choices=("error", "skip-word", "zero"), default="error",
-                        help="labels with words the GloVe file lacks: error (default), average the known words, "
-                             "or a zero row")
+    features.add_label_embedding_arguments(
+        parser,
+        embeddings_help="released embedding pickle [tags (1000, 300), concepts (81, 300)] "
+                        "(wiki_contexts/NUS_WIDE_pretrained_w2v_glove-wiki-gigaword-300)",
+        glove_help="GloVe text file; multi-word labels are averaged")
     features.add_extraction_arguments(parser)
     return parser
 

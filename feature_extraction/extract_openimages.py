@@ -139,16 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "<split>/<split>-annotations-human-imagelabels.csv (see feature_extraction/README.md)")
     parser.add_argument("--images", required=True, metavar="DIR", help="folder of the split's images, <ImageID>.jpg")
     parser.add_argument("--csv", default=None, metavar="FILE", help="annotation CSV (default: found in --meta-dir/<split>/)")
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--embeddings", metavar="PICKLE",
-                       help="released embedding pickle [seen (7186, 300), unseen (2594, 300)]")
-    group.add_argument("--glove", metavar="FILE.txt",
-                       help="GloVe text file; class names from class-descriptions.csv, multi-word names averaged")
+    features.add_label_embedding_arguments(
+        parser,
+        embeddings_help="released embedding pickle [seen (7186, 300), unseen (2594, 300)]",
+        glove_help="GloVe text file; class names from class-descriptions.csv, multi-word names averaged")
     parser.add_argument("--class-descriptions", default=None, metavar="FILE",
                         help="id -> name CSV for --glove (default: --meta-dir/class-descriptions.csv)")
-    parser.add_argument("--glove-missing", choices=("error", "skip-word", "zero"), default="error",
-                        help="names with words the GloVe file lacks: error (default), average the known words, "
-                             "or a zero row")
     features.add_extraction_arguments(parser)
     return parser
 

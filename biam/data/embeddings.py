@@ -37,6 +37,22 @@ def _check_matrix(arr, rows: Optional[int], source: str, what: str) -> np.ndarra
     return arr.astype(np.float32)
 
 
+def _read_pair(path: os.PathLike, what: Tuple[str, str], rows: Tuple[Optional[int], Optional[int]]):
+    """A released embedding pickle holding a list of two matrices of the same width.
+
+    ``what`` names the two items for messages (e.g. ("tags", "concepts")); ``rows`` are their
+    expected row counts (None: any). Output: the two float32 matrices.
+    """
+    obj = safe_load(path)
+    if not isinstance(obj, (list, tuple)) or len(obj) != 2:
+        raise ValueError(f"{path}: expected a list [{what[0]}, {what[1]}] of two arrays, found {type(obj).__name__}")
+    first = _check_matrix(obj[0], rows[0], str(path), f"{what[0]} (item 0)")
+    second = _check_matrix(obj[1], rows[1], str(path), f"{what[1]} (item 1)")
+    if first.shape[1] != second.shape[1]:
+        raise ValueError(f"{path}: {what[0]} dim {first.shape[1]} != {what[1]} dim {second.shape[1]}")
+    return first, second
+
+
 def read_nus_wide_embeddings(path: os.PathLike, seen_tag_index: np.ndarray, num_tags: Optional[int] = None,
                              num_concepts: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
     """The released NUS-WIDE embedding pickle ``[tags (T, D), concepts (U, D)]``.
@@ -45,13 +61,7 @@ def read_nus_wide_embeddings(path: os.PathLike, seen_tag_index: np.ndarray, num_
     :func:`biam.data.released.nus_wide_label_names`); optional expected T and U.
     Output: ``(seen (S, D), unseen (U, D))`` float32, raw rows.
     """
-    obj = safe_load(path)
-    if not isinstance(obj, (list, tuple)) or len(obj) != 2:
-        raise ValueError(f"{path}: expected a list [tags, concepts] of two arrays, found {type(obj).__name__}")
-    tags = _check_matrix(obj[0], num_tags, str(path), "tags (item 0)")
-    concepts = _check_matrix(obj[1], num_concepts, str(path), "concepts (item 1)")
-    if tags.shape[1] != concepts.shape[1]:
-        raise ValueError(f"{path}: tag dim {tags.shape[1]} != concept dim {concepts.shape[1]}")
+    tags, concepts = _read_pair(path, ("tags", "concepts"), (num_tags, num_concepts))
     seen_tag_index = np.asarray(seen_tag_index, dtype=np.int64)
     if len(seen_tag_index) and seen_tag_index.max() >= len(tags):
         raise ValueError(f"{path}: tag matrix has {len(tags)} rows, the tag list needs {seen_tag_index.max() + 1}")
@@ -61,14 +71,7 @@ def read_nus_wide_embeddings(path: os.PathLike, seen_tag_index: np.ndarray, num_
 def read_openimages_embeddings(path: os.PathLike, num_seen: Optional[int] = None,
                                num_unseen: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
     """The released Open Images embedding pickle ``[seen (7186, D), unseen (2594, D)]`` -> float32 pair."""
-    obj = safe_load(path)
-    if not isinstance(obj, (list, tuple)) or len(obj) != 2:
-        raise ValueError(f"{path}: expected a list [seen, unseen] of two arrays, found {type(obj).__name__}")
-    seen = _check_matrix(obj[0], num_seen, str(path), "seen (item 0)")
-    unseen = _check_matrix(obj[1], num_unseen, str(path), "unseen (item 1)")
-    if seen.shape[1] != unseen.shape[1]:
-        raise ValueError(f"{path}: seen dim {seen.shape[1]} != unseen dim {unseen.shape[1]}")
-    return seen, unseen
+    return _read_pair(path, ("seen", "unseen"), (num_seen, num_unseen))
 
 
 _SPLIT = re.compile(r"[\s_\-]+")
