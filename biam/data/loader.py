@@ -91,10 +91,11 @@ def _runs(idx: np.ndarray) -> List[tuple]:
 class _BatchSource(Dataset):
     """Map-style dataset whose item ``k`` is batch ``k`` of the current epoch (already collated)."""
 
-    def __init__(self, dataset: PackedDataset, batches: List[np.ndarray], memory: Optional[dict]):
+    def __init__(self, dataset: PackedDataset, batches: List[np.ndarray], memory: Optional[dict], float32: bool = True):
         self.dataset = dataset
         self.batches = batches
         self.memory = memory
+        self.float32 = float32
         self.fields = ["regions", "scene", "labels"] if dataset.has_scene else ["regions", "labels"]
 
     def __len__(self) -> int:
@@ -117,14 +118,16 @@ class _BatchSource(Dataset):
         else:
             for start, stop, at in _runs(idx):
                 ds.read_into(start, stop, {f: out[f][at:at + stop - start] for f in self.fields}, self.fields)
+        # float16 -> float32 here, in the worker, so a CPU training process gets ready tensors;
+        # for a GPU the stored dtype travels (half the bytes to pin and copy) and converts there.
+        feats = _as_float32 if self.float32 else torch.from_numpy
         batch = {
-            # float16 -> float32 here, in the worker, so the training process gets ready tensors.
-            "regions": _as_float32(out["regions"]),
+            "regions": feats(out["regions"]),
             "labels": torch.from_numpy(out["labels"]),
             "index": torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64)),
         }
         if ds.has_scene:
-            batch["scene"] = _as_float32(out["scene"])
+            batch["scene"] = feats(out["scene"])
         return batch
 
 
@@ -162,6 +165,7 @@ class BatchLoader:
         in_memory: Union[bool, str] = False,
         pin_memory: bool = False,
         drop_last: bool = False,
+        float32: bool = True,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -175,6 +179,7 @@ class BatchLoader:
         self.num_workers = int(num_workers)
         self.block_size = int(block_size)
         self.drop_last = bool(drop_last)
+        self.float32 = bool(float32)
         # Pinning needs an accelerator; without one torch only warns, so skip it quietly.
         self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
         n = len(dataset)
@@ -266,7 +271,7 @@ class BatchLoader:
         return self.num_batches_for_rank(self.rank)
 
     def __iter__(self) -> Iterator[Dict[str, torch.Tensor]]:
-        source = _BatchSource(self.dataset, self.batches(), self.memory)
+        source = _BatchSource(self.dataset, self.batches(), self.memory, self.float32)
         if self.num_workers == 0:
             for k in range(len(source)):
                 batch = source[k]
@@ -301,11 +306,13 @@ def build_loader(
     in_memory: Union[bool, str] = False,
     pin_memory: bool = False,
     drop_last: bool = False,
+    float32: bool = True,
 ) -> BatchLoader:
     """Batches of ``dataset`` for one rank.
 
     Each batch is a dict: ``regions`` (B, 512, 196) float32, ``scene`` (B, 4096) float32 (only
-    when the dataset has scene features), ``labels`` (B, S+U) int8, ``index`` (B,) int64 global
+    when the dataset has scene features; with ``float32=False`` both keep the stored dtype, e.g.
+    float16, for the consumer to convert on its device), ``labels`` (B, S+U) int8, ``index`` (B,) int64 global
     image index. ``shuffle=False`` gives the images in index order (evaluation); with
     ``world_size > 1`` ranks then hold interleaved blocks, so gather results by ``index``.
     ``indices`` restricts the epoch to a subset of image indices. ``block_size`` images are read
@@ -315,4 +322,4 @@ def build_loader(
     """
     return BatchLoader(dataset, batch_size=batch_size, shuffle=shuffle, seed=seed, epoch=epoch, indices=indices,
                        rank=rank, world_size=world_size, num_workers=num_workers, block_size=block_size,
-                       in_memory=in_memory, pin_memory=pin_memory, drop_last=drop_last)
+                       in_memory=in_memory, pin_memory=pin_memory, drop_last=drop_last, float32=float32)

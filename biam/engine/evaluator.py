@@ -125,7 +125,7 @@ def main(argv=None) -> int:
             model, dataset, labels, cfg, device, resolve_amp(cfg.AMP, device), scene_head,
             loader_fn=lambda ds, bs: build_loader(
                 ds, batch_size=bs, shuffle=False, rank=comm.get_rank(), world_size=comm.get_world_size(),
-                num_workers=cfg.DATA.NUM_WORKERS, pin_memory=device.type == "cuda"),
+                num_workers=cfg.DATA.NUM_WORKERS, pin_memory=device.type == "cuda", float32=device.type != "cuda"),
         )
         logger.info(f"{cfg.MODEL.WEIGHTS} on {cfg.DATA.ROOT} [{cfg.DATA.TEST_SPLIT}]:\n" + format_result(result, cfg))
         if comm.is_main_process():

@@ -99,6 +99,10 @@ class Trainer:
         self.best = {"metric": -math.inf, "epoch": 0}
         self.history: List[Dict[str, Any]] = []
         self.bad_batches = 0
+        # Steps whose bad-batch verdict is still on the device (see train_step), and the count
+        # of skipped steps of the current epoch.
+        self.pending: List[Dict[str, Any]] = []
+        self.skipped_in_epoch = 0
         if resume is not None:
             self.resume(resume)
 
@@ -156,6 +160,7 @@ class Trainer:
             dataset, batch_size=batch_size, shuffle=shuffle, seed=cfg.SEED, indices=indices,
             rank=self.rank, world_size=self.world, num_workers=cfg.DATA.NUM_WORKERS,
             block_size=cfg.DATA.BLOCK_SIZE, in_memory=in_memory, pin_memory=self.device.type == "cuda",
+            float32=self.device.type != "cuda",  # a GPU gets the stored float16 and converts it itself
         )
 
     def phase_loader(self):
@@ -200,8 +205,10 @@ class Trainer:
         lr = s.FINETUNE_LR if finetune else s.BASE_LR
         params = [p for p in self.model.parameters() if p.requires_grad]
         kwargs = dict(lr=lr, betas=tuple(s.BETAS), weight_decay=s.WEIGHT_DECAY)
-        if self.device.type == "cuda":
-            kwargs["fused"] = True  # one kernel for the whole update instead of one per tensor
+        if self.device.type in ("cuda", "cpu"):
+            # One kernel for the whole update instead of one per tensor; it also takes the
+            # on-device skip flag that lets train_step run without waiting on the device.
+            kwargs["fused"] = True
         optimizer = torch.optim.Adam(params, **kwargs)
         if finetune:
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
@@ -280,7 +287,8 @@ class Trainer:
         seen_emb = self.labels.seen
         num_seen = self.labels.num_seen
         total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
-        steps, good_steps, images, skipped = 0, 0, 0, 0
+        steps, images = 0, 0
+        self.skipped_in_epoch = 0
         num_batches = len(loader)
         if self.world > 1 and cfg.DIST_BN == "sync":
             # SyncBatchNorm's collectives are not Join-aware: every rank runs the same step count.
@@ -296,22 +304,25 @@ class Trainer:
                 loss, n = self.train_step(batch, seen_emb, num_seen, epoch, steps)
                 steps += 1
                 images += n
-                if loss is None:
-                    skipped += 1
-                else:
-                    good_steps += 1
-                    total_loss += loss
+                if loss is not None:
+                    total_loss += loss  # 0 for a step whose verdict is pending and turns out bad
+                if steps % self.CHECK_EVERY == 0 or steps == num_batches:
+                    self.check_pending()
+                    if bar is not None:
+                        elapsed = time.perf_counter() - start
+                        good = max(steps - self.skipped_in_epoch, 1)
+                        bar.set_postfix(loss=f"{total_loss.item() / good:.4f}", lr=f"{lr:.2e}",
+                                        img_s=f"{images * self.world / max(elapsed, 1e-9):.0f}")
                 if bar is not None:
                     bar.update(1)
-                    if steps % 20 == 0 or steps == num_batches:
-                        elapsed = time.perf_counter() - start
-                        bar.set_postfix(loss=f"{total_loss.item() / max(good_steps, 1):.4f}", lr=f"{lr:.2e}",
-                                        img_s=f"{images * self.world / max(elapsed, 1e-9):.0f}")
+            self.check_pending()
         if bar is not None:
             bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - start
+        skipped = self.skipped_in_epoch
+        good_steps = steps - skipped
         stats = torch.tensor([total_loss.item(), float(good_steps), float(images), float(skipped)], dtype=torch.float64)
         if self.world > 1:
             stats = comm.all_reduce_sum(stats.to(self.device)).cpu()
@@ -338,7 +349,12 @@ class Trainer:
         return contextlib.nullcontext()
 
     def train_step(self, batch: Dict[str, torch.Tensor], seen_emb: torch.Tensor, num_seen: int, epoch: int, step: int):
-        """Forward, loss, backward, update. Returns (detached loss or None if skipped, images)."""
+        """Forward, loss, backward, update.
+
+        Returns (loss, images): the detached float64 loss, or None for a step known to be skipped.
+        With deferred checks (see ``defer_checks``) a bad step's verdict is read later, and its
+        returned loss is 0; ``skipped_in_epoch`` counts skipped steps once they are known.
+        """
         cfg = self.cfg
         labels = batch["labels"][:, :num_seen]
         # Images without a positive seen label add nothing to the ranking loss; as published,
@@ -354,8 +370,9 @@ class Trainer:
             if self.world > 1:
                 (sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0).backward()
                 self.optimizer.step()
+            self.skipped_in_epoch += 1
             return None, 0
-        regions = batch["regions"].to(self.device, non_blocking=True)
+        regions = batch["regions"].to(self.device, non_blocking=True).float()
         labels = labels.to(self.device, non_blocking=True)
         if cfg.CHANNELS_LAST and self.device.type == "cuda":
             regions = regions.reshape(regions.shape[0], regions.shape[1], 14, 14).contiguous(memory_format=torch.channels_last)
@@ -367,19 +384,37 @@ class Trainer:
         # A bad loss (NaN, inf, or above MAX_LOSS) turns this rank's gradients into NaN through a
         # constant factor. DDP's all-reduce carries the NaN to every rank, so all of them see
         # non-finite gradients below and take the same decision without an extra collective
-        # (which would not be Join-aware), and the good path waits on the GPU only once per step.
+        # (which would not be Join-aware).
         bad = (~torch.isfinite(loss)) | (loss > cfg.SOLVER.MAX_LOSS)
         factor = torch.where(bad, torch.full_like(loss, float("nan")), torch.ones_like(loss))
         self.scaler.scale(loss * factor).backward()
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        finite = bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))) if grads else True
-        if finite:
+        if not grads:
+            return loss.detach().double(), n
+        found_inf = (~torch.isfinite(torch.nn.utils.get_total_norm(grads))).float()
+        if self.defer_checks():
+            # The fused optimiser reads the flag on the device and leaves weights, moments and
+            # step counts untouched when it is set, so no step waits for the device to answer
+            # "was this batch bad?". The answer is read every CHECK_EVERY steps (check_pending),
+            # and a bad batch is reported or stops the run then, naming its images.
+            self.optimizer.found_inf = found_inf
+            try:
+                self.optimizer.step()
+            finally:
+                self.optimizer.found_inf = None
+            self.pending.append({"found_inf": found_inf, "bad": bad, "loss": loss.detach(),
+                                 "index": batch["index"], "epoch": epoch, "step": step})
+            if len(self.pending) >= 4 * self.CHECK_EVERY:
+                self.check_pending()  # bounded, for callers that drive train_step themselves
+            return torch.where(found_inf > 0, torch.zeros_like(loss), loss.detach()).double(), n
+        if not bool(found_inf):
             self.scaler.step(self.optimizer)
             self.scaler.update()
             return loss.detach().double(), n
         here = bool(bad)
+        self.skipped_in_epoch += 1
         if self.scaler.is_enabled() and not here:
             # float16 overflow (or another rank's bad batch): the scaler skips the step and
             # lowers its scale, as it is designed to.
@@ -391,6 +426,34 @@ class Trainer:
         if self.scaler.is_enabled():
             self.scaler.update()
         return None, n
+
+    # Steps between reads of the deferred bad-batch verdicts (one device sync each).
+    CHECK_EVERY = 20
+
+    def defer_checks(self) -> bool:
+        """True when the optimiser can skip a bad step on the device itself: a fused optimiser
+        (it honours ``found_inf``) and no float16 GradScaler (which sets that flag itself)."""
+        group = self.optimizer.param_groups[0]
+        return bool(group.get("fused")) and not self.scaler.is_enabled()
+
+    def check_pending(self) -> int:
+        """Read the verdicts of deferred steps (one sync); count skipped steps, report bad ones.
+
+        Returns the number of pending steps that were skipped. Raises TrainingDiverged for the
+        first bad batch when SOLVER.BAD_LOSS is "stop", as the immediate check would.
+        """
+        if not self.pending:
+            return 0
+        pending, self.pending = self.pending, []
+        flags = torch.stack([torch.stack([p["found_inf"] > 0, p["bad"]]) for p in pending]).cpu().tolist()
+        skipped = 0
+        for p, (found_inf, here) in zip(pending, flags):
+            if not found_inf:
+                continue
+            skipped += 1
+            self.skipped_in_epoch += 1
+            self.handle_bad_batch(p["loss"], p["index"], p["epoch"], p["step"], here=here)
+        return skipped
 
     def handle_bad_batch(self, loss: torch.Tensor, index: torch.Tensor, epoch: int, step: int, here: bool) -> None:
         """Log and go on (SOLVER.BAD_LOSS skip) or raise TrainingDiverged naming the images (stop)."""

@@ -114,6 +114,28 @@ def test_in_memory_equals_disk(packed):
             assert torch.equal(a[k], b[k])
 
 
+def test_stored_dtype_batches_equal_float32_batches(tmp_path):
+    """float32=False (what a GPU run uses) ships the stored float16 unchanged: the same numbers
+    in half the bytes, for the device to convert."""
+    w = PackedWriter(tmp_path, "train", dataset="toy", seen_labels=["a", "b"], unseen_labels=["c"],
+                     shard_size=50, scene_source="random-seed-0", dtype="float16")
+    rng = np.random.default_rng(0)
+    n = 70
+    w.append(rng.exponential(size=(n, 512, 196)).astype(np.float32), np.ones((n, 3), np.int8),
+             [f"img {i}.jpg" for i in range(n)], scene=rng.exponential(size=(n, 4096)).astype(np.float32))
+    w.close()
+    ds = PackedDataset(tmp_path, "train")
+    kw = dict(batch_size=16, shuffle=True, seed=1, num_workers=0)
+    as32 = list(build_loader(ds, **kw))
+    stored = list(build_loader(ds, float32=False, **kw))
+    assert len(as32) == len(stored) == 5
+    for a, b in zip(as32, stored):
+        for k in ("regions", "scene"):
+            assert a[k].dtype == torch.float32 and b[k].dtype == torch.float16
+            assert torch.equal(a[k], b[k].float())
+        assert torch.equal(a["index"], b["index"]) and torch.equal(a["labels"], b["labels"])
+
+
 def test_labels_match_and_no_scene(tmp_path):
     ds, labels = _make(tmp_path, scene=False)
     batch = next(iter(build_loader(ds, batch_size=20, shuffle=True, seed=2)))
