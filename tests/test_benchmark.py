@@ -61,6 +61,65 @@ def test_table_ratios_agree_with_ours_and_original(tiny_report):
                                           + ev["f1_loop_seconds"] * ev["rows"] / ev["f1_rows"])
 
 
+def test_tiny_mode_runs_every_path_of_the_cuda_mode(tiny_report):
+    """The whole epoch, the largest-batch search and the extrapolated original test pass are
+    the CUDA mode's own code; --tiny runs them on the CPU."""
+    ours, orig = tiny_report["training"]["ours"], tiny_report["training"]["original"]
+    assert ours["epoch_images"] > 0 and ours["epoch_seconds"] > 0
+    assert ours["epoch_images_per_s"] == pytest.approx(ours["epoch_images"] / ours["epoch_seconds"])
+    assert orig["epoch_seconds_extrapolated"] == pytest.approx(48 / orig["images_per_s"])
+    big = ours["largest_batch"]
+    assert big["batch"] == 8 and [t["batch"] for t in big["tried"]] == [8] and "limit" in big["stopped"]
+    names = [r["name"] for r in tiny_report["table"] if r["section"] == "training"]
+    assert names == ["training steps, batch 4", "whole epoch (48 images)", "largest batch that fits (8)"]
+    tp = tiny_report["evaluation"]["testpass"]["original"]
+    assert tp["extrapolated"] and tp["measured_images"] == 16 and tp["images"] == 24
+    assert tiny_report["meta"]["complete"] and tiny_report["failures"] == []
+
+
+def test_a_failing_part_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
+    def broken(ctx, way):
+        raise ValueError("injected fault")
+
+    monkeypatch.setitem(bm.PART_FUNCS, "eval_nus", broken)
+    out = tmp_path / "r.json"
+    code = bm.main(["--tiny", "--in-process", "--parts", "eval_nus,eval_oi", "--data-dir", str(tmp_path / "d"),
+                    "--out", str(out)])
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert code == 1
+    assert [(f["part"], f["way"]) for f in report["failures"]] == [("eval_nus", "original"), ("eval_nus", "ours")]
+    assert "injected fault" in report["failures"][0]["error"]
+    assert report["evaluation"]["eval_oi"]["ours"]["seconds"] > 0  # the next part still ran
+    assert [r["name"] for r in report["table"] if r["section"] == "evaluation"] == [
+        "Open Images metrics (AP 7586 + F1@10,20)"]
+    assert report["meta"]["complete"]
+
+
+def test_report_is_written_after_every_part_and_a_slow_part_times_out(tmp_path):
+    updates = []
+    args = bm.parse_args(["--tiny", "--in-process", "--parts", "eval_oi", "--data-dir", str(tmp_path / "d")])
+    final = bm.run_benchmark(args, log=lambda m: None, on_update=updates.append)
+    assert [u["meta"]["complete"] for u in updates] == [False, False] and final["meta"]["complete"]
+    assert updates[0]["table"] == [] and set(updates[0]["evaluation"]["eval_oi"]) == {"original"}
+    assert [r["name"] for r in updates[1]["table"]][0].startswith("Open Images metrics")
+    # A real subprocess stopped by --part-timeout: recorded as a failure, the run still ends.
+    args = bm.parse_args(["--tiny", "--parts", "eval_nus", "--part-timeout", "0.2", "--data-dir", str(tmp_path / "d")])
+    report = bm.run_benchmark(args, log=lambda m: None)
+    assert len(report["failures"]) == 2 and all("--part-timeout 0.2" in f["error"] for f in report["failures"])
+
+
+def test_a_missed_goal_says_by_how_much():
+    parts = {"testpass": {"ours": {"images": 100, "seconds": 20.0, "max_memory_allocated": 2**20},
+                          "original": {"seconds": 400.0, "extrapolated": False, "max_memory_allocated": 2**21}}}
+    row = bm._goal_rows(parts, "cuda")[0]
+    assert row["goal"] == "ours < 15 s" and row["met"] is False and row["short_by"] == pytest.approx(20 / 15)
+    assert row["ratio"] == pytest.approx(20.0)
+    assert "NO (1.33x short)" in bm.format_table([row])
+    parts["testpass"]["ours"]["seconds"] = 10.0
+    row = bm._goal_rows(parts, "cuda")[0]
+    assert row["met"] is True and row["short_by"] is None
+
+
 def test_published_loss_equals_ours():
     gen = torch.Generator().manual_seed(0)
     scores = torch.randn(6, 40, generator=gen, dtype=torch.float64) * 2

@@ -62,3 +62,11 @@ def test_scripts_are_posix_sh():
         done = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
         assert done.returncode == 0, (script, done.stderr)
         assert "[[" not in script.read_text(), f"{script.name}: bash-only syntax"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message shown without a GPU")
+def test_gpu_benchmark_script_says_when_there_is_no_gpu(tmp_path):
+    done = sh("benchmark_gpu.sh", str(tmp_path / "bench"))
+    assert done.returncode != 0
+    assert "no CUDA device" in done.stderr and "python -m biam.benchmark" in done.stderr
+    assert not (tmp_path / "bench").exists()  # nothing half-made

@@ -1,0 +1,30 @@
+#!/bin/sh
+# The benchmark's GPU mode as one prepared command, for a machine with one CUDA GPU.
+#   sh scripts/benchmark_gpu.sh [OUT_DIR] [extra biam-benchmark options]
+# Writes OUT_DIR/gpu.json (rewritten after every part, so a run stopped from outside keeps what
+# it measured) and OUT_DIR/gpu.log. OUT_DIR defaults to output/benchmark.
+# The parts run most important first (the epoch and test-pass goals), each in its own process
+# and stopped after PART_TIMEOUT seconds (default 300); a failed part is reported, the rest run.
+# Data is built in BENCH_DATA (default: a temporary folder on local disk, removed afterwards).
+set -eu
+. "$(dirname -- "$0")/_common.sh"
+out=output/benchmark
+if [ "$#" -gt 0 ] && [ "${1#-}" = "$1" ]; then
+    out=$1
+    shift
+fi
+py=${PYTHON:-python}
+"$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+    || die "benchmark_gpu.sh: no CUDA device is visible to torch; run 'python -m biam.benchmark' for the CPU mode"
+mkdir -p "$out"
+set -- --device cuda --out "$out/gpu.json" --parts train,testpass,data,eval_nus,eval_oi \
+    --part-timeout "${PART_TIMEOUT:-300}" "$@"
+if [ -n "${BENCH_DATA:-}" ]; then
+    set -- "$@" --data-dir "$BENCH_DATA"
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$out/gpu.log" 2>&1 || true
+# Into the log first (it travels with the JSON), then to the terminal; the exit code is the benchmark's.
+status=0
+"$py" -m biam.benchmark "$@" >> "$out/gpu.log" 2>&1 || status=$?
+cat "$out/gpu.log"
+exit "$status"
