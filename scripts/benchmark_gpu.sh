@@ -17,7 +17,7 @@ py=${PYTHON:-python}
 "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
     || die "benchmark_gpu.sh: no CUDA device is visible to torch; run 'python -m biam.benchmark' for the CPU mode"
 mkdir -p "$out"
-set -- --device cuda --out "$out/gpu.json" --parts train,testpass,data,eval_nus,eval_oi \
+set -- --device cuda --out "$out/gpu.json" --parts train,testpass,train_oi,data,eval_nus,eval_oi \
     --part-timeout "${PART_TIMEOUT:-300}" "$@"
 if [ -n "${BENCH_DATA:-}" ]; then
     set -- "$@" --data-dir "$BENCH_DATA"

@@ -22,7 +22,7 @@ def tiny_report(tmp_path_factory):
 
 
 def test_report_has_every_section(tiny_report):
-    for key in ("meta", "table", "data", "training", "evaluation", "memory"):
+    for key in ("meta", "table", "data", "training", "training_openimages", "evaluation", "memory"):
         assert key in tiny_report
     meta = tiny_report["meta"]
     assert meta["mode"] == "tiny" and meta["device"] == "cpu"
@@ -71,10 +71,29 @@ def test_tiny_mode_runs_every_path_of_the_cuda_mode(tiny_report):
     big = ours["largest_batch"]
     assert big["batch"] == 8 and [t["batch"] for t in big["tried"]] == [8] and "limit" in big["stopped"]
     names = [r["name"] for r in tiny_report["table"] if r["section"] == "training"]
-    assert names == ["training steps, batch 4", "whole epoch (48 images)", "largest batch that fits (8)"]
+    assert names == ["training steps, batch 4", "whole epoch (48 images)", "largest batch that fits (8)",
+                     "steps, Open Images shapes (7186 labels)"]
     tp = tiny_report["evaluation"]["testpass"]["original"]
     assert tp["extrapolated"] and tp["measured_images"] == 16 and tp["images"] == 24
     assert tiny_report["meta"]["complete"] and tiny_report["failures"] == []
+
+
+def test_open_images_variant_trains_on_its_own_shapes(tiny_report, tmp_path):
+    oi = tiny_report["training_openimages"]
+    assert oi["ours"]["labels"] == oi["original"]["labels"] == bm.OI_SEEN
+    assert oi["ours"]["images"] > 0 and oi["original"]["images"] > 0
+    # Both layouts of the variant hold the released Open Images keys and a packed openimages split.
+    ids = ["0000a", "0000b"]
+    bm.write_released_openimages(tmp_path / "oi.h5", ids, seed=0)
+    import h5py
+
+    with h5py.File(tmp_path / "oi.h5", "r") as f:
+        assert sorted(f) == ["0000a-features", "0000a-seenlabels", "0000b-features", "0000b-seenlabels"]
+        y = f["0000a-seenlabels"][()]
+        assert y.shape == (bm.OI_SEEN,) and (y == 1).any() and (y == 0).mean() > 0.9  # sparse, as annotated
+    bm.write_packed(tmp_path / "packed", "train", 8, seed=0, openimages=True)
+    ds = PackedDataset(tmp_path / "packed", "train")
+    assert ds.manifest["dataset"] == "openimages" and ds.num_labels == bm.OI_SEEN + bm.OI_UNSEEN
 
 
 def test_a_failing_part_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
