@@ -25,7 +25,7 @@ mean something only from a GPU; on a CPU read the ratios.
 
 CLI: ``python -m biam.benchmark [--quick | --tiny] [--device cpu|cuda] [--out FILE]
 [--data-dir DIR] [--steps N] [--images N] [--parts data,train,...] [--in-process]
-[--compile-cpu] [--part-timeout S]``. Parts run in the order given; a failing part is reported
+[--compile-cpu] [--part-timeout S] [--budget S]``. Parts run in the order given; a failing part is reported
 (exit code 1) and the others still run; with ``--out`` the JSON is rewritten after every part.
 """
 
@@ -127,12 +127,12 @@ SIZES = {
     # CUDA: a whole NUS-WIDE-sized epoch and test pass for ours; the original on a few hundred
     # steps/batches, extrapolated.
     "cuda": Sizes("cuda", released_train=1024, released_test=1024, packed_train=NUS_TRAIN_IMAGES,
-                  packed_test=NUS_TEST_IMAGES, data_images=4096, train_steps=200, warmup_steps=20, batch=32,
+                  packed_test=NUS_TEST_IMAGES, data_images=4096, train_steps=100, warmup_steps=10, batch=32,
                   eval_nus_rows=NUS_TEST_IMAGES, eval_nus_loop_cols=200,
                   eval_oi_rows=OI_TEST_IMAGES, eval_oi_loop_cols=100, eval_nus_f1_rows=20_000,
                   eval_oi_f1_rows=10_000, test_images=NUS_TEST_IMAGES,
                   profile_steps=5, test_batch=256, whole_epoch=True, largest_batch_max=8192,
-                  oi_images=2048, oi_steps=50),
+                  oi_images=1024, oi_steps=20),
 }
 
 
@@ -614,7 +614,7 @@ def _is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
-def _largest_batch(trainer, device: torch.device, start: int, limit: int, budget_s: float = 90.0) -> Dict[str, Any]:
+def _largest_batch(trainer, device: torch.device, start: int, limit: int, budget_s: float = 60.0) -> Dict[str, Any]:
     """Doubling search (start, 2 x start, ... up to limit) for the largest training batch that
     fits, and images/s of the trainer's model (compiled, autocast as configured) at each size.
 
@@ -849,8 +849,10 @@ def device_is_cuda(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def run_part_subprocess(args: argparse.Namespace, part: str, way: str, data_dir: Path) -> Dict[str, Any]:
-    """Run one (part, way) in a fresh interpreter, so its peak RSS is its own."""
+def run_part_subprocess(args: argparse.Namespace, part: str, way: str, data_dir: Path,
+                        timeout: Optional[float] = None) -> Dict[str, Any]:
+    """Run one (part, way) in a fresh interpreter, so its peak RSS is its own; stopped after
+    ``timeout`` seconds (None: no limit)."""
     out_file = Path(tempfile.mkstemp(prefix=f"biam-bench-{part}-{way}-", suffix=".json")[1])
     cmd = [sys.executable, "-m", "biam.benchmark", "--child", f"{part}:{way}", "--child-out", str(out_file),
            "--data-dir", str(data_dir), "--mode", args.mode, "--device", args.device]
@@ -861,12 +863,12 @@ def run_part_subprocess(args: argparse.Namespace, part: str, way: str, data_dir:
     if args.compile_cpu:
         cmd.append("--compile-cpu")
     try:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              timeout=args.part_timeout or None)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as err:
         out_file.unlink(missing_ok=True)
         tail = (err.stdout or "")[-2000:] if isinstance(err.stdout, str) else ""
-        raise RuntimeError(f"benchmark part {part} ({way}) stopped after --part-timeout {args.part_timeout} s:\n{tail}") from None
+        raise RuntimeError(f"benchmark part {part} ({way}) stopped after {timeout:.3g} s (--part-timeout / "
+                           f"--budget):\n{tail}") from None
     if proc.returncode != 0:
         out_file.unlink(missing_ok=True)
         raise RuntimeError(f"benchmark part {part} ({way}) failed with exit code {proc.returncode}:\n{proc.stdout[-4000:]}")
@@ -979,7 +981,9 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print,
     the report dict.
 
     A (part, way) that fails or passes ``--part-timeout`` is recorded under "failures" (its
-    error text kept) and the run goes on with the next one. ``on_update`` receives the report
+    error text kept) and the run goes on with the next one. With ``--budget`` a (part, way) is
+    given at most the seconds left of it, and none is started once it is spent (listed under
+    "skipped"). ``on_update`` receives the report
     so far after every (part, way) ("complete": False until the end), so that a run stopped
     from outside still leaves what it measured.
     """
@@ -1005,6 +1009,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print,
 
     results: Dict[str, Dict[str, Dict[str, Any]]] = {}
     failures: List[Dict[str, str]] = []
+    skipped: List[str] = []
     data: Dict[str, Any] = {}
     try:
         data = build_data(data_dir, sizes, stamp)
@@ -1012,12 +1017,19 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print,
         for part in parts:
             results[part] = {}
             for way in (("both",) if part in ("train", "train_oi") else WAYS):
+                left = args.budget - (time.perf_counter() - t_start) if args.budget else None
+                if left is not None and left < 5:
+                    stamp(f"skipping {part} ({way}): --budget {args.budget:g} s spent")
+                    skipped.append(f"{part} ({way})")
+                    continue
                 stamp(f"measuring {part} ({way}) ...")
                 try:
                     if args.in_process:
                         res = run_part(ctx, part, way)
                     else:
-                        res = run_part_subprocess(args, part, way, data_dir)
+                        limits = [x for x in (args.part_timeout, left) if x]
+                        limit = min(limits) if limits else None
+                        res = run_part_subprocess(args, part, way, data_dir, timeout=limit)
                         res["subprocess"] = True
                 except Exception as err:  # noqa: BLE001 - recorded, reported and turned into exit code 1
                     text = f"{type(err).__name__}: {err}"
@@ -1035,16 +1047,18 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print,
                     else:
                         results[part][way] = res
                 if on_update is not None:
-                    on_update(_report(args, sizes, device, started, data, results, failures, complete=False))
+                    on_update(_report(args, sizes, device, started, data, results, failures, skipped, complete=False))
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     stamp("done")
-    return _report(args, sizes, device, started, data, results, failures, complete=True)
+    results = {part: ways for part, ways in results.items() if ways}
+    return _report(args, sizes, device, started, data, results, failures, skipped, complete=True)
 
 
 def _report(args, sizes: Sizes, device: torch.device, started, data: Dict[str, Any],
-            results: Dict[str, Dict[str, Dict[str, Any]]], failures: List[Dict[str, str]], complete: bool) -> Dict[str, Any]:
+            results: Dict[str, Dict[str, Dict[str, Any]]], failures: List[Dict[str, str]], skipped: List[str],
+            complete: bool) -> Dict[str, Any]:
     """The report dict (see docs/benchmarks.md) from the results so far (a copy: later parts
     do not change a report already handed out)."""
     results = copy.deepcopy(results)
@@ -1069,6 +1083,7 @@ def _report(args, sizes: Sizes, device: torch.device, started, data: Dict[str, A
                  "notes": notes, "complete": complete},
         "table": _goal_rows(results, device.type),
         "failures": list(failures),
+        "skipped": list(skipped),
         "data": results.get("data", {}),
         "training": results.get("train", {}),
         "training_openimages": results.get("train_oi", {}),
@@ -1106,6 +1121,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--compile-cpu", action="store_true", help="also torch.compile our model on the CPU")
     p.add_argument("--part-timeout", type=float, default=0.0,
                    help="stop a (part, way) subprocess after this many seconds and go on (0: no limit)")
+    p.add_argument("--budget", type=float, default=0.0,
+                   help="seconds for the whole run, data building included: each (part, way) gets at most "
+                        "what is left, and none starts once it is spent (0: no limit)")
     p.add_argument("--mode", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     p.add_argument("--child-out", default="", help=argparse.SUPPRESS)
@@ -1136,7 +1154,7 @@ def _write_report(path: str, report: Dict[str, Any]) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the benchmark; exit code 0, or 1 when a part failed (the report then lists it)."""
+    """Run the benchmark; exit code 0, or 1 when a part failed or was skipped (the report lists it)."""
     args = parse_args(argv)
     if args.child:
         return _child(args)
@@ -1156,10 +1174,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("note:", n)
     for f in report["failures"]:
         print(f"FAILED: {f['part']} ({f['way']}): {f['error'][-1500:]}", file=sys.stderr)
+    if report["skipped"]:
+        print(f"skipped (--budget spent): {', '.join(report['skipped'])}", file=sys.stderr)
     if args.out:
         _write_report(args.out, report)
         print(f"wrote {args.out}")
-    return 1 if report["failures"] else 0
+    return 1 if report["failures"] or report["skipped"] else 0
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@
 # Writes OUT_DIR/gpu.json (rewritten after every part, so a run stopped from outside keeps what
 # it measured) and OUT_DIR/gpu.log. OUT_DIR defaults to output/benchmark.
 # The parts run most important first (the epoch and test-pass goals), each in its own process
-# and stopped after PART_TIMEOUT seconds (default 300); a failed part is reported, the rest run.
+# and stopped after PART_TIMEOUT seconds (default 240); a failed part is reported, the rest run.
+# BUDGET (default 540 s, data building included) bounds the whole run: no part starts once it is
+# spent, and each gets at most what is left, so a device call of 10 minutes always ends with a report.
 # Data is built in BENCH_DATA (default: a temporary folder on local disk, removed afterwards).
 set -eu
 . "$(dirname -- "$0")/_common.sh"
@@ -17,8 +19,8 @@ py=${PYTHON:-python}
 "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
     || die "benchmark_gpu.sh: no CUDA device is visible to torch; run 'python -m biam.benchmark' for the CPU mode"
 mkdir -p "$out"
-set -- --device cuda --out "$out/gpu.json" --parts train,testpass,train_oi,data,eval_nus,eval_oi \
-    --part-timeout "${PART_TIMEOUT:-300}" "$@"
+set -- --device cuda --out "$out/gpu.json" --parts train,testpass,data,eval_nus,eval_oi,train_oi \
+    --part-timeout "${PART_TIMEOUT:-240}" --budget "${BUDGET:-540}" "$@"
 if [ -n "${BENCH_DATA:-}" ]; then
     set -- "$@" --data-dir "$BENCH_DATA"
 fi

@@ -124,7 +124,14 @@ def test_report_is_written_after_every_part_and_a_slow_part_times_out(tmp_path):
     # A real subprocess stopped by --part-timeout: recorded as a failure, the run still ends.
     args = bm.parse_args(["--tiny", "--parts", "eval_nus", "--part-timeout", "0.2", "--data-dir", str(tmp_path / "d")])
     report = bm.run_benchmark(args, log=lambda m: None)
-    assert len(report["failures"]) == 2 and all("--part-timeout 0.2" in f["error"] for f in report["failures"])
+    assert len(report["failures"]) == 2 and all("stopped after 0.2 s" in f["error"] for f in report["failures"])
+    # A spent --budget starts nothing more: parts are listed as skipped, and the exit code says so.
+    code = bm.main(["--tiny", "--parts", "eval_nus,eval_oi", "--budget", "1", "--data-dir", str(tmp_path / "d"),
+                    "--out", str(tmp_path / "b.json")])
+    report = json.loads((tmp_path / "b.json").read_text(encoding="utf-8"))
+    assert code == 1 and report["skipped"] == ["eval_nus (original)", "eval_nus (ours)", "eval_oi (original)",
+                                               "eval_oi (ours)"]
+    assert report["evaluation"] == {} and report["meta"]["complete"]
 
 
 def test_a_missed_goal_says_by_how_much():
