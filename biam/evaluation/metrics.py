@@ -588,7 +588,11 @@ def openimages_published_ap(
     per_row = torch.bincount(er, minlength=n)
     row_ptr = torch.cumsum(per_row, 0) - per_row
     # Pool size of each label = sum of the row sizes of its annotated rows (column-major order).
-    cr, cc = annotated.t().nonzero(as_tuple=True)  # cr = label, cc = row, sorted by label
+    # The same entries sorted by label (stable: rows stay in order), from the row-major list:
+    # nonzero() of the transposed matrix would walk all N x C entries out of memory order
+    # (8.8 s against 0.2 s at Open Images size on 2 cores).
+    by_label = torch.argsort(ec, stable=True)
+    cr, cc = ec[by_label], er[by_label]  # cr = label, cc = row, sorted by label then row
     pool_of_pair = per_row[cc]
     pool_size = torch.zeros(c, dtype=torch.int64, device=device).index_add_(0, cr, pool_of_pair)
     out = torch.zeros(c, dtype=torch.float64, device=device)
