@@ -70,6 +70,7 @@ def test_tiny_mode_runs_every_path_of_the_cuda_mode(tiny_report):
     assert orig["epoch_seconds_extrapolated"] == pytest.approx(48 / orig["images_per_s"])
     big = ours["largest_batch"]
     assert big["batch"] == 8 and [t["batch"] for t in big["tried"]] == [8] and "limit" in big["stopped"]
+    assert big["best_batch"] == 8 and big["best_images_per_s"] == big["images_per_s"]
     names = [r["name"] for r in tiny_report["table"] if r["section"] == "training"]
     assert names == ["training steps, batch 4", "whole epoch (48 images)", "largest batch that fits (8)",
                      "steps, Open Images shapes (7186 labels)"]
