@@ -1,0 +1,157 @@
+"""Who may write into an output folder: one writer at a time, and only into folders it owns.
+
+Every command that writes a folder of results (conversion, extraction, training, evaluation)
+follows the same two rules:
+
+* **One writer per folder.** :class:`FolderLock` holds an advisory ``fcntl.flock`` on
+  ``FOLDER/.biam.lock`` for the command's lifetime. A second command on the same folder stops at
+  once with :class:`FolderBusyError`, naming the holder's PID, command and start time. The kernel
+  drops the lock when its process dies, so a stale lock file of a killed run never blocks.
+* **Only the command's own files.** :func:`check_output_folder` accepts a new or empty folder, or
+  one that holds the command's *record* (the manifest for data, the run record for training). A
+  folder holding anything else is refused with :class:`FolderOwnershipError`, unless the user
+  passed ``--overwrite``; even then the command replaces only its own file names and deletes
+  nothing it did not list in its record.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+from typing import Any, Dict, Iterable, List, Optional
+
+__all__ = ["LOCK_NAME", "FolderBusyError", "FolderOwnershipError", "FolderLock", "check_output_folder"]
+
+# The lock file; it is ours in every folder, so it never counts as a foreign file.
+LOCK_NAME = ".biam.lock"
+
+
+class FolderBusyError(RuntimeError):
+    """Another live process holds the folder's lock."""
+
+
+class FolderOwnershipError(RuntimeError):
+    """The output path is a file, is not writable, or holds files this command did not write."""
+
+
+def _now() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+class FolderLock:
+    """Exclusive advisory lock on ``folder`` for one command; use as a context manager.
+
+    ``FolderLock(folder, "biam-train").acquire()`` creates ``folder`` if needed and raises
+    :class:`FolderBusyError` at once when another process holds it.
+    """
+
+    def __init__(self, folder: str, command: Optional[str] = None):
+        self.folder = os.fspath(folder)
+        self.command = command or " ".join([os.path.basename(sys.argv[0] or "python")] + sys.argv[1:])
+        self.path = os.path.join(self.folder, LOCK_NAME)
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> "FolderLock":
+        if self._fd is not None:
+            return self
+        _ensure_folder(self.folder)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise FolderOwnershipError(f"{self.folder}: cannot create the lock file {LOCK_NAME} "
+                                       f"({err.strerror}); choose a folder you can write to") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = _read_holder(fd)
+            os.close(fd)
+            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise FolderOwnershipError(f"{self.folder}: cannot lock {LOCK_NAME} ({err.strerror})") from None
+            raise FolderBusyError(
+                f"{self.folder} is in use by another process: {holder}. Wait for it to finish, "
+                "or write to another folder") from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(), "command": self.command}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        # The file stays (removing it would race with a waiting process); the lock goes.
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    """The lock holder as 'PID 123 on host (command), started 2026-...' for messages."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "{}")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        info = {}
+    if not isinstance(info, dict) or "pid" not in info:
+        return "PID unknown (the lock file is being written)"
+    return (f"PID {info.get('pid')} on {info.get('host', '?')} ({info.get('command', '?')}), "
+            f"started {info.get('started', '?')}")
+
+
+def _ensure_folder(folder: str) -> None:
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise FolderOwnershipError(f"{folder} is a file, not a folder; choose a folder path for the output")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise FolderOwnershipError(f"{folder}: cannot create the output folder ({err.strerror})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise FolderOwnershipError(f"{folder}: the output folder is not writable; choose another one")
+
+
+def check_output_folder(folder: str, *, record: str, overwrite: bool = False,
+                        ignore: Iterable[str] = (), flag: str = "--overwrite") -> Optional[Dict[str, Any]]:
+    """Make sure ``folder`` may receive this command's files; return its record, if any.
+
+    Args:
+        folder: the output folder; created when missing.
+        record: file name (inside ``folder``) of the JSON record this command writes there.
+        overwrite: the user's explicit permission to write beside files of others.
+        ignore: extra entry names that never count as foreign (besides the lock and ``record``).
+        flag: how the user grants ``overwrite``, for the message.
+    Returns:
+        The parsed record (a dict) when the folder holds one, else None (new, empty, or
+        ``overwrite`` given). Raises FolderOwnershipError for a file path, an unwritable folder,
+        an unreadable record, or foreign entries without ``overwrite``.
+    """
+    _ensure_folder(folder)
+    path = os.path.join(folder, record)
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise FolderOwnershipError(f"{path}: unreadable record of an earlier run ({err}); "
+                                       "move the folder aside or choose another one") from None
+        if not isinstance(data, dict):
+            raise FolderOwnershipError(f"{path}: not a record written by this tool (expected a JSON object)")
+        return data
+    skip = {LOCK_NAME, record, *ignore}
+    foreign: List[str] = sorted(e for e in os.listdir(folder) if e not in skip)
+    if foreign and not overwrite:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise FolderOwnershipError(
+            f"{folder} already holds files this command did not write ({shown}). Choose a new or empty "
+            f"folder, or pass {flag} to write beside them (only this command's own files are replaced; "
+            "nothing else is deleted)")
+    return None
