@@ -13,6 +13,8 @@ import csv
 import hashlib
 import importlib.util
 import io
+import os
+import stat
 import sys
 import threading
 import time
@@ -402,3 +404,252 @@ def test_redirects_followed_but_flickr_placeholder_is_removed(server, tmp_path, 
     (row,) = _read_report(out / dl.REPORT_NAME)
     assert row["image_id"] == "gggg" and row["reason"] == "removed by host"
     assert server.counts["/gone.jpg"] == 1  # permanent: not retried
+
+
+# --------------------------------------------------------------------------- issue 13: bounds,
+# redirects, files already there, permissions, unreadable CSVs
+
+TRICKLE_GAP = 0.5  # a slow server sends one byte this often: each read is quick, the whole is not
+TRICKLE_MAX = 40  # ... and at most this many bytes that way (20 s), then the rest at once
+
+
+def _trickle(h, sent, data: bytes) -> bool:
+    """Send ``data`` a byte every TRICKLE_GAP s (at most TRICKLE_MAX bytes); False once the client left."""
+    for i, byte in enumerate(data[:TRICKLE_MAX]):
+        try:
+            h.wfile.write(bytes([byte]))
+            h.wfile.flush()
+        except OSError:
+            return False
+        sent[h.path] = i + 1
+        time.sleep(TRICKLE_GAP)
+    try:
+        h.wfile.write(data[TRICKLE_MAX:])
+    except OSError:
+        return False
+    return True
+
+
+def trickle_in_headers(body, sent):
+    """Headers a byte at a time; a client that waits them out gets a good image."""
+    def route(h, n):
+        head = (b"HTTP/1.0 200 OK\r\nX-Slow: " + b"s" * TRICKLE_MAX + b"\r\nContent-Type: image/jpeg\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode())
+        if _trickle(h, sent, head):
+            h.wfile.write(body)
+        h.close_connection = True
+    return route
+
+
+def trickle_in_body(body, sent):
+    """Complete headers, then the body a byte at a time."""
+    def route(h, n):
+        h.send_response(200)
+        h.send_header("Content-Type", "image/jpeg")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        _trickle(h, sent, body)
+        h.close_connection = True
+    return route
+
+
+def test_timeout_bounds_the_whole_transfer_headers_and_body(server, tmp_path, capsys):
+    # Each byte comes within 0.5 s, so a per-read timeout of 1 s never fires: only a bound on
+    # the whole transfer stops these. Waited out, both would deliver a good image (exit 0).
+    sent = {}
+    server.routes["/slow-head.jpg"] = trickle_in_headers(SLOW_IMG, sent)
+    server.routes["/slow-body.jpg"] = trickle_in_body(SLOW_IMG, sent)
+    csv_path = tmp_path / "images.csv"
+    _write_csv(csv_path, [("hhhh", "test", server.url("/slow-head.jpg"), _b64md5(SLOW_IMG), ""),
+                          ("bbbb", "test", server.url("/slow-body.jpg"), _b64md5(SLOW_IMG), "")])
+    out = tmp_path / "o"
+    code, stdout, _ = _run(["--csv", csv_path, "--out", out, "--timeout", 1.0, "--retries", 0,
+                            "--workers", 2], capsys)
+    assert code == 1
+    rows = {r["image_id"]: r for r in _read_report(out / dl.REPORT_NAME)}
+    assert {k: r["reason"] for k, r in rows.items()} == {"hhhh": "timeout", "bbbb": "timeout"}
+    assert all("whole transfer" in r["detail"] for r in rows.values())
+    assert sorted(p.name for p in out.iterdir()) == [dl.REPORT_NAME]
+    # The client gave up long before the servers were through trickling.
+    assert 0 < sent["/slow-head.jpg"] < TRICKLE_MAX and 0 < sent["/slow-body.jpg"] < TRICKLE_MAX
+    assert server.counts == {"/slow-head.jpg": 1, "/slow-body.jpg": 1}
+
+
+def test_redirects_stay_on_http_and_are_bounded(server, tmp_path, capsys):
+    def redirect_to(location):
+        def route(h, n):
+            h.send_response(302)
+            h.send_header("Location", location(h))
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+        return route
+
+    def next_hop(h):
+        # /loop/<k> -> /loop/<k+1>; the chain ends (404) after 50 hops so the server stops by itself.
+        k = int(h.path.rsplit("/", 1)[1])
+        return server.url(f"/loop/{k + 1}")
+
+    server.routes.update({
+        "/to-ftp.jpg": redirect_to(lambda h: "ftp://127.0.0.1:9/image.jpg"),
+        "/to-file.jpg": redirect_to(lambda h: "file:///etc/hostname"),
+        "/to-http.jpg": redirect_to(lambda h: server.url("/real.jpg")),
+        "/real.jpg": ok(GOOD_LAND),
+    })
+    for k in range(50):
+        server.routes[f"/loop/{k}"] = redirect_to(next_hop)
+    csv_path = tmp_path / "images.csv"
+    _write_csv(csv_path, [("ffff", "test", server.url("/to-ftp.jpg"), "", ""),
+                          ("llll", "test", server.url("/to-file.jpg"), "", ""),
+                          ("oooo", "test", server.url("/loop/0"), "", ""),
+                          ("hhhh", "test", server.url("/to-http.jpg"), _b64md5(GOOD_LAND), "")])
+    out = tmp_path / "o"
+    code, stdout, _ = _run(["--csv", csv_path, "--out", out, "--timeout", 5, "--backoff", 0.01], capsys)
+    assert code == 1
+    rows = {r["image_id"]: r for r in _read_report(out / dl.REPORT_NAME)}
+    assert {k: r["reason"] for k, r in rows.items()} == {
+        "ffff": "bad redirect", "llll": "bad redirect", "oooo": "bad redirect"}
+    assert "ftp://127.0.0.1:9/image.jpg" in rows["ffff"]["detail"]
+    assert f"more than {dl.MAX_REDIRECTS} redirects" in rows["oooo"]["detail"]
+    # Permanent: asked once each; the loop is left after MAX_REDIRECTS hops.
+    assert server.counts["/to-ftp.jpg"] == 1 and server.counts["/to-file.jpg"] == 1
+    assert sum(v for k, v in server.counts.items() if k.startswith("/loop/")) == dl.MAX_REDIRECTS + 1
+    assert sorted(p.name for p in out.iterdir()) == sorted(["hhhh.jpg", dl.REPORT_NAME])
+
+
+def test_broken_files_already_there_are_replaced_good_ones_kept(server, tmp_path, capsys):
+    mine = _image_bytes((200, 150), seed=7)  # a complete image the user put there: kept
+    half = GOOD_LAND[: len(GOOD_LAND) // 2]
+    for name in ("zero", "trunc", "text", "mine", "gone"):
+        server.routes[f"/{name}.jpg"] = ok(GOOD_LAND)
+    del server.routes["/gone.jpg"]  # 404: the broken file cannot be replaced
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "zero.jpg").write_bytes(b"")
+    (out / "trunc.jpg").write_bytes(half)
+    (out / "text.jpg").write_bytes(b"<html>error page</html>")
+    (out / "mine.jpg").write_bytes(mine)
+    (out / "gone.jpg").write_bytes(half)
+    csv_path = tmp_path / "images.csv"
+    _write_csv(csv_path, [(n, "test", server.url(f"/{n}.jpg"), _b64md5(GOOD_LAND), "")
+                          for n in ("zero", "trunc", "text", "mine", "gone")])
+    code, stdout, _ = _run(["--csv", csv_path, "--out", out, "--timeout", 5], capsys)
+    assert code == 1
+    assert "already present: 1" in stdout and "downloaded: 3" in stdout
+    assert "downloaded again: 3" in stdout
+    for name in ("zero", "trunc", "text"):
+        assert server.counts[f"/{name}.jpg"] == 1
+        with Image.open(out / f"{name}.jpg") as img:
+            img.load()
+            assert min(img.size) == 256
+    assert "/mine.jpg" not in server.counts and (out / "mine.jpg").read_bytes() == mine
+    (row,) = _read_report(out / dl.REPORT_NAME)
+    assert row["image_id"] == "gone" and row["reason"] == "http 404" and "left as is" in row["detail"]
+    assert (out / "gone.jpg").read_bytes() == half
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{n}.jpg" for n in ("zero", "trunc", "text", "mine", "gone")] + [dl.REPORT_NAME])
+
+
+def test_no_resize_files_there_are_judged_by_original_size_and_md5(server, tmp_path, capsys):
+    # A byte changed in the middle of a JPEG still decodes: only size + MD5 can tell.
+    flipped = bytearray(GOOD_LAND)
+    flipped[len(flipped) // 2] ^= 0x55
+    with Image.open(io.BytesIO(bytes(flipped))) as img:
+        img.load()  # the premise: Pillow alone would call it complete
+    server.routes["/same.jpg"] = ok(GOOD_LAND)
+    server.routes["/flip.jpg"] = ok(GOOD_LAND)
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "same.jpg").write_bytes(GOOD_LAND)
+    (out / "flip.jpg").write_bytes(bytes(flipped))
+    csv_path = tmp_path / "images.csv"
+    cols = ("ImageID", "OriginalURL", "OriginalSize", "OriginalMD5")
+    _write_csv(csv_path, [("same", server.url("/same.jpg"), len(GOOD_LAND), _b64md5(GOOD_LAND)),
+                          ("flip", server.url("/flip.jpg"), len(GOOD_LAND), _b64md5(GOOD_LAND))],
+               columns=cols)
+    code, stdout, _ = _run(["--csv", csv_path, "--out", out, "--no-resize", "--timeout", 5], capsys)
+    assert code == 0
+    assert server.counts == {"/flip.jpg": 1}
+    assert (out / "flip.jpg").read_bytes() == GOOD_LAND == (out / "same.jpg").read_bytes()
+    # A malformed OriginalSize is a bad row, like a malformed OriginalMD5.
+    _write_csv(csv_path, [("size", server.url("/same.jpg"), "12kB", _b64md5(GOOD_LAND))], columns=cols)
+    assert _run(["--csv", csv_path, "--out", tmp_path / "o2"], capsys)[0] == 1
+    (row,) = _read_report(tmp_path / "o2" / dl.REPORT_NAME)
+    assert row["reason"] == "bad csv row" and "OriginalSize" in row["detail"] and "line 2" in row["detail"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_files_get_the_usual_permissions(server, tmp_path, capsys, umask, mode):
+    server.routes["/a.jpg"] = ok(GOOD_LAND)
+    csv_path = tmp_path / "images.csv"
+    _write_csv(csv_path, [("aaaa", "test", server.url("/a.jpg"), _b64md5(GOOD_LAND), "")])
+    out = tmp_path / "o"
+    old = os.umask(umask)
+    try:
+        assert _run(["--csv", csv_path, "--out", out, "--timeout", 5], capsys)[0] == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((out / "aaaa.jpg").stat().st_mode) == mode
+    assert stat.S_IMODE((out / dl.REPORT_NAME).stat().st_mode) == mode
+
+
+def _assert_csv_error(code, err, out, needles, server):
+    assert code == 2
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err
+    (row,) = _read_report(out / dl.REPORT_NAME)
+    assert row["reason"] == "unreadable csv" and all(n in row["detail"] for n in needles)
+    assert server.counts == {}  # stopped before any request
+
+
+def test_unreadable_csv_is_a_clear_error_with_exit_2_and_a_report(server, tmp_path, capsys):
+    server.routes["/a.jpg"] = ok(GOOD_LAND)
+    good_row = ("aaaa", "test", server.url("/a.jpg"), "", "")
+    # Not UTF-8 on line 3 (Latin-1 "é"), after a good row.
+    latin = tmp_path / "latin1.csv"
+    _write_csv(latin, [good_row])
+    with open(latin, "ab") as fh:
+        fh.write(b"bbbb,caf\xe9," + server.url("/a.jpg").encode() + b",,\r\n")
+    code, _, err = _run(["--csv", latin, "--out", tmp_path / "o1"], capsys)
+    _assert_csv_error(code, err, tmp_path / "o1", [str(latin), "line 3", "UTF-8"], server)
+
+    # A folder given as the CSV.
+    folder = tmp_path / "a_folder.csv"
+    folder.mkdir()
+    code, _, err = _run(["--csv", folder, "--out", tmp_path / "o2"], capsys)
+    _assert_csv_error(code, err, tmp_path / "o2", [str(folder)], server)
+
+    # Malformed as CSV: a field over the csv module's size limit on line 2.
+    huge = tmp_path / "huge.csv"
+    _write_csv(huge, [("cccc", "x" * 200_000, server.url("/a.jpg"), "", ""), good_row])
+    code, _, err = _run(["--csv", huge, "--out", tmp_path / "o3"], capsys)
+    _assert_csv_error(code, err, tmp_path / "o3", [str(huge), "line 2", "malformed CSV"], server)
+
+    # Missing file: exit 2 and a report too.
+    code, _, err = _run(["--csv", tmp_path / "nope.csv", "--out", tmp_path / "o4"], capsys)
+    _assert_csv_error(code, err, tmp_path / "o4", ["nope.csv"], server)
+
+
+def test_a_file_at_the_report_name_that_is_not_a_report_is_left_alone(server, tmp_path, capsys):
+    server.routes["/a.jpg"] = ok(GOOD_LAND)
+    csv_path = tmp_path / "images.csv"
+    _write_csv(csv_path, [("aaaa", "test", server.url("/a.jpg"), "", "")])
+    notes = tmp_path / "notes.csv"
+    notes.write_text("my,own,notes\n1,2,3\n")
+    code, _, err = _run(["--csv", csv_path, "--out", tmp_path / "o", "--report", notes], capsys)
+    assert code == 2 and str(notes) in err and "left as is" in err
+    assert notes.read_text() == "my,own,notes\n1,2,3\n"
+    assert server.counts == {}
+    # Its own report from an earlier run is replaced as before.
+    report = tmp_path / "rep.csv"
+    assert _run(["--csv", csv_path, "--out", tmp_path / "o", "--report", report], capsys)[0] == 0
+    assert _run(["--csv", csv_path, "--out", tmp_path / "o", "--report", report], capsys)[0] == 0
+    assert _read_report(report) == []
+
+
+def test_help_says_timeout_bounds_the_whole_transfer(capsys):
+    with pytest.raises(SystemExit):
+        dl.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "one attempt at one file may take in all" in text
+    assert "http/https only" in text and "not UTF-8" in text
