@@ -2,8 +2,11 @@
 
 The server (http.server in a thread, ephemeral port) serves generated images and misbehaves on
 purpose: 404, wrong bytes for the listed MD5, non-image bytes, a body cut short, a handler that
-sleeps past the client timeout, 503/429 the first time then the image. It counts requests per
-path so retries and resumption can be checked.
+sleeps past the client timeout, 503/429 the first time then the image, headers or a body
+trickled a byte every 0.5 s, redirects to ftp:// and file:// and in an endless chain. It counts
+requests per path so retries and resumption can be checked. Every slow handler stops by itself
+after a bounded number of bytes. One test runs the same server over TLS with a self-signed
+certificate.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def _b64md5(data: bytes) -> str:
 class _Server:
     """A threaded HTTP server with scripted routes; counts requests per path."""
 
-    def __init__(self):
+    def __init__(self, tls_context=None):
         self.routes = {}  # path -> callable(handler, n_th_request) -> None
         self.counts = {}
         self.errors = []  # exceptions raised in handlers (e.g. client hung up on a slow one)
@@ -84,7 +87,11 @@ class _Server:
                 outer.errors.append(sys.exc_info()[1])
 
         self.httpd = Server(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        scheme = "http"
+        if tls_context is not None:
+            self.httpd.socket = tls_context.wrap_socket(self.httpd.socket, server_side=True)
+            scheme = "https"
+        self.base = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
@@ -653,3 +660,49 @@ def test_help_says_timeout_bounds_the_whole_transfer(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "one attempt at one file may take in all" in text
     assert "http/https only" in text and "not UTF-8" in text
+
+
+@pytest.fixture
+def tls_server(tmp_path):
+    """An HTTPS server on 127.0.0.1 with a fresh self-signed certificate (needs the openssl tool)."""
+    import shutil
+    import ssl
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    s = _Server(tls_context=ctx)
+    s.cert = cert
+    yield s
+    s.close()
+
+
+def test_https_download_deadline_and_certificate_check(tls_server, tmp_path, capsys, monkeypatch):
+    sent = {}
+    tls_server.routes["/a.jpg"] = ok(GOOD_LAND)
+    tls_server.routes["/slow-body.jpg"] = trickle_in_body(SLOW_IMG, sent)
+    csv_path = tmp_path / "images.csv"
+    _write_csv(csv_path, [("aaaa", "test", tls_server.url("/a.jpg"), _b64md5(GOOD_LAND), ""),
+                          ("ssss", "test", tls_server.url("/slow-body.jpg"), _b64md5(SLOW_IMG), "")])
+    args = ["--csv", csv_path, "--timeout", 1.0, "--retries", 0, "--workers", 1]
+    # Trusted certificate (OpenSSL reads SSL_CERT_FILE when the default context is made).
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_server.cert))
+    code, _, _ = _run(args + ["--out", tmp_path / "o"], capsys)
+    assert code == 1
+    assert (tmp_path / "o" / "aaaa.jpg").is_file()
+    (row,) = _read_report(tmp_path / "o" / dl.REPORT_NAME)
+    assert row["image_id"] == "ssss" and row["reason"] == "timeout"
+    assert 0 < sent["/slow-body.jpg"] < TRICKLE_MAX
+    # Untrusted certificate: refused, not retried.
+    monkeypatch.delenv("SSL_CERT_FILE")
+    code, _, _ = _run(args + ["--out", tmp_path / "o2", "--limit", 1], capsys)
+    assert code == 1
+    (row,) = _read_report(tmp_path / "o2" / dl.REPORT_NAME)
+    assert row["reason"] == "ssl error" and "certificate" in row["detail"]
