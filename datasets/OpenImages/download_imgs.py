@@ -802,7 +802,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resize", action="store_true",
                    help="keep the original size: JPEGs are stored byte for byte, other formats re-encoded as JPEG")
     p.add_argument("--report", type=Path, default=None,
-                   help=f"failure report CSV (default: OUT/{REPORT_NAME})")
+                   help=f"failure report CSV (default: OUT/{REPORT_NAME}), rewritten on every run; a "
+                        "file there that is not such a report is left alone and the run stops (exit 2)")
     return p
 
 
