@@ -37,6 +37,7 @@ import codecs
 import collections
 import concurrent.futures as cf
 import csv
+import errno
 import functools
 import hashlib
 import http.client
@@ -575,12 +576,33 @@ def to_jpeg(data: bytes, resize: bool) -> bytes:
         raise DownloadError(R_CORRUPT, f"{type(exc).__name__}: {exc}", False) from exc
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+# errno values of os.link on a filesystem that has no hard links.
+_NO_HARDLINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
+
+
+def _link_no_clobber(tmp: Path, path: Path) -> None:
+    """Give the finished file ``tmp`` the name ``path`` unless ``path`` exists (FileExistsError)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in _NO_HARDLINKS:
+            raise
+        # No hard links here: a rename is the best left; it could replace a file that
+        # appeared at ``path`` since it was checked a moment ago.
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+def write_atomic(path: Path, data: bytes, replace: bool = True) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and a rename.
 
     The final name therefore holds either the complete file or nothing; the temporary file is
     removed when anything fails. The file gets the permissions ``open()`` would give it
-    (0666 less the umask, usually 0644).
+    (0666 less the umask, usually 0644). With ``replace`` False a file that is at ``path``
+    (say, one that appeared while the data was downloaded) is kept and FileExistsError raised.
     """
     while True:
         tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.part"
@@ -597,7 +619,10 @@ def write_atomic(path: Path, data: bytes) -> None:
             fh.flush()
             # fsync before the rename so that after a crash the name never points at lost data.
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _link_no_clobber(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -687,7 +712,15 @@ def process(job: Job, out_dir: Path, *, timeout: float, retries: int, backoff: f
                 )
         jpeg = to_jpeg(data, resize)
         try:
-            write_atomic(path, jpeg)
+            # Only a file judged broken above may be replaced.
+            write_atomic(path, jpeg, replace=state == BROKEN)
+        except FileExistsError as exc:
+            # Something else put a file there during the download: judge it, never replace it.
+            now, now_why = check_present(path, job, resize)
+            if now == PRESENT:
+                return Outcome(job, True, attempts=attempts, present=True)
+            raise DownloadError(R_WRITE, f"{path}: a file appeared there during the download "
+                                         f"({now_why}); it is left as is", False) from exc
         except OSError as exc:
             raise DownloadError(R_WRITE, f"{path}: {exc}", False) from exc
     except DownloadError as err:

@@ -706,3 +706,58 @@ def test_https_download_deadline_and_certificate_check(tls_server, tmp_path, cap
     assert code == 1
     (row,) = _read_report(tmp_path / "o2" / dl.REPORT_NAME)
     assert row["reason"] == "ssl error" and "certificate" in row["detail"]
+
+
+def test_a_file_that_appears_during_the_download_is_not_replaced(server, tmp_path, capsys):
+    # The handler plays another program: it puts a file at the final name while serving.
+    out = tmp_path / "o"
+    theirs_good = _image_bytes((120, 90), seed=11)
+    theirs_bad = b"half-written by someone else"
+
+    def put_then_send(name, content):
+        def route(h, n):
+            (out / f"{name}.jpg").write_bytes(content)
+            _send(h, GOOD_LAND)
+        return route
+
+    server.routes["/good.jpg"] = put_then_send("good", theirs_good)
+    server.routes["/bad.jpg"] = put_then_send("bad", theirs_bad)
+    csv_path = tmp_path / "images.csv"
+    _write_csv(csv_path, [("good", "test", server.url("/good.jpg"), _b64md5(GOOD_LAND), ""),
+                          ("bad", "test", server.url("/bad.jpg"), _b64md5(GOOD_LAND), "")])
+    code, stdout, _ = _run(["--csv", csv_path, "--out", out, "--timeout", 5], capsys)
+    assert code == 1
+    assert (out / "good.jpg").read_bytes() == theirs_good
+    assert (out / "bad.jpg").read_bytes() == theirs_bad
+    (row,) = _read_report(out / dl.REPORT_NAME)
+    assert row["image_id"] == "bad" and row["reason"] == "write error"
+    assert "appeared there during the download" in row["detail"] and "left as is" in row["detail"]
+    assert "already present: 1" in stdout
+    assert sorted(p.name for p in out.iterdir()) == sorted(["good.jpg", "bad.jpg", dl.REPORT_NAME])
+
+
+def test_csv_that_turns_unreadable_during_the_run_stops_with_exit_2(server, tmp_path, capsys):
+    # 40 rows; serving the first appends a line that is not UTF-8. The main thread cannot read
+    # past row 16 (its window of pending jobs, one worker) before that first job is done.
+    csv_path = tmp_path / "images.csv"
+
+    def append_bad_line(h, n):
+        if n == 0:
+            with open(csv_path, "ab") as fh:
+                fh.write(b"zzzz,caf\xe9,http://127.0.0.1:9/z.jpg,,\n")
+        _send(h, GOOD_LAND)
+
+    server.routes["/first.jpg"] = append_bad_line
+    server.routes["/a.jpg"] = ok(GOOD_LAND)
+    rows = [("first", "test", server.url("/first.jpg"), "", "")]
+    rows += [(f"img{k:04d}", "test", server.url("/a.jpg"), "", "") for k in range(39)]
+    _write_csv(csv_path, rows)
+    out = tmp_path / "o"
+    code, stdout, err = _run(["--csv", csv_path, "--out", out, "--workers", 1, "--timeout", 5], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert f"{csv_path}: line 42: not UTF-8" in err
+    (row,) = _read_report(out / dl.REPORT_NAME)
+    assert row["reason"] == "unreadable csv" and "line 42" in row["detail"]
+    # Every row before the bad line was done; the jobs in flight were finished, not dropped.
+    assert "downloaded: 40" in stdout
+    assert len(list(out.glob("*.jpg"))) == 40
