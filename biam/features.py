@@ -221,15 +221,19 @@ def weights_error_message(path: PathLike, err: BaseException, what: str = "VGG19
     Names the file and says it is not a plain state dict. torch's own advice to retry with
     ``weights_only=False`` (which would run whatever code the file holds) is left out.
     """
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip() and "weights_only" not in ln
-             and "torch.load" not in ln]
-    detail = next((ln for ln in lines if "GLOBAL" in ln), lines[0] if lines else type(err).__name__)
-    if len(detail) > 200:
-        detail = detail[:197] + "..."
-    kind = ("it holds objects other than tensors, refused without running them"
-            if isinstance(err, pickle.UnpicklingError) else f"{type(err).__name__}: {detail}")
+    import re
+
     if isinstance(err, pickle.UnpicklingError):
-        kind += f" ({detail})"
+        found = re.search(r"GLOBAL (\S+?)[ .]*(?:whose|was|$)", str(err), re.M)
+        kind = ("it holds objects other than tensors" + (f" ({found.group(1)})" if found else "")
+                + ", refused without running them")
+    else:
+        text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln]
+        detail = lines[0] if lines else type(err).__name__
+        for prefix in (f"{path}: ", f"{os.fspath(path)}: "):
+            detail = detail[len(prefix):] if detail.startswith(prefix) else detail
+        kind = detail if len(detail) <= 240 else detail[:237] + "..."
     return (f"{path}: not a plain {what} state dict ({kind}); use torchvision's {VGG19_FILENAME} "
             "(see pretrained_weights/README.md)")
 
