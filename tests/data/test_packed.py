@@ -158,9 +158,15 @@ def test_writer_deletes_only_its_own_files(tmp_path):
 
 
 def _corrupt_label(path, row, value):
-    """Change one label byte of a shard in place (as a disk error would; h5py keeps the file valid)."""
-    with h5py.File(path, "r+") as f:
-        f["labels"][row, 1] = value
+    """Overwrite the byte of label (row, 1) in the file itself, as a disk or copy error would."""
+    with h5py.File(path, "r") as f:
+        ds = f["labels"]
+        chunk_rows, cols = ds.chunks
+        assert row < chunk_rows and ds.compression is None
+        offset = ds.id.get_chunk_info(0).byte_offset + row * cols + 1
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(bytes([value]))
 
 
 def test_open_checks_split_labels_and_paths(tmp_path):
