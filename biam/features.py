@@ -2,7 +2,7 @@
 
 Everything that turns pixels into features goes through here, so that the feature extractors
 (``feature_extraction/``) and ``biam-predict`` compute exactly what the released features hold
-(SPEC section 3):
+(see docs/data_format.md):
 
 * resize to 224x224 (no crop), ImageNet mean/std normalisation;
 * VGG19 ``features[:-1]`` (conv5_4 after ReLU, before the last max-pool) -> (B, 512, 14, 14),

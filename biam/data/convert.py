@@ -11,7 +11,7 @@ memory); a killed conversion rerun with the same arguments keeps the complete sh
 the manifest (after checking their SHA-256), restarts the unfinished one and ends with files
 identical to an uninterrupted run.
 
-Scene features (the frozen VGG19 fc7 of each image, SPEC section 4) are computed here once:
+Scene features (the frozen VGG19 fc7 of each image, the paper's scene branch) are computed here once:
 ``--vgg-weights FILE`` (a torchvision VGG19 state dict), else torchvision's cache when it
 already holds ``vgg19-*.pth`` (nothing is downloaded), else ``--scene-fallback random`` (a seeded
 random head, recorded as such) or ``--no-scene`` (the trainer computes them on the fly).
@@ -38,7 +38,7 @@ from .safe_pickle import UnsafePickleError
 
 __all__ = ["main", "convert_nus_wide", "convert_openimages", "resolve_scene_head", "NUS_WIDE_PATHS", "OPENIMAGES_PATHS"]
 
-# Default locations relative to --src (the released ``datasets/`` folder, SPEC section 3).
+# Default locations relative to --src (the released ``datasets/`` folder).
 NUS_WIDE_PATHS = dict(NUS_WIDE_LAYOUT)
 OPENIMAGES_PATHS = {
     "classes": "OpenImages/2018_04/classes-trainable.txt",

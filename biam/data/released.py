@@ -1,4 +1,4 @@
-"""Readers of the released data layout (SPEC section 3), with every record checked.
+"""Readers of the released data layout (docs/data_format.md), with every record checked.
 
 The released feature files hold one gzip-compressed HDF5 dataset per image and field
 (``<name>-features``, ``<name>-labels``, ...). These readers turn them into records
@@ -41,7 +41,7 @@ FEATURE_SHAPE = (512, 196)
 Record = Tuple[str, np.ndarray, np.ndarray]  # (name, features (512, 196) float32, labels (S+U,) int8)
 
 
-# Where the release puts the NUS-WIDE files, relative to its datasets/ folder (SPEC section 3).
+# Where the release puts the NUS-WIDE files, relative to its datasets/ folder.
 # The converter's defaults and the synthetic writer both use this one table.
 NUS_WIDE_LAYOUT = {
     "train_h5": "NUS-WIDE/features/nus_wide_train.h5",
