@@ -231,3 +231,29 @@ def test_bad_weights_and_non_utf8_labels_are_named(tmp_path, helpers, capsys):
     concepts.write_bytes(b"person\r\nw\xe4ter\r\ndog\r\n")
     assert script.main(common + ["--random-weights", "0", "--out", str(tmp_path / "o2")]) == 2
     assert f"{concepts}: line 2: byte 0xe4 is not UTF-8" in capsys.readouterr().err
+
+
+def test_two_ranks_under_torchrun_lock_once_and_merge_beside_other_files(tmp_path, helpers, vgg_file):
+    """Real torchrun, two gloo processes: rank 0 takes the folder (lock + ownership), the ranks'
+    shards are merged in list order, and a user's file in --out (allowed by --overwrite) survives."""
+    test_items = [(f"water\\{k:04d}_{k}.jpg", [k % 2, 1, 0, 1, 0], [0, 1, k % 2], "ok") for k in range(3)]
+    nus = helpers.make_nus_release(tmp_path / "NUS-WIDE", TRAIN[:1], test_items)
+    helpers.write_glove(tmp_path / "glove.txt", helpers.NUS_TAGS + ["person"])
+    common = ["--nus-root", str(nus), "--glove", str(tmp_path / "glove.txt"), "--weights", str(vgg_file),
+              "--splits", "test", "--batch-size", "1", "--shard-size", "1", "--workers", "0", "--device", "cpu"]
+    straight = tmp_path / "straight"
+    assert helpers.load_script("extract_nus_wide").main(common + ["--out", str(straight)]) == 0
+
+    out = tmp_path / "two"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    script = Path(__file__).resolve().parents[2] / "feature_extraction" / "extract_nus_wide.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           *common, "--out", str(out), "--overwrite"]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stdout.decode()[-3000:]
+    assert (out / "notes.txt").read_text() == "mine" and not (out / ".parts").exists()
+    a, b = PackedDataset(straight, "test"), PackedDataset(out, "test")
+    assert b.names() == a.names() and len(b.shards) == 3
+    np.testing.assert_array_equal(b.read_slice(0, 3)["regions"], a.read_slice(0, 3)["regions"])
