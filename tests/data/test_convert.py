@@ -362,3 +362,16 @@ def test_vgg_weights_that_are_not_a_state_dict(nus_src, tmp_path, capsys, kind):
     assert rc == 2 and f"{path}: not a plain VGG19 state dict" in err
     assert "weights_only=False" not in err and "weights_only" not in err
     assert not marker.exists() and not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_manifest_of_another_tool_is_not_taken_for_ours(nus_src, tmp_path, capsys):
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"name": "my web app", "version": 3}')
+    (out / "test-00000.h5").write_bytes(b"not a shard")
+    assert convert_main(["nus_wide", "--src", str(nus_src), "--out", str(out), *NUS_ARGS]) == 1
+    err = capsys.readouterr().err
+    assert str(out / "manifest.json") in err and "format_version" in err
+    assert (out / "manifest.json").read_text() == '{"name": "my web app", "version": 3}'
+    assert (out / "test-00000.h5").read_bytes() == b"not a shard"
+    assert sorted(p.name for p in out.iterdir()) == [".biam.lock", "manifest.json", "test-00000.h5"]
