@@ -11,6 +11,11 @@ memory); a killed conversion rerun with the same arguments keeps the complete sh
 the manifest (after checking their SHA-256), restarts the unfinished one and ends with files
 identical to an uninterrupted run.
 
+The output folder is the conversion's own: it must be new, empty, or hold a ``manifest.json``
+this tool wrote, unless ``--overwrite``; even then only the files the conversion writes are
+replaced and nothing else is deleted. The folder is locked for the whole run
+(:class:`biam.utils.ownership.FolderLock`), so a second conversion there stops at once.
+
 Scene features (the frozen VGG19 fc7 of each image, the paper's scene branch) are computed here once:
 ``--vgg-weights FILE`` (a torchvision VGG19 state dict), else torchvision's cache when it
 already holds ``vgg19-*.pth`` (nothing is downloaded), else ``--scene-fallback random`` (a seeded
@@ -250,7 +255,9 @@ def _parser() -> argparse.ArgumentParser:
 
     def common(sp):
         sp.add_argument("--src", required=True, help="the released datasets/ folder; file defaults are relative to it")
-        sp.add_argument("--out", required=True, help="output folder of the packed dataset")
+        sp.add_argument("--out", required=True,
+                        help="output folder of the packed dataset: new, empty, or one this tool wrote (its "
+                             "manifest.json); locked while the conversion runs (a second one there stops at once)")
         sp.add_argument("--splits", default="train,test", help="comma-separated splits to convert (default train,test)")
         sp.add_argument("--shard-size", type=_positive_int, default=1024, help="images per shard (default 1024)")
         sp.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored feature dtype")
