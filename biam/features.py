@@ -2,7 +2,7 @@
 
 Everything that turns pixels into features goes through here, so that the feature extractors
 (``feature_extraction/``) and ``biam-predict`` compute exactly what the released features hold
-(SPEC section 3):
+(see docs/data_format.md):
 
 * resize to 224x224 (no crop), ImageNet mean/std normalisation;
 * VGG19 ``features[:-1]`` (conv5_4 after ReLU, before the last max-pool) -> (B, 512, 14, 14),
@@ -17,6 +17,7 @@ instead of crashing or silently dropping it.
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
@@ -195,8 +196,8 @@ def load_vgg19(weights: Optional[PathLike] = None, random_seed: Optional[int] = 
             raise WeightsNotFoundError(_missing_weights_message(what))
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, ValueError, OSError) as err:
-            raise RuntimeError(f"{path}: cannot read VGG19 weights (truncated or not a state dict? {err})") from err
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+            raise ValueError(weights_error_message(path, err)) from None
         if not isinstance(state, dict):
             raise ValueError(f"{path}: expected a VGG19 state dict, found {type(state).__name__}")
         # Built on the meta device: the 143M-parameter random init (seconds) would be overwritten anyway.
@@ -212,6 +213,29 @@ def load_vgg19(weights: Optional[PathLike] = None, random_seed: Optional[int] = 
         source = f"vgg19-state-dict:{path.name}:sha256:{sha256_file(path)[:16]}"
     vgg.requires_grad_(False)
     return vgg.eval(), source
+
+
+def weights_error_message(path: PathLike, err: BaseException, what: str = "VGG19") -> str:
+    """One line for a weights file that ``torch.load(weights_only=True)`` or the model refused.
+
+    Names the file and says it is not a plain state dict. torch's own advice to retry with
+    ``weights_only=False`` (which would run whatever code the file holds) is left out.
+    """
+    import re
+
+    if isinstance(err, pickle.UnpicklingError):
+        found = re.search(r"GLOBAL (\S+?)[ .]*(?:whose|was|$)", str(err), re.M)
+        kind = ("it holds objects other than tensors" + (f" ({found.group(1)})" if found else "")
+                + ", refused without running them")
+    else:
+        text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln]
+        detail = lines[0] if lines else type(err).__name__
+        for prefix in (f"{path}: ", f"{os.fspath(path)}: "):
+            detail = detail[len(prefix):] if detail.startswith(prefix) else detail
+        kind = detail if len(detail) <= 240 else detail[:237] + "..."
+    return (f"{path}: not a plain {what} state dict ({kind}); use torchvision's {VGG19_FILENAME} "
+            "(see pretrained_weights/README.md)")
 
 
 def check_weights_available(weights: Optional[PathLike], random_seed: Optional[int], what: str) -> None:
@@ -440,7 +464,7 @@ def extract_split(
     writer = PackedWriter(
         root, spec.split, dataset=spec.dataset, seen_labels=spec.seen, unseen_labels=spec.unseen,
         unseen_eval=spec.unseen_eval, shard_size=shard_size, dtype=dtype, scene_source=source,
-        resume=not overwrite, extra=spec.extra,
+        resume=not overwrite, overwrite=overwrite, extra=spec.extra,
     )
     names = list(spec.names[start:stop])
     dataset = ImageFileDataset(spec.paths[start:stop])
@@ -476,7 +500,7 @@ def extract_split(
     if world > 1:
         comm.barrier()
         if rank == 0:
-            _merge_parts(out_root, spec, world, shard_size, dtype, source)
+            _merge_parts(out_root, spec, world, shard_size, dtype, source, overwrite)
         comm.barrier()
     if rank == 0:
         entry = read_manifest(out_root)["splits"][spec.split]
@@ -513,9 +537,11 @@ def _resume_point(stored: List[str], names: List[str], dataset: "ImageFileDatase
     return resume_at, failures
 
 
-def _merge_parts(out_root: Path, spec: SplitSpec, world: int, shard_size: int, dtype: str, source: str) -> None:
+def _merge_parts(out_root: Path, spec: SplitSpec, world: int, shard_size: int, dtype: str, source: str,
+                 overwrite: bool = False) -> None:
     """Rank 0, after the barrier: move every rank's shards into ``out_root`` in rank order, write
-    one manifest listing them (checksums carried over) and one report, then drop ``.parts``."""
+    one manifest listing them (checksums carried over) and one report, then drop ``.parts``.
+    A file at a target shard name that the manifest does not list is refused unless ``overwrite``."""
     import json
     import shutil
 
@@ -523,10 +549,18 @@ def _merge_parts(out_root: Path, spec: SplitSpec, world: int, shard_size: int, d
 
     parts = [out_root / ".parts" / spec.split / f"rank-{r}-of-{world}" for r in range(world)]
     # Opening a writer on the final root checks that labels/dtype/scene agree with what is there
-    # and clears any older shards of this split; its manifest dict is the base of the new one.
+    # and deletes the shards of this split that its manifest lists (this tool's own files, from an
+    # earlier run); its manifest dict is the base of the new one.
     base = PackedWriter(out_root, spec.split, dataset=spec.dataset, seen_labels=spec.seen,
                         unseen_labels=spec.unseen, unseen_eval=spec.unseen_eval, shard_size=shard_size,
-                        dtype=dtype, scene_source=source, resume=False, extra=spec.extra).manifest
+                        dtype=dtype, scene_source=source, resume=False, overwrite=overwrite, extra=spec.extra).manifest
+    if not overwrite:
+        count = sum(len(read_manifest(part)["splits"][spec.split]["shards"]) for part in parts)
+        for k in range(count):
+            if os.path.lexists(out_root / shard_filename(spec.split, k)):
+                raise PackedFormatError(
+                    f"{out_root / shard_filename(spec.split, k)}: a file of this name is in the output folder but "
+                    "the manifest does not list it; move it away, or pass --overwrite to replace it")
     shards, total, report = [], 0, REPORT_HEADER
     for part in parts:
         entry = read_manifest(part)["splits"][spec.split]
@@ -546,6 +580,32 @@ def _merge_parts(out_root: Path, spec: SplitSpec, world: int, shard_size: int, d
     shutil.rmtree(out_root / ".parts" / spec.split)
     if not any((out_root / ".parts").iterdir()):  # other splits may still be in progress there
         (out_root / ".parts").rmdir()
+
+
+def claim_output(out: PathLike, overwrite: bool, tool: str):
+    """Take the output folder for this run: a context manager for the whole command.
+
+    On rank 0 (or without torchrun): :class:`biam.utils.ownership.FolderLock` on ``out`` (a
+    second extraction there stops at once, naming this one), then the folder must hold this
+    tool's ``manifest.json``, or nothing, or ``overwrite`` must be given
+    (:func:`biam.utils.ownership.check_output_folder`). Other ranks write only below
+    ``out/.parts`` and take nothing. Raises FolderBusyError / FolderOwnershipError.
+    """
+    import contextlib
+    import sys
+
+    from .utils.ownership import FolderLock, check_output_folder
+
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        return contextlib.nullcontext()
+    lock = FolderLock(os.fspath(out), " ".join([tool] + sys.argv[1:])).acquire()
+    try:
+        # .parts/ holds the ranks' shards of an interrupted torchrun extraction (ours, no manifest yet).
+        check_output_folder(os.fspath(out), record="manifest.json", overwrite=overwrite, ignore=(".parts",))
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def add_label_embedding_arguments(parser, embeddings_help: str, glove_help: str) -> None:
@@ -572,7 +632,10 @@ def add_extraction_arguments(parser) -> None:
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                         help="auto: this rank's GPU when there is one (default)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="start the split over instead of resuming / skipping a complete one")
+                        help="start the split over instead of resuming / skipping a complete one, and allow an "
+                             "--out folder holding files this tool did not record; only the files this command "
+                             "writes (manifest.json, embeddings.npz, <split>-NNNNN.h5, unreadable-<split>.tsv) "
+                             "are replaced, nothing else is deleted")
 
 
 def check_extraction_arguments(parser, args) -> None:

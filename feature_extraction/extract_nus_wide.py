@@ -14,6 +14,7 @@ order (from the ground-truth files Labels_<concept>_<Split>.txt).
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -31,6 +32,7 @@ from biam.data import embeddings as emb  # noqa: E402
 from biam.data.packed import PackedFormatError, save_embeddings  # noqa: E402
 from biam.data.released import RecordError, nus_wide_label_names, read_lines  # noqa: E402
 from biam.utils import comm  # noqa: E402
+from biam.utils.ownership import FolderBusyError, FolderOwnershipError  # noqa: E402
 
 TOOL = "extract_nus_wide"
 SPLIT_FILES = {"train": ("TrainImagelist.txt", "Train_Tags1k.dat", "Train"),
@@ -167,18 +169,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     root = Path(args.nus_root)
     try:
         features.check_weights_available(args.weights, args.random_weights, TOOL)
-        # Join torchrun's process group first (long timeout: ranks may finish hours apart on resume).
-        comm.init_distributed(args.device, timeout_minutes=24 * 60)
-        tags_path = root / "NUS_WID_Tags" / "TagList1k.txt"
-        seen, concepts, seen_idx = nus_wide_label_names(tags_path, root / "ConceptsList" / "Concepts81.txt")
-        tags_total = len(read_lines(tags_path))
-        vec_seen, vec_unseen = load_label_embeddings(args, tags_path, seen_idx, seen, concepts)
-        for split in args.splits:
-            spec = build_split(root, split, tags_total, seen_idx, concepts, seen)
-            features.run_split(spec, args, TOOL)
-        if comm.is_main_process():
-            save_embeddings(args.out, vec_seen, vec_unseen)
-    except (features.WeightsNotFoundError, FileNotFoundError, RecordError, PackedFormatError, KeyError, ValueError) as err:
+        # Rank 0 takes --out (lock + ownership check) before joining the others: a refusal exits
+        # at once, and torchrun then stops the other ranks.
+        with features.claim_output(args.out, args.overwrite, TOOL):
+            # Join torchrun's process group first (long timeout: ranks may finish hours apart on resume).
+            comm.init_distributed(args.device, timeout_minutes=24 * 60)
+            tags_path = root / "NUS_WID_Tags" / "TagList1k.txt"
+            seen, concepts, seen_idx = nus_wide_label_names(tags_path, root / "ConceptsList" / "Concepts81.txt")
+            tags_total = len(read_lines(tags_path))
+            vec_seen, vec_unseen = load_label_embeddings(args, tags_path, seen_idx, seen, concepts)
+            for split in args.splits:
+                spec = build_split(root, split, tags_total, seen_idx, concepts, seen)
+                features.run_split(spec, args, TOOL)
+            if comm.is_main_process():
+                save_embeddings(args.out, vec_seen, vec_unseen)
+    except (features.WeightsNotFoundError, FileNotFoundError, RecordError, PackedFormatError, KeyError, ValueError,
+            FolderBusyError, FolderOwnershipError, pickle.UnpicklingError) as err:
         print(f"{TOOL}: error: {err}", file=sys.stderr)
         return 2
     finally:

@@ -18,6 +18,7 @@ counted. Images in the CSV without a file ``<images>/<ImageID>.jpg`` go to the u
 from __future__ import annotations
 
 import argparse
+import pickle
 import csv
 import sys
 from pathlib import Path
@@ -34,9 +35,10 @@ except ImportError:
 from biam import features  # noqa: E402
 from biam.data import embeddings as emb  # noqa: E402
 from biam.data.packed import PackedFormatError, save_embeddings  # noqa: E402
-from biam.data.released import (RecordError, read_class_descriptions, read_classes_trainable,  # noqa: E402
-                                read_top400, read_unseen_ids)
+from biam.data.released import (RecordError, not_utf8_where, read_class_descriptions,  # noqa: E402
+                                read_classes_trainable, read_top400, read_unseen_ids)
 from biam.utils import comm  # noqa: E402
+from biam.utils.ownership import FolderBusyError, FolderOwnershipError  # noqa: E402
 
 TOOL = "extract_openimages"
 SPLITS = ("train", "validation", "test")
@@ -67,35 +69,15 @@ def read_annotations(path: Path, columns: dict) -> Tuple[List[str], features.Spa
         raise FileNotFoundError(f"annotation CSV not found: {path}")
     order: dict = {}
     img_idx, col_idx, vals = [], [], []
-    ignored_rows, ignored_classes = 0, set()
+    ignored_classes: dict = {}  # class id -> rows ignored
     with open(path, encoding="utf-8-sig", newline="") as fh, \
             tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=f"read {path.name}", leave=False) as bar:
         reader = csv.reader(fh)
-        header = next(reader, None)
-        need = ("ImageID", "LabelName", "Confidence")
-        if header is None or any(h not in header for h in need):
-            raise RecordError(f"{path}: header {header!r} lacks one of {need}")
-        ci, cl, cc = (header.index(h) for h in need)
-        for lineno, row in enumerate(reader, 2):
-            bar.update(sum(len(x) for x in row) + len(row))
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise RecordError(f"{path}: line {lineno}: {len(row)} fields, the header has {len(header)}")
-            image, label, conf = row[ci].strip(), row[cl].strip(), row[cc].strip()
-            if not image or "/" in image:
-                raise RecordError(f"{path}: line {lineno}: field 'ImageID' {image!r} is empty or holds '/'")
-            if conf not in CONFIDENCE:
-                raise RecordError(f"{path}: line {lineno}, image {image!r}: field 'Confidence' is {conf!r}, expected 0 or 1")
-            i = order.setdefault(image, len(order))
-            col = columns.get(label)
-            if col is None:
-                ignored_rows += 1
-                ignored_classes.add(label)
-                continue
-            img_idx.append(i)
-            col_idx.append(col)
-            vals.append(2 * CONFIDENCE[conf] - 1)
+        try:
+            _read_rows(path, reader, bar, columns, order, img_idx, col_idx, vals, ignored_classes)
+        except UnicodeDecodeError:
+            raise RecordError(f"{path}: {not_utf8_where(path)} is not UTF-8 (the annotation CSV is read as UTF-8)") from None
+    ignored_rows = sum(ignored_classes.values())
     num_cols = max(columns.values()) + 1 if columns else 0
     key = np.asarray(img_idx, dtype=np.int64) * num_cols + np.asarray(col_idx, dtype=np.int64)
     v = np.asarray(vals, dtype=np.int8)
@@ -112,6 +94,36 @@ def read_annotations(path: Path, columns: dict) -> Tuple[List[str], features.Spa
     np.add.at(indptr, rows + 1, 1)
     labels = features.SparseLabels(len(order), num_cols, np.cumsum(indptr), uniq % max(num_cols, 1), merged_max)
     return list(order), labels, stats
+
+
+def _read_rows(path: Path, reader, bar, columns: dict, order: dict, img_idx: list, col_idx: list, vals: list,
+               ignored_classes: dict) -> None:
+    """The rows of :func:`read_annotations`' CSV into its lists (split out so that a decoding
+    error anywhere in the stream is reported with the file and line)."""
+    header = next(reader, None)
+    need = ("ImageID", "LabelName", "Confidence")
+    if header is None or any(h not in header for h in need):
+        raise RecordError(f"{path}: header {header!r} lacks one of {need}")
+    ci, cl, cc = (header.index(h) for h in need)
+    for lineno, row in enumerate(reader, 2):
+        bar.update(sum(len(x) for x in row) + len(row))
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise RecordError(f"{path}: line {lineno}: {len(row)} fields, the header has {len(header)}")
+        image, label, conf = row[ci].strip(), row[cl].strip(), row[cc].strip()
+        if not image or "/" in image:
+            raise RecordError(f"{path}: line {lineno}: field 'ImageID' {image!r} is empty or holds '/'")
+        if conf not in CONFIDENCE:
+            raise RecordError(f"{path}: line {lineno}, image {image!r}: field 'Confidence' is {conf!r}, expected 0 or 1")
+        i = order.setdefault(image, len(order))
+        col = columns.get(label)
+        if col is None:
+            ignored_classes[label] = ignored_classes.get(label, 0) + 1
+            continue
+        img_idx.append(i)
+        col_idx.append(col)
+        vals.append(2 * CONFIDENCE[conf] - 1)
 
 
 def load_label_embeddings(args, meta_dir: Path, seen: List[str], unseen: List[str]):
@@ -156,34 +168,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     meta = Path(args.meta_dir)
     try:
         features.check_weights_available(args.weights, args.random_weights, TOOL)
-        # Join torchrun's process group first (long timeout: ranks may finish hours apart on resume).
-        comm.init_distributed(args.device, timeout_minutes=24 * 60)
-        seen = read_classes_trainable(meta / "classes-trainable.txt")
-        unseen = read_unseen_ids(meta / "unseen_labels.pkl")
-        unseen_eval = read_top400(meta / "top_400_unseen.csv", num_unseen=len(unseen))
-        overlap = set(seen) & set(unseen)
-        if overlap:
-            raise ValueError(f"{meta}: {len(overlap)} class id(s) are both seen and unseen, e.g. {sorted(overlap)[:3]}")
-        vec_seen, vec_unseen = load_label_embeddings(args, meta, seen, unseen)
-        csv_path = Path(args.csv) if args.csv else annotation_csv(meta, args.split)
-        columns = {c: i for i, c in enumerate(seen + unseen)}
-        ids, labels, stats = read_annotations(csv_path, columns)
-        if comm.is_main_process():
-            print(f"{TOOL}: {csv_path}: {stats['rows']} rows, {len(ids)} images; {stats['duplicates']} repeated "
-                  f"(image, class) pairs merged, {stats['conflicts']} of them conflicting (positive wins); "
-                  f"{stats['ignored_rows']} rows of {stats['ignored_classes']} classes outside both label lists ignored")
-        images = Path(args.images)
-        spec = features.SplitSpec(
-            split=args.split, dataset="openimages", paths=[str(images / f"{i}.jpg") for i in ids], names=ids,
-            labels=labels, seen=seen, unseen=unseen, unseen_eval=unseen_eval,
-            extra={"source": {"tool": "feature_extraction/extract_openimages.py", "meta_dir": str(meta)}},
-        )
-        summary = features.run_split(spec, args, TOOL)
-        if comm.is_main_process():
-            save_embeddings(args.out, vec_seen, vec_unseen)
-            if not summary["skipped_complete"]:
-                print(f"{TOOL}: label conflicts (positive kept): {stats['conflicts']}")
-    except (features.WeightsNotFoundError, FileNotFoundError, RecordError, PackedFormatError, KeyError, ValueError) as err:
+        # Rank 0 takes --out (lock + ownership check) before joining the others: a refusal exits
+        # at once, and torchrun then stops the other ranks.
+        with features.claim_output(args.out, args.overwrite, TOOL):
+            # Join torchrun's process group first (long timeout: ranks may finish hours apart on resume).
+            comm.init_distributed(args.device, timeout_minutes=24 * 60)
+            seen = read_classes_trainable(meta / "classes-trainable.txt")
+            unseen = read_unseen_ids(meta / "unseen_labels.pkl")
+            unseen_eval = read_top400(meta / "top_400_unseen.csv", num_unseen=len(unseen))
+            overlap = set(seen) & set(unseen)
+            if overlap:
+                raise ValueError(f"{meta}: {len(overlap)} class id(s) are both seen and unseen, e.g. {sorted(overlap)[:3]}")
+            vec_seen, vec_unseen = load_label_embeddings(args, meta, seen, unseen)
+            csv_path = Path(args.csv) if args.csv else annotation_csv(meta, args.split)
+            columns = {c: i for i, c in enumerate(seen + unseen)}
+            ids, labels, stats = read_annotations(csv_path, columns)
+            if comm.is_main_process():
+                print(f"{TOOL}: {csv_path}: {stats['rows']} rows, {len(ids)} images; {stats['duplicates']} repeated "
+                      f"(image, class) pairs merged, {stats['conflicts']} of them conflicting (positive wins); "
+                      f"{stats['ignored_rows']} rows of {stats['ignored_classes']} classes outside both label lists ignored")
+            images = Path(args.images)
+            spec = features.SplitSpec(
+                split=args.split, dataset="openimages", paths=[str(images / f"{i}.jpg") for i in ids], names=ids,
+                labels=labels, seen=seen, unseen=unseen, unseen_eval=unseen_eval,
+                extra={"source": {"tool": "feature_extraction/extract_openimages.py", "meta_dir": str(meta)}},
+            )
+            summary = features.run_split(spec, args, TOOL)
+            if comm.is_main_process():
+                save_embeddings(args.out, vec_seen, vec_unseen)
+                if not summary["skipped_complete"]:
+                    print(f"{TOOL}: label conflicts (positive kept): {stats['conflicts']}")
+    except (features.WeightsNotFoundError, FileNotFoundError, RecordError, PackedFormatError, KeyError, ValueError,
+            FolderBusyError, FolderOwnershipError, pickle.UnpicklingError) as err:
         print(f"{TOOL}: error: {err}", file=sys.stderr)
         return 2
     finally:

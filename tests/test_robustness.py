@@ -123,7 +123,11 @@ def test_packed_shard_field_of_wrong_dtype_is_named(packed_copy):
         labels = f["labels"][()]
         del f["labels"]
         f.create_dataset("labels", data=labels.astype(np.float32))
-    ds = PackedDataset(packed_copy, "train")
+    with pytest.raises(PackedFormatError) as err:
+        PackedDataset(packed_copy, "train")  # every shard is checked at open (issue 13)
+    msg = str(err.value)
+    assert "train-00001.h5" in msg and "field 'labels'" in msg and "float32" in msg and "int8" in msg
+    ds = PackedDataset(packed_copy, "train", check=False)  # unchecked: still named when read
     ds.read_slice(0, 12)  # the first shard is fine
     with pytest.raises(PackedFormatError) as err:
         ds.read_slice(12, 13)
@@ -175,9 +179,8 @@ def test_empty_split_and_empty_training_subset(small_packed, packed_copy, tmp_pa
 def test_truncated_shard_is_named_by_the_trainer(packed_copy, tmp_path):
     shard = packed_copy / "train-00001.h5"
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-    trainer = Trainer(cfg_for(packed_copy, tmp_path / "out", *ONE_EPOCH))
     with pytest.raises(PackedFormatError) as err:
-        trainer.run()
+        Trainer(cfg_for(packed_copy, tmp_path / "out", *ONE_EPOCH)).run()  # since issue 13: at open, before training
     msg = str(err.value)
     assert str(shard) in msg and "truncated or corrupt" in msg
     assert ckpt.latest_checkpoint(str(tmp_path / "out" / "checkpoints")) is None  # nothing half-trained saved

@@ -11,7 +11,12 @@ memory); a killed conversion rerun with the same arguments keeps the complete sh
 the manifest (after checking their SHA-256), restarts the unfinished one and ends with files
 identical to an uninterrupted run.
 
-Scene features (the frozen VGG19 fc7 of each image, SPEC section 4) are computed here once:
+The output folder is the conversion's own: it must be new, empty, or hold a ``manifest.json``
+this tool wrote, unless ``--overwrite``; even then only the files the conversion writes are
+replaced and nothing else is deleted. The folder is locked for the whole run
+(:class:`biam.utils.ownership.FolderLock`), so a second conversion there stops at once.
+
+Scene features (the frozen VGG19 fc7 of each image, the paper's scene branch) are computed here once:
 ``--vgg-weights FILE`` (a torchvision VGG19 state dict), else torchvision's cache when it
 already holds ``vgg19-*.pth`` (nothing is downloaded), else ``--scene-fallback random`` (a seeded
 random head, recorded as such) or ``--no-scene`` (the trainer computes them on the fly).
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -30,12 +36,14 @@ import numpy as np
 
 from . import released
 from .embeddings import read_nus_wide_embeddings, read_openimages_embeddings
-from .packed import PackedDataset, PackedFormatError, PackedWriter, save_embeddings
+from ..utils.ownership import FolderBusyError, FolderLock, FolderOwnershipError, check_output_folder
+from .packed import MANIFEST, PackedDataset, PackedFormatError, PackedWriter, save_embeddings
 from .released import NUS_WIDE_LAYOUT
+from .safe_pickle import UnsafePickleError
 
 __all__ = ["main", "convert_nus_wide", "convert_openimages", "resolve_scene_head", "NUS_WIDE_PATHS", "OPENIMAGES_PATHS"]
 
-# Default locations relative to --src (the released ``datasets/`` folder, SPEC section 3).
+# Default locations relative to --src (the released ``datasets/`` folder).
 NUS_WIDE_PATHS = dict(NUS_WIDE_LAYOUT)
 OPENIMAGES_PATHS = {
     "classes": "OpenImages/2018_04/classes-trainable.txt",
@@ -64,14 +72,14 @@ def resolve_scene_head(vgg_weights: Optional[str], fallback: Optional[str], no_s
     from biam.modeling.scene_head import SceneHead
 
     if vgg_weights:
-        return SceneHead.from_file(vgg_weights), f"imagenet:{Path(vgg_weights).name}"
+        return _scene_head_from_file(vgg_weights), f"imagenet:{Path(vgg_weights).name}"
     import torch
 
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     cached = sorted(cache.glob("vgg19-*.pth")) if cache.is_dir() else []
     cached = [p for p in cached if not p.name.startswith("vgg19_bn")]
     if cached:
-        return SceneHead.from_file(str(cached[0])), f"imagenet:{cached[0].name}"
+        return _scene_head_from_file(str(cached[0])), f"imagenet:{cached[0].name}"
     if fallback == "random":
         return SceneHead.random(seed), f"random-seed-{seed}"
     raise SceneSetupError(
@@ -80,6 +88,22 @@ def resolve_scene_head(vgg_weights: Optional[str], fallback: Optional[str], no_s
         f"{cache}, or use --scene-fallback random (synthetic data / tests only; recorded in the manifest), "
         "or --no-scene (the trainer then computes scene features on the fly)"
     )
+
+
+def _scene_head_from_file(path: str):
+    """SceneHead of a VGG19 state dict file; any refusal becomes one SceneSetupError naming it."""
+    import pickle
+
+    from biam.features import weights_error_message
+    from biam.modeling.scene_head import SceneHead
+
+    if not Path(path).is_file():
+        raise SceneSetupError(f"--vgg-weights {path}: file not found")
+    try:
+        return SceneHead.from_file(path)
+    except (pickle.UnpicklingError, RuntimeError, ValueError, KeyError, TypeError, EOFError, OSError) as err:
+        cause = err.__cause__ if isinstance(err.__cause__, pickle.UnpicklingError) else err
+        raise SceneSetupError(weights_error_message(path, cause)) from None
 
 
 def _scene_fn(head) -> Optional[Callable[[np.ndarray], np.ndarray]]:
@@ -157,14 +181,17 @@ def convert_nus_wide(src: Path, out: Path, *, paths: dict, splits: Sequence[str]
     """Convert NUS-WIDE. ``paths``: absolute file paths (keys of :data:`NUS_WIDE_PATHS`). Output: manifest."""
     seen, unseen, seen_tag_index = released.nus_wide_label_names(paths["tags"], paths["concepts"])
     seen_emb, unseen_emb = read_nus_wide_embeddings(paths["embeddings"], seen_tag_index, num_concepts=len(unseen))
-    save_embeddings(out, seen_emb, unseen_emb)
     scene = _scene_fn(scene_head)
     manifest = None
-    for split in splits:
+    for k, split in enumerate(splits):
         names = released.read_img_names(paths[f"{split}_names"])
         reader = released.NusWideReader(paths[f"{split}_h5"], names, num_seen=len(seen), num_unseen=len(unseen), split=split)
         writer = PackedWriter(out, split, dataset="nus_wide", seen_labels=seen, unseen_labels=unseen, unseen_eval=None,
-                              shard_size=shard_size, dtype=dtype, scene_source=scene_source, resume=not overwrite)
+                              shard_size=shard_size, dtype=dtype, scene_source=scene_source, resume=not overwrite,
+                              overwrite=overwrite)
+        if k == 0:
+            # After the writer has put down the manifest (the folder's record), never before it.
+            save_embeddings(out, seen_emb, unseen_emb)
         _convert_split(writer, reader.records, names, scene, batch, f"nus_wide {split}", out)
         manifest = writer.manifest
     return manifest
@@ -187,10 +214,9 @@ def convert_openimages(src: Path, out: Path, *, paths: dict, splits: Sequence[st
             print(f"note: {len(missing)} class id(s) have no description in {paths['descriptions']}, "
                   f"e.g. {missing[:3]}; their ids are used as names", file=sys.stderr)
         extra["label_descriptions"] = {"seen": [desc.get(i, i) for i in seen], "unseen": [desc.get(i, i) for i in unseen]}
-    save_embeddings(out, seen_emb, unseen_emb)
     scene = _scene_fn(scene_head)
     manifest = None
-    for split in splits:
+    for k, split in enumerate(splits):
         if split == "train":
             if not paths.get("train_dir"):
                 raise FileNotFoundError("Open Images: give the training shard folder with --train-dir")
@@ -205,10 +231,22 @@ def convert_openimages(src: Path, out: Path, *, paths: dict, splits: Sequence[st
             raise released.RecordError(f"Open Images {split}: an image id appears in more than one file")
         writer = PackedWriter(out, split, dataset="openimages", seen_labels=seen, unseen_labels=unseen, unseen_eval=top400,
                               shard_size=shard_size, dtype=dtype, scene_source=scene_source, resume=not overwrite,
-                              extra=extra)
+                              overwrite=overwrite, extra=extra)
+        if k == 0:
+            save_embeddings(out, seen_emb, unseen_emb)  # after the manifest, the folder's record
         _convert_split(writer, reader.records, names, scene, batch, f"openimages {split}", out)
         manifest = writer.manifest
     return manifest
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -217,16 +255,23 @@ def _parser() -> argparse.ArgumentParser:
 
     def common(sp):
         sp.add_argument("--src", required=True, help="the released datasets/ folder; file defaults are relative to it")
-        sp.add_argument("--out", required=True, help="output folder of the packed dataset")
+        sp.add_argument("--out", required=True,
+                        help="output folder of the packed dataset: new, empty, or one this tool wrote (its "
+                             "manifest.json); locked while the conversion runs (a second one there stops at once)")
         sp.add_argument("--splits", default="train,test", help="comma-separated splits to convert (default train,test)")
-        sp.add_argument("--shard-size", type=int, default=1024, help="images per shard (default 1024)")
+        sp.add_argument("--shard-size", type=_positive_int, default=1024, help="images per shard (default 1024)")
         sp.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored feature dtype")
         sp.add_argument("--vgg-weights", help="torchvision VGG19 state dict for the scene features")
         sp.add_argument("--scene-fallback", choices=("random",), help="seeded random VGG19 head if no weights (recorded)")
         sp.add_argument("--scene-seed", type=int, default=0, help="seed of --scene-fallback random")
         sp.add_argument("--no-scene", action="store_true", help="store no scene features (trainer computes them)")
-        sp.add_argument("--overwrite", action="store_true", help="start the splits over instead of resuming")
-        sp.add_argument("--batch", type=int, default=64, help="images per scene-feature batch (default 64)")
+        sp.add_argument("--overwrite", action="store_true",
+                        help="start the given splits over instead of resuming them, and allow an --out folder "
+                             "that holds files this tool did not record; only the files this command writes "
+                             "(manifest.json, embeddings.npz, <split>-NNNNN.h5) are replaced, nothing else is "
+                             "deleted (see docs/data_format.md)")
+        sp.add_argument("--batch", type=_positive_int, default=64,
+                        help="images per scene-feature batch (default 64; at least 1)")
         sp.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the scene head runs (auto: a GPU when present; on a CPU the head, "
                              "not the reading, bounds the conversion speed)")
@@ -278,10 +323,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         head = head.to("cuda" if use_cuda else "cpu")
     fn = convert_nus_wide if args.dataset == "nus_wide" else convert_openimages
     try:
-        manifest = fn(src, out, paths=paths, splits=splits, shard_size=args.shard_size, dtype=args.dtype,
-                      scene_head=head, scene_source=source, overwrite=args.overwrite, batch=args.batch)
-    except (released.RecordError, PackedFormatError, FileNotFoundError, ValueError, KeyError) as err:
+        # One writer per folder for the whole run; then the folder must be ours (its manifest) or
+        # empty, unless --overwrite. Both stop here, before anything is read or written.
+        with FolderLock(str(out), "biam-convert " + " ".join(argv if argv is not None else sys.argv[1:])):
+            check_output_folder(str(out), record=MANIFEST, overwrite=args.overwrite)
+            manifest = fn(src, out, paths=paths, splits=splits, shard_size=args.shard_size, dtype=args.dtype,
+                          scene_head=head, scene_source=source, overwrite=args.overwrite, batch=args.batch)
+    except (FolderBusyError, FolderOwnershipError) as err:
         print(f"biam-convert: error: {err}", file=sys.stderr)
+        return 1
+    except UnsafePickleError as err:
+        print(f"biam-convert: error: {err} (the file is not loaded)", file=sys.stderr)
+        return 1
+    except (released.RecordError, PackedFormatError, FileNotFoundError, ValueError, KeyError,
+            pickle.UnpicklingError) as err:
+        print(f"biam-convert: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        # A disk or permission failure while writing: name the file the system names.
+        print(f"biam-convert: error: {err.filename or out}: {err.strerror or err}", file=sys.stderr)
         return 1
     counts = ", ".join(f"{k}: {v['num_images']} images in {len(v['shards'])} shards" for k, v in manifest["splits"].items())
     print(f"biam-convert: wrote {out} ({counts}; scene: {source or 'none'})")

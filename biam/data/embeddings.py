@@ -93,7 +93,11 @@ def _read_glove(path: Path, wanted: set) -> Tuple[Dict[str, np.ndarray], int]:
                                        disable=size < (64 << 20)) as bar:
         for lineno, raw in enumerate(fh, 1):
             bar.update(len(raw))
-            line = raw.decode("utf-8").rstrip("\n").rstrip("\r")
+            try:
+                line = raw.decode("utf-8").rstrip("\n").rstrip("\r")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}: line {lineno}: byte 0x{raw[err.start]:02x} is not UTF-8 "
+                                 "(GloVe files are read as UTF-8)") from None
             if not line:
                 continue
             # Words may contain spaces in some GloVe files, so take the last D fields as numbers.

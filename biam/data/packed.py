@@ -14,6 +14,7 @@ continues after the last listed shard. :class:`PackedDataset` reads a split by g
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -120,6 +121,9 @@ def _check_manifest(m: dict, source: str) -> None:
             raise PackedFormatError(f"{source}: field '{field}': {what}")
 
     need(isinstance(m, dict), "<root>", "expected a JSON object")
+    emb = m.get("embeddings", EMBEDDINGS)
+    need(_inside(emb), "embeddings", f"{emb!r}: expected a file name relative to the dataset folder "
+         "(no absolute path, no '..')")
     need(m.get("format_version") == FORMAT_VERSION, "format_version",
          f"{m.get('format_version')!r}, this code reads version {FORMAT_VERSION}")
     labels = m.get("labels")
@@ -137,7 +141,11 @@ def _check_manifest(m: dict, source: str) -> None:
     splits = m.get("splits")
     need(isinstance(splits, dict), "splits", "expected an object")
     for name, entry in splits.items():
+        need(_valid_split(name), f"splits.{name}", "split names hold no '/', '\\', '-' and no leading '.'")
         need(isinstance(entry, dict) and isinstance(entry.get("shards"), list), f"splits.{name}", "expected {'shards': [...]}")
+        writing = entry.get("writing")
+        need(writing is None or writing == shard_filename(name, len(entry["shards"])), f"splits.{name}.writing",
+             f"{writing!r}: expected the next shard's name {shard_filename(name, len(entry['shards']))!r} or null")
         total = 0
         for i, shard in enumerate(entry["shards"]):
             f = f"splits.{name}.shards[{i}]"
@@ -148,6 +156,18 @@ def _check_manifest(m: dict, source: str) -> None:
             total += shard["num_images"]
         need(entry.get("num_images") == total, f"splits.{name}.num_images",
              f"{entry.get('num_images')!r} differs from the sum over its shards ({total})")
+
+
+def _valid_split(split) -> bool:
+    return isinstance(split, str) and bool(split) and not any(c in split for c in "/-\\") and not split.startswith(".")
+
+
+def _inside(rel) -> bool:
+    """True for a relative path that stays inside the folder it is relative to."""
+    if not isinstance(rel, str) or not rel or "\0" in rel:
+        return False
+    parts = rel.replace("\\", "/").split("/")
+    return not os.path.isabs(rel) and not rel.startswith(("/", "\\")) and ".." not in parts and ":" not in parts[0]
 
 
 def _write_manifest(root: Path, manifest: dict) -> None:
@@ -249,12 +269,21 @@ class PackedWriter:
             ``"random-seed-0"``), or None when shards hold no ``scene`` dataset.
         compression: None (default, fastest reads) or an h5py filter name such as ``"lzf"``.
         resume: keep the complete shards a previous run listed (their checksums are verified);
-            False starts the split over.
+            False starts the split over (its listed shards are deleted: the manifest says they
+            are this tool's files).
+        overwrite: a file at a shard name this writer is about to write that the manifest does
+            not list (someone else's) is replaced; without it that is an error naming the file.
         extra: more manifest fields (e.g. the source files), merged at the top level.
 
     Use :meth:`append` (buffers up to one shard) and :meth:`close` (writes the rest and marks
     the split complete). ``num_images`` tells a resuming caller how many images are already
-    stored, so that it skips them. Only one writer may work on a root at a time.
+    stored, so that it skips them. Only one writer may work on a root at a time (the commands
+    hold :class:`biam.utils.ownership.FolderLock` on it).
+
+    Files: the writer deletes only shards its manifest lists (when it starts a split over or
+    finds one changed) and the one shard the manifest says it was writing when it was killed
+    (``splits.<split>.writing``, recorded before that file is created). Nothing else in the
+    folder is touched.
     """
 
     def __init__(
@@ -271,9 +300,10 @@ class PackedWriter:
         scene_source: Optional[str] = None,
         compression: Optional[str] = None,
         resume: bool = True,
+        overwrite: bool = False,
         extra: Optional[dict] = None,
     ):
-        if not split or any(c in split for c in "/-\\") or split.startswith("."):
+        if not _valid_split(split):
             raise ValueError(f"split name {split!r}: must be non-empty without '/', '-' or a leading '.'")
         if dtype not in FEATURE_DTYPES:
             raise ValueError(f"dtype {dtype!r}: expected one of {FEATURE_DTYPES}")
@@ -288,6 +318,8 @@ class PackedWriter:
         self.num_seen = len(seen_labels)
         self.num_unseen = len(unseen_labels)
         self.has_scene = scene_source is not None
+        self.overwrite = bool(overwrite)
+        self.dataset = dataset
         header = {
             "format_version": FORMAT_VERSION,
             "dataset": dataset,
@@ -307,27 +339,32 @@ class PackedWriter:
                     raise PackedFormatError(
                         f"{path}: field '{key}' of the existing packed dataset differs from this conversion "
                         f"(existing {_short(manifest.get(key))}, new {_short(header[key])}); "
-                        "use a fresh output directory or --overwrite"
+                        "write to a fresh output directory (--overwrite does not mix two datasets in one folder)"
                     )
             manifest.update({k: v for k, v in header.items() if k not in manifest})
         else:
             manifest = dict(header, splits={})
-        entry = manifest["splits"].get(split)
-        if entry is not None and resume:
-            if entry.get("shard_size") != self.shard_size:
+        old = manifest["splits"].get(split)
+        self.manifest = manifest
+        if old is not None:
+            # A shard the killed run was writing (recorded before it was created) is ours: remove it.
+            self._remove_pending(old)
+        if old is not None and resume:
+            if old.get("shard_size") != self.shard_size:
                 raise PackedFormatError(
-                    f"{path}: split '{split}' was written with shard_size {entry.get('shard_size')}, "
-                    f"now {self.shard_size}; use the same --shard-size to resume, or --overwrite"
+                    f"{path}: split '{split}' was written with shard_size {old.get('shard_size')}, "
+                    f"now {self.shard_size}; use the same --shard-size to resume, or --overwrite to start it over"
                 )
-            entry = self._keep_verified(entry)
+            entry = self._keep_verified(old)
         else:
-            entry = None
-        if entry is None:
             entry = {"num_images": 0, "complete": False, "shard_size": self.shard_size, "shards": []}
+        dropped = [s["file"] for s in (old or {}).get("shards", [])[len(entry["shards"]):]]
         entry["complete"] = False
         manifest["splits"][split] = entry
-        self.manifest = manifest
-        self._remove_strays()
+        # Listed shards that will not be kept are this tool's own files (the manifest says so).
+        for name in dropped:
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / name).unlink()
         _write_manifest(self.root, manifest)
         self._buffer: Dict[str, list] = {"regions": [], "scene": [], "labels": [], "names": []}
         self._buffered = 0
@@ -360,12 +397,12 @@ class PackedWriter:
         entry = dict(entry, shards=kept, num_images=sum(s["num_images"] for s in kept))
         return entry
 
-    def _remove_strays(self) -> None:
-        # Temporary files and shards beyond the listed ones come from an interrupted run.
-        listed = {s["file"] for s in self.manifest["splits"][self.split]["shards"]}
-        for file in self.root.glob(f"{self.split}-*.h5*"):
-            if file.name not in listed:
-                file.unlink()
+    def _remove_pending(self, entry: dict) -> None:
+        name = entry.pop("writing", None)
+        if name:
+            for file in (self.root / name, self.root / (name + ".tmp")):
+                with contextlib.suppress(FileNotFoundError):
+                    file.unlink()
 
     def append(self, regions: np.ndarray, labels: np.ndarray, names: Sequence[str],
                scene: Optional[np.ndarray] = None) -> None:
@@ -428,6 +465,16 @@ class PackedWriter:
         index = len(entry["shards"])
         final = self.root / shard_filename(self.split, index)
         tmp = final.with_name(final.name + ".tmp")
+        if not self.overwrite:
+            for file in (final, tmp):
+                if os.path.lexists(file):
+                    raise PackedFormatError(
+                        f"{file}: a file of this name is in the output folder but the manifest does not list it "
+                        "(not written by this tool, or by a run that was not recorded); move it away, or pass "
+                        "--overwrite to replace it")
+        # Recorded before the file exists: a killed run's half-written shard is known to be ours.
+        entry["writing"] = final.name
+        _write_manifest(self.root, self.manifest)
         n = self._buffered
         regions = np.concatenate(self._buffer["regions"])
         labels = np.concatenate(self._buffer["labels"])
@@ -437,6 +484,11 @@ class PackedWriter:
         # track_times=False keeps HDF5 from storing timestamps, so equal data gives equal bytes
         # (an interrupted-and-resumed conversion has the same checksums as a straight one).
         with h5py.File(tmp, "w", track_order=False) as f:
+            # What the shard is, checked by readers against the manifest that lists it (a shard
+            # of another split or dataset copied over this one is refused at open).
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["dataset"] = self.dataset
+            f.attrs["split"] = self.split
             f.create_dataset("regions", data=regions, chunks=(chunk, NUM_CHANNELS, NUM_REGIONS), track_times=False, **kw)
             if self.has_scene:
                 scene = np.concatenate(self._buffer["scene"])
@@ -451,6 +503,7 @@ class PackedWriter:
         _fsync_dir(self.root)
         entry["shards"].append({"file": final.name, "num_images": n, "sha256": digest})
         entry["num_images"] += n
+        entry.pop("writing", None)
         _write_manifest(self.root, self.manifest)
         self._buffer = {"regions": [], "scene": [], "labels": [], "names": []}
         self._buffered = 0
@@ -480,9 +533,15 @@ class PackedDataset:
     HDF5 handles open lazily and are reopened after a fork, so one dataset object can be handed
     to several DataLoader workers (each opens its own). The split must be complete unless
     ``allow_incomplete=True``.
+
+    ``check=True`` (default) runs :meth:`check` at once: every shard is opened and compared with
+    the manifest (split and dataset it was written for, image count, shapes, dtypes) and its
+    labels are checked to lie in {-1, 0, 1}, so a replaced or damaged shard is named, with the
+    image, before any training starts. It reads the labels once (NUS-WIDE: 0.3 GB, about a
+    second); the full SHA-256 of every byte stays :meth:`verify`.
     """
 
-    def __init__(self, root: PathLike, split: str, *, allow_incomplete: bool = False):
+    def __init__(self, root: PathLike, split: str, *, allow_incomplete: bool = False, check: bool = True):
         self.root = Path(root)
         self.split = split
         self.manifest = read_manifest(self.root)
@@ -509,6 +568,41 @@ class PackedDataset:
         self._handles: Dict[int, h5py.File] = {}
         self._dsets: Dict[int, Dict[str, h5py.Dataset]] = {}
         self._pid = os.getpid()
+        if check:
+            self.check()
+
+    def check(self) -> None:
+        """Cheap check of every shard against the manifest; raises :class:`PackedFormatError`
+        naming the shard (and for labels the image, its index and the column).
+
+        Checked: the file opens as HDF5; its ``split``/``dataset`` attributes (written since
+        shards carry them; older shards without them are accepted) equal the manifest's; every
+        field has the shape (image count) and dtype the manifest implies; every label is -1, 0
+        or 1 (one vectorised pass over the labels). Shards are closed afterwards.
+        """
+        for i, shard in enumerate(self.shards):
+            f = self._open_checked(i)
+            try:
+                labels = f["labels"]
+                path = self.root / shard["file"]
+                step = max(1, (64 << 20) // max(1, labels.shape[1]))  # read at most 64 MB at a time
+                for a in range(0, labels.shape[0], step):
+                    try:
+                        block = labels[a:a + step]
+                    except OSError as err:
+                        raise PackedFormatError(f"{path}: field 'labels': read failed for images {a}:{a + step} "
+                                                f"(corrupt? reconvert it): {err}") from err
+                    if block.size and (block.min() < -1 or block.max() > 1):
+                        r, c = (int(x) for x in np.argwhere((block < -1) | (block > 1))[0])
+                        name = f["names"].asstr()[a + r] if "names" in f else "?"
+                        column = (f"seen label {self.seen_labels[c]!r}" if c < self.num_seen
+                                  else f"unseen label {self.unseen_labels[c - self.num_seen]!r}")
+                        raise PackedFormatError(
+                            f"{path}: image {name!r} (image {a + r} of the shard, {int(self.shard_offsets[i]) + a + r} "
+                            f"of split '{self.split}'), field 'labels': value {int(block[r, c])} at column {c} "
+                            f"({column}), expected -1, 0 or 1 (corrupt shard; reconvert it)")
+            finally:
+                f.close()
 
     def __len__(self) -> int:
         return int(self.shard_offsets[-1])
@@ -562,6 +656,15 @@ class PackedDataset:
         except OSError as err:
             raise PackedFormatError(f"{path}: cannot open shard (truncated or corrupt? run verify()): {err}") from err
         n = shard["num_images"]
+        for attr, expected in (("split", self.split), ("dataset", self.manifest.get("dataset"))):
+            got = f.attrs.get(attr)
+            if isinstance(got, bytes):
+                got = got.decode("utf-8", "replace")
+            if got is not None and got != expected:
+                f.close()
+                raise PackedFormatError(
+                    f"{path}: this shard was written for {attr} {got!r} but the manifest lists it under "
+                    f"{attr} {expected!r} (a shard copied over another?); restore the right file or reconvert")
         want = {"regions": ((n, NUM_CHANNELS, NUM_REGIONS), self.feature_dtype),
                 "labels": ((n, self.num_labels), np.dtype(np.int8)), "names": ((n,), None)}
         if self.has_scene:

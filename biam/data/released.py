@@ -1,4 +1,4 @@
-"""Readers of the released data layout (SPEC section 3), with every record checked.
+"""Readers of the released data layout (docs/data_format.md), with every record checked.
 
 The released feature files hold one gzip-compressed HDF5 dataset per image and field
 (``<name>-features``, ``<name>-labels``, ...). These readers turn them into records
@@ -10,6 +10,7 @@ missing or malformed. They are an input for :mod:`biam.data.convert`, not a trai
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -23,6 +24,8 @@ __all__ = [
     "RecordError",
     "Record",
     "read_lines",
+    "read_text",
+    "not_utf8_where",
     "nus_wide_label_names",
     "read_img_names",
     "NusWideReader",
@@ -38,7 +41,7 @@ FEATURE_SHAPE = (512, 196)
 Record = Tuple[str, np.ndarray, np.ndarray]  # (name, features (512, 196) float32, labels (S+U,) int8)
 
 
-# Where the release puts the NUS-WIDE files, relative to its datasets/ folder (SPEC section 3).
+# Where the release puts the NUS-WIDE files, relative to its datasets/ folder.
 # The converter's defaults and the synthetic writer both use this one table.
 NUS_WIDE_LAYOUT = {
     "train_h5": "NUS-WIDE/features/nus_wide_train.h5",
@@ -59,6 +62,29 @@ def _err(file, image, field, what) -> RecordError:
     return RecordError(f"{Path(file).name}: image {image!r}, field {field!r}: {what}")
 
 
+def not_utf8_where(path: os.PathLike) -> str:
+    """Where a file stops being UTF-8, as ``"line L: byte 0xXX"`` (reads it line by line; for
+    error messages only)."""
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return f"line {lineno}: byte 0x{raw[err.start]:02x}"
+    return "a byte"
+
+
+def read_text(path: os.PathLike) -> str:
+    """The whole text file as str (UTF-8, a leading BOM dropped); ValueError naming the file,
+    line and byte when it is not UTF-8."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: {not_utf8_where(path)} is not UTF-8 (label and list files are read as "
+                         "UTF-8; convert the file, e.g. with iconv -t UTF-8)") from None
+
+
 def read_lines(path: os.PathLike) -> List[str]:
     """Non-empty lines of a text label file, stripped (handles CRLF and a UTF-8 BOM).
 
@@ -68,7 +94,7 @@ def read_lines(path: os.PathLike) -> List[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"label file not found: {path}")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()]
+    lines = [ln.strip() for ln in read_text(path).splitlines()]
     while lines and not lines[-1]:
         lines.pop()
     for i, ln in enumerate(lines):
@@ -245,7 +271,7 @@ def read_class_descriptions(path: os.PathLike) -> Dict[str, str]:
     if not path.is_file():
         raise FileNotFoundError(f"class description file not found: {path}")
     out: Dict[str, str] = {}
-    with open(path, encoding="utf-8-sig", newline="") as fh:
+    with io.StringIO(read_text(path), newline="") as fh:
         for i, row in enumerate(csv.reader(fh)):
             if not row:
                 continue

@@ -46,3 +46,21 @@ def test_changed_and_truncated_files_fail(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "BAD" in captured.err and "Concepts81.txt" in captured.err
     assert "not present" in captured.out
+
+
+def test_packed_checksum_command(tmp_path, capsys):
+    """`python -m biam.data.checksums --packed DIR`: the full SHA-256 check of every shard."""
+    import h5py
+    import numpy as np
+
+    from biam.data.packed import PackedWriter
+
+    w = PackedWriter(tmp_path, "train", dataset="toy", seen_labels=["a"], unseen_labels=["b"], shard_size=4)
+    w.append(np.ones((6, 512, 196), np.float32), np.zeros((6, 2), np.int8), [f"n{i}" for i in range(6)])
+    w.close()
+    assert main(["--packed", str(tmp_path)]) == 0
+    assert "split 'train', 2 shards" in capsys.readouterr().out
+    with h5py.File(tmp_path / "train-00001.h5", "r+") as f:  # still valid HDF5 and valid labels
+        f["regions"][0, 0, 0] = 3.0
+    assert main(["--packed", str(tmp_path)]) == 1
+    assert "train-00001.h5: sha256" in capsys.readouterr().err

@@ -213,3 +213,165 @@ def test_openimages_unknown_field_is_named(tmp_path, capsys):
                          "--train-dir", str(train_dir), "--test-h5", str(test_h5), "--no-scene", "--splits", "test"]) == 1
     err = capsys.readouterr().err
     assert "test.h5" in err and "'t9'" in err and "'seenlabels'" in err
+
+
+# ----------------------------------------------------------------------- ownership of --out (issue 13)
+NUS_ARGS = ["--no-scene", "--shard-size", "16"]
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
+
+
+def test_folder_with_other_files_is_refused_and_kept(nus_src, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    theirs = {"train-old.h5": b"user data", "test-00000.h5": b"an older run by hand", "embeddings.npz": b"mine",
+              "notes.txt": b"keep me"}
+    for name, data in theirs.items():
+        (out / name).write_bytes(data)
+    rc = convert_main(["nus_wide", "--src", str(nus_src), "--out", str(out), *NUS_ARGS])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "already holds files this command did not write" in err and "--overwrite" in err
+    assert "embeddings.npz" in err and err.count("\n") == 1  # one message, no traceback
+    assert {k: v for k, v in _files(out).items() if k in theirs} == theirs
+    assert not (out / "manifest.json").exists()
+
+
+def test_overwrite_replaces_only_the_commands_own_files(nus_src, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    theirs = {"train-old.h5": b"user data", "train-00000.h5.bak": b"backup", "notes.txt": b"keep me"}
+    for name, data in theirs.items():
+        (out / name).write_bytes(data)
+    (out / "test-00000.h5").write_bytes(b"at a name the conversion writes")
+    assert convert_main(["nus_wide", "--src", str(nus_src), "--out", str(out), *NUS_ARGS, "--overwrite"]) == 0
+    assert PackedDataset(out, "test").names()[:1]  # the conversion's own test-00000.h5 replaced that file
+    for name, data in theirs.items():
+        assert (out / name).read_bytes() == data
+    # The folder is now recorded by its manifest: reruns (plain or --overwrite) keep the other files too.
+    assert convert_main(["nus_wide", "--src", str(nus_src), "--out", str(out), *NUS_ARGS]) == 0
+    assert convert_main(["nus_wide", "--src", str(nus_src), "--out", str(out), *NUS_ARGS, "--overwrite",
+                         "--shard-size", "40"]) == 0
+    assert PackedDataset(out, "train").manifest["splits"]["train"]["shard_size"] == 40
+    assert not (out / "train-00002.h5").exists()  # its own shard from the run before: listed, so replaced
+    for name, data in theirs.items():
+        assert (out / name).read_bytes() == data
+
+
+def test_unlisted_shard_name_in_a_recorded_folder_is_not_replaced(nus_src, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert convert_main(["nus_wide", "--src", str(nus_src), "--out", str(out), *NUS_ARGS, "--splits", "test"]) == 0
+    (out / "train-00000.h5").write_bytes(b"placed by the user")
+    assert convert_main(["nus_wide", "--src", str(nus_src), "--out", str(out), *NUS_ARGS]) == 1
+    err = capsys.readouterr().err
+    assert "train-00000.h5: a file of this name is in the output folder but the manifest does not list it" in err
+    assert (out / "train-00000.h5").read_bytes() == b"placed by the user"
+
+
+def test_second_conversion_on_the_same_folder_stops_naming_the_first(nus_src, tmp_path, capsys):
+    out = tmp_path / "busy"
+    first = _run_convert(nus_src, out, {"BIAM_CONVERT_SLOWDOWN": "0.5"})
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / "manifest.json").exists():
+        time.sleep(0.05)
+    assert first.poll() is None, "the first conversion ended before the second could start"
+    rc = convert_main(["nus_wide", "--src", str(nus_src), "--out", str(out), "--no-scene", "--shard-size", "8",
+                       "--batch", "4"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert f"is in use by another process: PID {first.pid}" in err and "biam-convert" in err
+    assert first.wait(timeout=120) == 0, first.stderr.read().decode()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert all(e["complete"] for e in manifest["splits"].values())
+    PackedDataset(out, "train").verify(progress=False)
+
+
+@pytest.mark.parametrize("flag,value", [("--batch", "0"), ("--batch", "-3"), ("--shard-size", "0")])
+def test_batch_and_shard_size_below_one_are_refused(nus_src, tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as info:
+        convert_main(["nus_wide", "--src", str(nus_src), "--out", str(tmp_path / "o"), "--no-scene", flag, value])
+    assert info.value.code == 2
+    assert f"argument {flag}: {value}: must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_out_that_is_a_file_is_named(nus_src, tmp_path, capsys):
+    afile = tmp_path / "packed"
+    afile.write_text("not a folder")
+    assert convert_main(["nus_wide", "--src", str(nus_src), "--out", str(afile), "--no-scene"]) == 1
+    err = capsys.readouterr().err
+    assert f"{afile} is a file, not a folder" in err and afile.read_text() == "not a folder"
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo owned",))
+
+
+@pytest.mark.parametrize("kind", ["unsafe", "truncated"])
+def test_bad_pickle_is_one_message_naming_it(nus_src, tmp_path, capsys, kind):
+    src = tmp_path / "src"
+    import shutil
+
+    shutil.copytree(nus_src, src)
+    path = src / SYNTHETIC_PATHS["test_names"]
+    if kind == "unsafe":
+        path.write_bytes(pickle.dumps({"img_names": [_Evil()]}, protocol=2))
+    else:
+        path.write_bytes(path.read_bytes()[:40])
+    rc = convert_main(["nus_wide", "--src", str(src), "--out", str(tmp_path / "o"), "--no-scene", "--splits", "test"])
+    err = capsys.readouterr().err
+    assert rc == 1 and str(path) in err and err.count("\n") == 1
+    assert ("refused to load global 'posix.system'" if kind == "unsafe" else "not a readable pickle") in err
+
+
+def test_non_utf8_label_file_is_named(nus_src, tmp_path, capsys):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(nus_src, src)
+    tags = src / SYNTHETIC_PATHS["tags"]
+    lines = tags.read_bytes().split(b"\n")
+    lines[3] = "café".encode("latin-1")
+    tags.write_bytes(b"\n".join(lines))
+    rc = convert_main(["nus_wide", "--src", str(src), "--out", str(tmp_path / "o"), "--no-scene"])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"{tags}: line 4: byte 0xe9 is not UTF-8" in err
+
+
+@pytest.mark.parametrize("kind", ["hostile", "list", "other_dict"])
+def test_vgg_weights_that_are_not_a_state_dict(nus_src, tmp_path, capsys, kind):
+    import torch
+
+    path = tmp_path / f"{kind}.pth"
+    marker = tmp_path / "ran"
+    if kind == "hostile":
+        class Runs:
+            def __reduce__(self):
+                return (os.system, (f"touch {marker}",))
+
+        torch.save({"classifier.0.weight": Runs()}, path)
+    elif kind == "list":
+        torch.save([torch.zeros(3)], path)
+    else:
+        torch.save({"fc.weight": torch.zeros(2, 2)}, path)
+    rc = convert_main(["nus_wide", "--src", str(nus_src), "--out", str(tmp_path / "o"), "--vgg-weights", str(path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{path}: not a plain VGG19 state dict" in err
+    assert "weights_only=False" not in err and "weights_only" not in err
+    assert not marker.exists() and not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_manifest_of_another_tool_is_not_taken_for_ours(nus_src, tmp_path, capsys):
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"name": "my web app", "version": 3}')
+    (out / "test-00000.h5").write_bytes(b"not a shard")
+    assert convert_main(["nus_wide", "--src", str(nus_src), "--out", str(out), *NUS_ARGS]) == 1
+    err = capsys.readouterr().err
+    assert str(out / "manifest.json") in err and "format_version" in err
+    assert (out / "manifest.json").read_text() == '{"name": "my web app", "version": 3}'
+    assert (out / "test-00000.h5").read_bytes() == b"not a shard"
+    assert sorted(p.name for p in out.iterdir()) == [".biam.lock", "manifest.json", "test-00000.h5"]

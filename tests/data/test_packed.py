@@ -91,7 +91,11 @@ def test_missing_truncated_and_inconsistent(tmp_path):
 def test_resume_keeps_listed_shards_and_refuses_changes(tmp_path):
     w = PackedWriter(tmp_path, "train", shard_size=4, **LABELS)
     w.append(np.ones((10, 512, 196), np.float32), np.zeros((10, 4), np.int8), [f"n{i}" for i in range(10)])
-    # Simulate a kill: 2 complete shards listed, 2 images buffered, a stray temp file.
+    # Simulate a kill while shard 2 was written: 2 complete shards listed, the third recorded as
+    # being written (the writer records it before creating the file), its temporary file left.
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    m["splits"]["train"]["writing"] = "train-00002.h5"
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
     (tmp_path / "train-00002.h5.tmp").write_bytes(b"partial")
     with pytest.raises(PackedFormatError, match="incomplete"):
         PackedDataset(tmp_path, "train")
@@ -121,3 +125,90 @@ def test_embeddings_roundtrip(tmp_path):
     save_embeddings(tmp_path, seen, np.ones((3, 300)))
     with pytest.raises(PackedFormatError, match="'unseen' has shape"):
         load_embeddings(tmp_path)
+
+
+def test_writer_deletes_only_its_own_files(tmp_path):
+    """Files the manifest does not list survive, even with shard-like names; a name collision is
+    refused unless overwrite=True, and then only that name is replaced."""
+    foreign = {"train-notes.h5": b"mine", "train-00000.h5.bak": b"backup", "test-00000.h5": b"other"}
+    for name, data in foreign.items():
+        (tmp_path / name).write_bytes(data)
+    w = PackedWriter(tmp_path, "train", shard_size=4, **LABELS)
+    w.append(np.ones((6, 512, 196), np.float32), np.zeros((6, 4), np.int8), [f"n{i}" for i in range(6)])
+    w.close()
+    # Start the split over (resume=False) with a larger shard size: its own 2 shards are replaced by 1.
+    w = PackedWriter(tmp_path, "train", shard_size=8, resume=False, **LABELS)
+    assert not (tmp_path / "train-00001.h5").exists()  # listed before, this tool's own file
+    w.append(np.ones((6, 512, 196), np.float32), np.zeros((6, 4), np.int8), [f"n{i}" for i in range(6)])
+    w.close()
+    for name, data in foreign.items():
+        assert (tmp_path / name).read_bytes() == data
+    # An unlisted file at the name of the next shard is someone else's: refused, kept.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "train-00000.h5").write_bytes(b"not ours")
+    w = PackedWriter(other, "train", shard_size=4, **LABELS)
+    with pytest.raises(PackedFormatError, match=r"train-00000.h5: a file of this name .* --overwrite"):
+        w.append(np.ones((4, 512, 196), np.float32), np.zeros((4, 4), np.int8), [f"n{i}" for i in range(4)])
+    assert (other / "train-00000.h5").read_bytes() == b"not ours"
+    w = PackedWriter(other, "train", shard_size=4, overwrite=True, **LABELS)
+    w.append(np.ones((4, 512, 196), np.float32), np.zeros((4, 4), np.int8), [f"n{i}" for i in range(4)])
+    w.close()
+    assert len(PackedDataset(other, "train")) == 4
+
+
+def _corrupt_label(path, row, value):
+    """Overwrite the byte of label (row, 1) in the file itself, as a disk or copy error would."""
+    with h5py.File(path, "r") as f:
+        ds = f["labels"]
+        chunk_rows, cols = ds.chunks
+        assert row < chunk_rows and ds.compression is None
+        offset = ds.id.get_chunk_info(0).byte_offset + row * cols + 1
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(bytes([value]))
+
+
+def test_open_checks_split_labels_and_paths(tmp_path):
+    _write(tmp_path)  # train: 30 images in shards of 12
+    w = PackedWriter(tmp_path, "test", shard_size=12, **LABELS)
+    w.append(np.ones((12, 512, 196), np.float32), np.zeros((12, 4), np.int8), [f"t{i}" for i in range(12)])
+    w.close()
+    with h5py.File(tmp_path / "train-00001.h5", "r") as f:
+        assert f.attrs["split"] == "train" and f.attrs["dataset"] == "toy"
+    # A test shard copied over a training shard of the same size: refused at open, both named.
+    good = (tmp_path / "train-00001.h5").read_bytes()
+    (tmp_path / "train-00001.h5").write_bytes((tmp_path / "test-00000.h5").read_bytes())
+    with pytest.raises(PackedFormatError, match="train-00001.h5: this shard was written for split 'test' but the "
+                                                "manifest lists it under split 'train'"):
+        PackedDataset(tmp_path, "train")
+    (tmp_path / "train-00001.h5").write_bytes(good)
+    # One corrupted label byte: named at open with shard, image, index and column.
+    _corrupt_label(tmp_path / "train-00001.h5", 5, 7)
+    with pytest.raises(PackedFormatError) as err:
+        PackedDataset(tmp_path, "train")
+    assert ("train-00001.h5: image 'n17' (image 5 of the shard, 17 of split 'train'), field 'labels': value 7 "
+            "at column 1 (seen label 'b')") in str(err.value)
+    PackedDataset(tmp_path, "train", check=False)  # the check can be skipped explicitly
+    # Manifest paths stay inside the dataset folder.
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    for bad in ("/etc/passwd", "../embeddings.npz", "sub/../../x.npz"):
+        m["embeddings"] = bad
+        (tmp_path / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(PackedFormatError, match="field 'embeddings'.*no absolute path"):
+            load_embeddings(tmp_path)
+    m["embeddings"] = "embeddings.npz"
+    m["splits"]["../up"] = m["splits"].pop("test")
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(PackedFormatError, match=r"splits\.\.\./up"):
+        read_manifest(tmp_path)
+
+
+def test_shards_without_attributes_still_open(tmp_path):
+    """Shards written before the split/dataset attributes existed stay readable."""
+    _write(tmp_path)
+    for i in range(3):
+        with h5py.File(tmp_path / f"train-{i:05d}.h5", "r+") as f:
+            for key in list(f.attrs):
+                del f.attrs[key]
+    assert len(PackedDataset(tmp_path, "train")) == 30

@@ -85,3 +85,36 @@ def test_released_pickles_load(shared_data):
     assert len(names["img_names"]) == 107859
     ids = safe_load(shared_data / "OpenImages" / "unseen_labels.pkl")
     assert ids.shape == (2594,) and str(ids[0]).startswith("/m/")
+
+
+def _max_rss_mb():
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.mark.parametrize("name,data,match", [
+    # bytes(1_000_000_000): 29 bytes that would allocate a gigabyte.
+    ("bytes_count.pkl", b"\x80\x02c__builtin__\nbytes\nJ\x00\xca\x9a\x3b\x85R.", "bytes"),
+    ("bytes_count_py3.pkl", b"\x80\x02cbuiltins\nbytes\nJ\x00\xca\x9a\x3b\x85R.", "bytes"),
+    # numpy.core.multiarray._reconstruct(ndarray, (100000, 100000), b'b'): a 10 GB "empty" array.
+    ("reconstruct.pkl", b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nJ\xa0\x86\x01\x00J\xa0\x86\x01"
+                        b"\x00\x86C\x01b\x87R.", "_reconstruct of an array of 10000000000 bytes"),
+    # numpy.ndarray((100000, 100000)) called directly.
+    ("ndarray_call.pkl", b"\x80\x02cnumpy\nndarray\nJ\xa0\x86\x01\x00J\xa0\x86\x01\x00\x86\x85R.", "numpy.ndarray"),
+])
+def test_small_pickle_cannot_allocate_much(tmp_path, name, data, match):
+    path = tmp_path / name
+    path.write_bytes(data)
+    before = _max_rss_mb()
+    with pytest.raises(UnsafePickleError, match=match) as info:
+        safe_load(path)
+    assert str(path) in str(info.value)
+    assert _max_rss_mb() - before < 100  # nothing near the gigabytes asked for was allocated
+
+
+def test_bytes_from_text_still_loads():
+    # Protocol 0-2 pickles spell bytes as bytes() or _codecs.encode(text, 'latin1').
+    for obj in (b"", b"\x00\xff abc", [b"x", np.zeros(3, np.float32)]):
+        back = safe_loads(pickle.dumps(obj, protocol=2), "b.pkl")
+        assert repr(back) == repr(obj)

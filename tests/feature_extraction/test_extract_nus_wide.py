@@ -152,3 +152,108 @@ def test_resume_after_kill_gives_the_same_output(tmp_path, helpers, vgg_file):
     a, b = read_manifest(straight)["splits"]["test"], read_manifest(resumed)["splits"]["test"]
     assert b["complete"] and a["shards"] == b["shards"]  # same files, same SHA-256 checksums
     assert sorted(p.name for p in resumed.iterdir()) == sorted(p.name for p in straight.iterdir())
+
+
+# ----------------------------------------------------------------------- ownership of --out (issue 13)
+def _hold_lock(folder, ready, release):
+    from biam.utils.ownership import FolderLock
+
+    with FolderLock(folder, "extract_nus_wide.py --out elsewhere-run"):
+        ready.set()
+        release.wait(60)
+
+
+def _glove_release(tmp_path, helpers):
+    nus = helpers.make_nus_release(tmp_path / "NUS-WIDE", TRAIN[:1], TEST[:1])
+    helpers.write_glove(tmp_path / "glove.txt", helpers.NUS_TAGS + ["person"])
+    return ["--nus-root", str(nus), "--glove", str(tmp_path / "glove.txt"), "--random-weights", "0",
+            "--splits", "test", "--workers", "0", "--device", "cpu"]
+
+
+def test_out_with_other_files_is_refused_unless_overwrite(tmp_path, helpers, capsys):
+    common = _glove_release(tmp_path, helpers)
+    out = tmp_path / "out"
+    out.mkdir()
+    theirs = {"test-notes.h5": b"user", "test-00000.h5.orig": b"backup", "embeddings.npz": b"mine"}
+    for name, data in theirs.items():
+        (out / name).write_bytes(data)
+    script = helpers.load_script("extract_nus_wide")
+    assert script.main(common + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds files this command did not write" in err and "--overwrite" in err
+    assert all((out / k).read_bytes() == v for k, v in theirs.items()) and not (out / "manifest.json").exists()
+    # --overwrite: written beside them; only its own names (here embeddings.npz) are replaced.
+    assert script.main(common + ["--out", str(out), "--overwrite"]) == 0
+    assert len(PackedDataset(out, "test")) == 1 and load_embeddings(out)[1].shape == (3, 300)
+    assert (out / "test-notes.h5").read_bytes() == b"user" and (out / "test-00000.h5.orig").read_bytes() == b"backup"
+
+
+def test_second_extraction_on_the_same_out_stops_naming_the_holder(tmp_path, helpers, capsys):
+    import multiprocessing as mp
+
+    common = _glove_release(tmp_path, helpers)
+    out = tmp_path / "out"
+    ctx = mp.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(str(out), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        assert helpers.load_script("extract_nus_wide").main(common + ["--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"is in use by another process: PID {holder.pid}" in err and "elsewhere-run" in err
+        assert not (out / "manifest.json").exists()
+    finally:
+        release.set()
+        holder.join(60)
+
+
+def test_bad_weights_and_non_utf8_labels_are_named(tmp_path, helpers, capsys):
+    import torch
+
+    common = _glove_release(tmp_path, helpers)
+    at = common.index("--random-weights")
+    common = common[:at] + common[at + 2:]
+    marker = tmp_path / "ran"
+
+    class Runs:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "vgg19-evil.pth"
+    torch.save({"features.0.weight": Runs()}, evil)
+    script = helpers.load_script("extract_nus_wide")
+    assert script.main(common + ["--weights", str(evil), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{evil}: not a plain VGG19 state dict" in err and "weights_only" not in err and not marker.exists()
+
+    concepts = tmp_path / "NUS-WIDE" / "ConceptsList" / "Concepts81.txt"
+    concepts.write_bytes(b"person\r\nw\xe4ter\r\ndog\r\n")
+    assert script.main(common + ["--random-weights", "0", "--out", str(tmp_path / "o2")]) == 2
+    assert f"{concepts}: line 2: byte 0xe4 is not UTF-8" in capsys.readouterr().err
+
+
+def test_two_ranks_under_torchrun_lock_once_and_merge_beside_other_files(tmp_path, helpers, vgg_file):
+    """Real torchrun, two gloo processes: rank 0 takes the folder (lock + ownership), the ranks'
+    shards are merged in list order, and a user's file in --out (allowed by --overwrite) survives."""
+    test_items = [(f"water\\{k:04d}_{k}.jpg", [k % 2, 1, 0, 1, 0], [0, 1, k % 2], "ok") for k in range(3)]
+    nus = helpers.make_nus_release(tmp_path / "NUS-WIDE", TRAIN[:1], test_items)
+    helpers.write_glove(tmp_path / "glove.txt", helpers.NUS_TAGS + ["person"])
+    common = ["--nus-root", str(nus), "--glove", str(tmp_path / "glove.txt"), "--weights", str(vgg_file),
+              "--splits", "test", "--batch-size", "1", "--shard-size", "1", "--workers", "0", "--device", "cpu"]
+    straight = tmp_path / "straight"
+    assert helpers.load_script("extract_nus_wide").main(common + ["--out", str(straight)]) == 0
+
+    out = tmp_path / "two"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    script = Path(__file__).resolve().parents[2] / "feature_extraction" / "extract_nus_wide.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           *common, "--out", str(out), "--overwrite"]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stdout.decode()[-3000:]
+    assert (out / "notes.txt").read_text() == "mine" and not (out / ".parts").exists()
+    a, b = PackedDataset(straight, "test"), PackedDataset(out, "test")
+    assert b.names() == a.names() and len(b.shards) == 3
+    np.testing.assert_array_equal(b.read_slice(0, 3)["regions"], a.read_slice(0, 3)["regions"])

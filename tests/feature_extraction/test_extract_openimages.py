@@ -88,3 +88,21 @@ def test_bad_confidence_names_file_line_image_and_field(tmp_path, helpers, capsy
          "--glove", str(tmp_path / "glove.txt"), "--out", str(tmp_path / "o"), "--random-weights", "0"])
     assert rc == 2
     assert "labels.csv: line 3, image 'img2': field 'Confidence' is '0.5', expected 0 or 1" in capsys.readouterr().err
+
+
+def test_non_utf8_annotation_csv_is_named(tmp_path, helpers, capsys):
+    meta = tmp_path / "2018_04"
+    (meta / "test").mkdir(parents=True)
+    (meta / "classes-trainable.txt").write_text("\n".join(SEEN) + "\n")
+    (meta / "unseen_labels.pkl").write_bytes(pickle.dumps(np.array(UNSEEN, dtype=object), protocol=2))
+    (meta / "top_400_unseen.csv").write_text("0\n")
+    rng = np.random.default_rng(0)
+    emb = [rng.normal(size=(3, 300)).astype(np.float32), rng.normal(size=(2, 300)).astype(np.float32)]
+    (tmp_path / "emb.pkl").write_bytes(pickle.dumps(emb, protocol=2))
+    csv_file = tmp_path / "labels.csv"
+    csv_file.write_bytes(b"ImageID,Source,LabelName,Confidence\nimg1,v,/m/a,1\nimg\xff2,v,/m/b,0\n")
+    rc = helpers.load_script("extract_openimages").main(
+        ["--split", "test", "--meta-dir", str(meta), "--images", str(tmp_path), "--csv", str(csv_file),
+         "--embeddings", str(tmp_path / "emb.pkl"), "--out", str(tmp_path / "o"), "--random-weights", "0"])
+    assert rc == 2
+    assert f"{csv_file}: line 3: byte 0xff is not UTF-8" in capsys.readouterr().err
