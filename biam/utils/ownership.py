@@ -4,9 +4,10 @@ Every command that writes a folder of results (conversion, extraction, training,
 follows the same two rules:
 
 * **One writer per folder.** :class:`FolderLock` holds an advisory ``fcntl.flock`` on
-  ``FOLDER/.biam.lock`` for the command's lifetime. A second command on the same folder stops at
-  once with :class:`FolderBusyError`, naming the holder's PID, command and start time. The kernel
-  drops the lock when its process dies, so a stale lock file of a killed run never blocks.
+  ``FOLDER/.biam.lock`` for the command's lifetime (the file is removed when the command ends).
+  A second command on the same folder stops at once with :class:`FolderBusyError`, naming the
+  holder's PID, command and start time. The kernel drops the lock when its process dies, so the
+  lock file a killed run leaves behind never blocks.
 * **Only the command's own files.** :func:`check_output_folder` accepts a new or empty folder, or
   one that holds the command's *record* (the manifest for data, the run record for training). A
   folder holding anything else is refused with :class:`FolderOwnershipError`, unless the user
@@ -60,21 +61,31 @@ class FolderLock:
         if self._fd is not None:
             return self
         _ensure_folder(self.folder)
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as err:
-            raise FolderOwnershipError(f"{self.folder}: cannot create the lock file {LOCK_NAME} "
-                                       f"({err.strerror}); choose a folder you can write to") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            holder = _read_holder(fd)
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:
+                raise FolderOwnershipError(f"{self.folder}: cannot create the lock file {LOCK_NAME} "
+                                           f"({err.strerror}); choose a folder you can write to") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                holder = _read_holder(fd)
+                os.close(fd)
+                if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise FolderOwnershipError(f"{self.folder}: cannot lock {LOCK_NAME} ({err.strerror})") from None
+                raise FolderBusyError(
+                    f"{self.folder} is in use by another process: {holder}. Wait for it to finish, "
+                    "or write to another folder") from None
+            # The holder before us may have removed the file between our open and our lock:
+            # a lock on a file no longer at the path locks nothing, so try again.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             os.close(fd)
-            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise FolderOwnershipError(f"{self.folder}: cannot lock {LOCK_NAME} ({err.strerror})") from None
-            raise FolderBusyError(
-                f"{self.folder} is in use by another process: {holder}. Wait for it to finish, "
-                "or write to another folder") from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(), "command": self.command}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
@@ -84,7 +95,12 @@ class FolderLock:
     def release(self) -> None:
         if self._fd is None:
             return
-        # The file stays (removing it would race with a waiting process); the lock goes.
+        # Removed while still held, so no folder keeps a trace of a finished command; a process
+        # that opened the old file meanwhile sees it gone after locking and starts over.
+        try:
+            os.remove(self.path)
+        except FileNotFoundError:
+            pass
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None

@@ -374,4 +374,4 @@ def test_manifest_of_another_tool_is_not_taken_for_ours(nus_src, tmp_path, capsy
     assert str(out / "manifest.json") in err and "format_version" in err
     assert (out / "manifest.json").read_text() == '{"name": "my web app", "version": 3}'
     assert (out / "test-00000.h5").read_bytes() == b"not a shard"
-    assert sorted(p.name for p in out.iterdir()) == [".biam.lock", "manifest.json", "test-00000.h5"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "test-00000.h5"]  # no lock left

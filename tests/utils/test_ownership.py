@@ -35,6 +35,7 @@ def test_second_writer_stops_naming_the_holder(tmp_path):
     with FolderLock(str(tmp_path), "third"):
         info = json.loads((tmp_path / LOCK_NAME).read_text())
         assert info["pid"] == os.getpid() and info["command"] == "third"
+    assert not (tmp_path / LOCK_NAME).exists()  # a finished command leaves no lock file
 
 
 def test_stale_lock_of_a_killed_process_does_not_block(tmp_path):
