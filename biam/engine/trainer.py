@@ -190,8 +190,9 @@ class Trainer:
             self.record = new_record(cfg)
             self.write_record()
         else:
-            # Written once resume() has accepted the checkpoint and the config.
+            # Written once the checkpoint and the config are accepted (nothing is written before).
             self.record = record if record is not None else dict(new_record(cfg), _legacy=True)
+            notes += self.check_resume(resume)
         return notes
 
     def write_record(self) -> None:
@@ -387,41 +388,35 @@ class Trainer:
             self.logger.info(f"saved {path}")
         comm.barrier()
 
-    def resume(self, resume: str) -> None:
-        """Continue this run from ``resume`` ("last": the newest checkpoint the run record lists).
+    def check_resume(self, resume: str) -> List[str]:
+        """Rank 0, before anything is written: choose the checkpoint and check it is this run's.
 
-        Refuses (RunMismatchError) a checkpoint of another run and a config that differs from
-        the saved one in a key that changes the result, listing each key with both values;
-        allowed changes are logged. Raises CheckpointError naming the file and field for a
-        checkpoint with missing or mistyped fields.
+        ``resume``: "last" (the newest checkpoint the run record lists) or a file. Refuses
+        (RunMismatchError) a checkpoint of another run and a config that differs from the saved
+        one in a key that changes the result, listing each key with both values; raises
+        CheckpointError naming the file and the field for missing or mistyped fields. Returns
+        the allowed changes as lines to log; keeps the loaded state for :meth:`resume`.
         """
         record_path = os.path.join(self.out_dir, RECORD)
-        path = None
-        if comm.is_main_process():
-            if resume not in ("", "last"):
-                path = resume
-            elif self.record.get("_legacy"):
-                path = ckpt.latest_checkpoint(self.ckpt_dir)  # a folder from before run records
-            else:
-                path = ckpt.latest_owned(self.ckpt_dir, self.record["checkpoints"])
-        # Every rank must continue from the checkpoint rank 0 chose (it alone writes them).
-        path = comm.broadcast_object(path)
-        if path is not None and not os.path.isfile(path):
-            if self.rank == 0:
+        legacy = bool(self.record.get("_legacy"))
+        if resume not in ("", "last"):
+            path = resume
+            if not os.path.isfile(path):
                 raise ckpt.CheckpointError(f"--resume: checkpoint not found: {path}")
-            raise ckpt.CheckpointError(
-                f"rank {self.rank}: {path} (chosen by rank 0) is not visible here; to resume on several "
-                "machines, OUTPUT_DIR must be on a file system that every machine sees")
-        record_config = self.record.get("config") if not self.record.get("_legacy") else None
+        elif legacy:
+            path = ckpt.latest_checkpoint(self.ckpt_dir)  # a folder from before run records
+        else:
+            path = ckpt.latest_owned(self.ckpt_dir, self.record["checkpoints"])
+        self._resume_path, self._resume_state = path, None
+        record_config = None if legacy else self.record.get("config")
         if path is None:
-            if record_config is not None:
-                self._check_config(parse_saved_config(record_config, record_path), record_path, 0, "train")
-            self.logger.info(f"--resume: no checkpoint of this run in {self.ckpt_dir}; starting from scratch")
-            return
+            if record_config is None:
+                return []
+            return self._check_config(parse_saved_config(record_config, record_path), record_path, 0, "train")
         state = ckpt.load_checkpoint(path)
         ckpt.check_training_state(state, path)
         run_id = state.get("run_id")
-        if run_id is not None and not self.record.get("_legacy") and run_id != self.record.get("run_id"):
+        if run_id is not None and not legacy and run_id != self.record.get("run_id"):
             raise RunMismatchError(
                 f"--resume {path}: this checkpoint belongs to run {run_id}, but OUTPUT_DIR {self.out_dir} holds run "
                 f"{self.record.get('run_id')} (started {self.record.get('started', '?')}); resume it in its own "
@@ -433,7 +428,30 @@ class Trainer:
         else:
             raise RunMismatchError(f"{path}: the checkpoint holds no config, so --resume cannot check it is the same "
                                    "run; start a new run with MODEL.WEIGHTS to use its weights")
-        self._check_config(saved, source, int(state["epoch"]), state["phase"])
+        allowed = self._check_config(saved, source, int(state["epoch"]), state["phase"])
+        if run_id is not None:
+            self.record["run_id"] = run_id  # a run continued in a new folder stays the same run
+        name = os.path.basename(path)
+        if os.path.dirname(os.path.abspath(path)) == os.path.abspath(self.ckpt_dir) and name not in self.record["checkpoints"]:
+            self.record["checkpoints"].append(name)  # adopted: a folder from before run records
+        self._resume_state = state
+        return allowed
+
+    def resume(self, resume: str) -> None:
+        """Load the checkpoint :meth:`check_resume` accepted on rank 0 (every rank loads the same file)."""
+        path = comm.broadcast_object(getattr(self, "_resume_path", None))
+        if path is None:
+            self.logger.info(f"--resume: no checkpoint of this run in {self.ckpt_dir}; starting from scratch")
+            return
+        if not os.path.isfile(path):
+            raise ckpt.CheckpointError(
+                f"rank {self.rank}: {path} (chosen by rank 0) is not visible here; to resume on several "
+                "machines, OUTPUT_DIR must be on a file system that every machine sees")
+        state = getattr(self, "_resume_state", None)
+        self._resume_state = None
+        if state is None:
+            state = ckpt.load_checkpoint(path)
+            ckpt.check_training_state(state, path)
         ckpt.load_model_weights(_unwrap(self.model), path)
         if state["phase"] == "finetune":
             self.phase = "finetune"
@@ -451,27 +469,21 @@ class Trainer:
         self.history = list(state.get("history", []))
         self.bad_batches = int(state.get("bad_batches", 0))
         self.start_epoch = int(state["epoch"]) + 1
-        if run_id is not None:
-            self.record["run_id"] = run_id  # a run continued in a new folder stays the same run
-        name = os.path.basename(path)
-        if os.path.dirname(os.path.abspath(path)) == os.path.abspath(self.ckpt_dir) and name not in self.record["checkpoints"]:
-            self.record["checkpoints"].append(name)  # adopted: a folder from before run records
         self.logger.info(f"resumed from {path} (epoch {state['epoch']}, phase {self.phase})")
 
-    def _check_config(self, saved: Dict[str, Any], source: str, epoch: int, phase: str) -> None:
+    def _check_config(self, saved: Dict[str, Any], source: str, epoch: int, phase: str) -> List[str]:
         refused, allowed = config_changes(saved, self.cfg, epoch=epoch, phase=phase)
         if refused:
             raise RunMismatchError(
                 f"--resume: the config differs from the run's ({source}) in keys that change the result:\n  "
                 + "\n  ".join(refused)
                 + "\nGive the run's own config (its config.yaml) to continue it, or start a new run in another OUTPUT_DIR")
-        for line in allowed:
-            self.logger.info(f"--resume: changed {line}")
         self.record.pop("_legacy", None)
         self.record.setdefault("resumes", []).append({"started": _now(), "command": command_line(), "from_epoch": epoch,
                                                       "changed": allowed})
         self.record["config"] = self.cfg.dump()
         self.record["config_sha256"] = result_hash(self.cfg)
+        return [f"--resume: changed {line}" for line in allowed]
 
     # ------------------------------------------------------------------ epochs
     def train_one_epoch(self, epoch: int) -> Dict[str, Any]:
