@@ -172,7 +172,9 @@ _C.EVAL.PUBLISHED_OPENIMAGES_AP = False
 # ------------------------------------------------------------------------------------------- #
 # Runtime
 # ------------------------------------------------------------------------------------------- #
-# Directory of the run's outputs: config.yaml, log.txt, metrics.jsonl, checkpoints/
+# Directory of the run's outputs: run.json (the run record), config.yaml, log.txt, metrics.jsonl,
+# checkpoints/ (a path; a new run refuses a folder holding another run or other files, see
+# docs/training.md; biam-evaluate writes OUTPUT_DIR/eval/<TEST_SPLIT>-<weights name>/)
 _C.OUTPUT_DIR = "output/run"
 
 # Random seed (int in 0..2**32-1; published: 3483)

@@ -159,14 +159,20 @@ class Trainer:
           ``overwrite``; then the run writes its own file names only and its record lists only
           its own checkpoints, so nothing of the earlier run is pruned or resumed.
         * ``--resume`` needs the folder's record (or, for a folder written before records
-          existed, only training-run files); its config must match (checked in :meth:`resume`).
+          existed, only training-run files); :meth:`check_resume` checks the checkpoint and config.
         Returns lines to log once the logger exists.
         """
         cfg = self.cfg
         self.lock = FolderLock(self.out_dir, "biam-train " + " ".join(sys.argv[1:])).acquire()
         notes: List[str] = []
         ignore = RUN_FILES if resume is not None else ()
-        record = check_output_folder(self.out_dir, record=RECORD, overwrite=overwrite, ignore=ignore)
+        try:
+            record = check_output_folder(self.out_dir, record=RECORD, overwrite=overwrite, ignore=ignore)
+        except FolderOwnershipError as err:
+            if os.path.isdir(self.ckpt_dir) and resume is None:
+                # A run written before run records existed: say how to continue it.
+                raise FolderOwnershipError(f"{err}. If it is an earlier biam-train run, continue it with --resume") from None
+            raise
         if record is not None and (record.get("tool") != "biam-train" or not isinstance(record.get("checkpoints"), list)):
             raise FolderOwnershipError(f"{os.path.join(self.out_dir, RECORD)}: not a biam-train run record; "
                                        "choose another OUTPUT_DIR")
