@@ -14,6 +14,7 @@ Launch: ``python -m biam.train --config-file configs/nus_wide.yaml`` or
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -32,7 +33,7 @@ from ..evaluation import average_precision, f1_at_k
 from ..modeling import build_model, ranking_loss
 from ..utils import comm
 from ..utils.dist_bn import convert_to_global_bn
-from ..utils.io import write_json
+from ..utils.io import atomic_open, write_json
 from ..utils.ownership import FolderBusyError, FolderLock, FolderOwnershipError, check_output_folder
 from ..utils.logging import JsonlWriter, setup_logger
 from . import checkpoint as ckpt
@@ -475,7 +476,30 @@ class Trainer:
         self.history = list(state.get("history", []))
         self.bad_batches = int(state.get("bad_batches", 0))
         self.start_epoch = int(state["epoch"]) + 1
+        if comm.is_main_process():
+            self._trim_jsonl(int(state["epoch"]))
         self.logger.info(f"resumed from {path} (epoch {state['epoch']}, phase {self.phase})")
+
+    def _trim_jsonl(self, epoch: int) -> None:
+        """Drop this run's metrics.jsonl lines of epochs after the resumed checkpoint (they are
+        run again) and a half-written last line, so each epoch appears once."""
+        path = os.path.join(self.out_dir, "metrics.jsonl")
+        if not os.path.isfile(path):
+            return
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+        keep = []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("epoch"), int) and rec["epoch"] <= epoch:
+                keep.append(line)
+        if len(keep) != len(lines):
+            with atomic_open(path, "w") as f:
+                f.write("".join(k + "\n" for k in keep))
+            self.logger.info(f"{path}: dropped {len(lines) - len(keep)} line(s) after epoch {epoch} (run again now)")
 
     def _check_config(self, saved: Dict[str, Any], source: str, epoch: int, phase: str) -> List[str]:
         refused, allowed = config_changes(saved, self.cfg, epoch=epoch, phase=phase)

@@ -188,6 +188,8 @@ def test_resume_refuses_result_changing_keys_and_logs_the_others(tiny_packed, tm
     log = (out / "log.txt").read_text()
     assert "--resume: changed EVAL.BATCH_SIZE: saved 32, given 16" in log
     assert "--resume: changed SOLVER.FINETUNE_EPOCHS: saved 0, given 1" in log
+    # Epoch 3 ran twice (before the "kill" and after the resume) but is listed once.
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     resumes = json.loads((out / "run.json").read_text())["resumes"]
     assert len(resumes) == 1 and resumes[0]["from_epoch"] == 2 and len(resumes[0]["changed"]) == 3
 
