@@ -705,7 +705,7 @@ class Trainer:
         if self.cfg.SOLVER.BAD_LOSS == "skip":
             self.logger.warning(what + " (skipped)")
             return
-        last = ckpt.latest_checkpoint(self.ckpt_dir)
+        last = ckpt.latest_owned(self.ckpt_dir, self.record.get("checkpoints", []))  # this run's, not another's
         raise TrainingDiverged(
             f"{what}. Last good checkpoint: {last or 'none'} (continue with --resume, or set "
             "SOLVER.BAD_LOSS skip to skip such batches)"
