@@ -11,14 +11,22 @@ are known only through their embeddings, so any label list works (zero-shot): ``
 (one name a line) with ``--embeddings`` (.npy/.npz rows in label order) or ``--glove`` (a GloVe
 text file; multi-word labels averaged).
 
+Outputs never replace a file biam-predict did not write: ``--visualize DIR`` writes
+``<image stem>_attention.png`` figures into a folder it owns (new or empty, or one an earlier
+biam-predict wrote: its record ``DIR/biam-predict.json`` lists the figures it may replace), never
+into a folder holding an input image; ``--output FILE`` refuses an input image and an existing
+file unless ``--overwrite``.
+
 Exit status: 0 all images tagged; 1 some images could not be read (they are listed, with the
-reason, on stderr and under "unreadable" in the JSON; the others are still tagged); 2 bad input.
+reason, on stderr and under "unreadable" in the JSON; the others are still tagged); 2 bad input
+or a refused output path; 4 another biam-predict is writing the same --visualize folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -31,8 +39,15 @@ from .config import ConfigError
 from .data.released import RecordError
 from .engine.checkpoint import CheckpointError
 from .features import WeightsNotFoundError
+from .utils.io import atomic_open, write_json
+from .utils.ownership import FolderBusyError, FolderLock, FolderOwnershipError, check_output_folder
 
-__all__ = ["main", "build_parser", "split_inputs", "collect_images", "load_label_embeddings", "IMAGE_EXTENSIONS"]
+__all__ = ["main", "build_parser", "split_inputs", "collect_images", "load_label_embeddings", "IMAGE_EXTENSIONS",
+           "FIGURE_RECORD", "FIGURE_SUFFIX"]
+
+# The record of a --visualize folder (which figures biam-predict wrote there) and the figures' naming.
+FIGURE_RECORD = "biam-predict.json"
+FIGURE_SUFFIX = "_attention.png"
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 _CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
@@ -61,8 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", "--topk", dest="top_k", type=int, default=5, metavar="K",
                         help="labels shown per image (default 5)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--output", metavar="FILE", help="write the table / JSON to FILE instead of stdout")
-    parser.add_argument("--visualize", metavar="DIR", help="write one attention figure (PNG) per image into DIR")
+    parser.add_argument("--output", metavar="FILE", help="write the table / JSON to FILE instead of stdout "
+                                                         "(an existing FILE only with --overwrite; never an input image)")
+    parser.add_argument("--visualize", metavar="DIR",
+                        help="write one attention figure <image stem>_attention.png per image into DIR: a new or empty "
+                             "folder, or one biam-predict wrote before (never a folder holding input images)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --output FILE, and write figures into a --visualize DIR that holds "
+                             "other files (they are never replaced: a taken name gets a number)")
     parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per forward pass (default 8)")
     parser.add_argument("--workers", type=int, default=0, metavar="N", help="image decoding worker processes (default 0)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="default: a GPU when present")
@@ -128,7 +149,10 @@ def load_label_embeddings(args, names: List[str], embed_dim: int) -> torch.Tenso
             vectors = emb.load_embedding_array(path)
         source = str(path)
     else:
-        vectors = emb.build_from_glove(names, args.glove, missing=args.glove_missing)
+        try:
+            vectors = emb.build_from_glove(names, args.glove, missing=args.glove_missing)
+        except UnicodeDecodeError as err:
+            raise ValueError(f"--glove {args.glove}: not UTF-8 text (byte {err.start}: {err.reason})") from None
         source = str(args.glove)
     if vectors.shape != (len(names), embed_dim):
         raise ValueError(f"{source}: embeddings of shape {vectors.shape}, expected ({len(names)}, {embed_dim}) "
@@ -141,12 +165,53 @@ def load_label_embeddings(args, names: List[str], embed_dim: int) -> torch.Tenso
 
 
 def _figure_name(path: str, used: set) -> str:
+    """``<stem>_attention.png``, numbered when the name is taken (``used``: names not to write)."""
     stem = Path(path).stem or "image"
-    name, n = f"{stem}.png", 1
-    while name in used:  # same file name in two folders: number the later ones
-        name, n = f"{stem}-{n}.png", n + 1
+    name, n = f"{stem}{FIGURE_SUFFIX}", 1
+    while name in used:  # same file name in two folders, or a file biam-predict did not write
+        name, n = f"{stem}-{n}{FIGURE_SUFFIX}", n + 1
     used.add(name)
     return name
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def prepare_figure_folder(folder: str, images: Sequence[str], overwrite: bool):
+    """Lock the --visualize folder and work out which names may be written.
+
+    Returns ``(lock, owned, taken)``: ``owned`` the figure names an earlier biam-predict wrote
+    there (its record lists them; they may be replaced), ``taken`` every other entry's name
+    (never written). Raises ValueError when the folder holds an input image, and
+    FolderOwnershipError / FolderBusyError from :mod:`biam.utils.ownership`.
+    """
+    for img in images:
+        if _inside(Path(img), Path(folder)):
+            raise ValueError(f"--visualize {folder}: the folder holds the input image {img}; figures go to a folder "
+                             "of their own (a new one, or one biam-predict wrote before)")
+    lock = FolderLock(folder, "biam-predict").acquire()
+    try:
+        record = check_output_folder(folder, record=FIGURE_RECORD, overwrite=overwrite)
+        owned = set()
+        if record is not None:
+            figures = record.get("figures")
+            if record.get("tool") != "biam-predict" or not isinstance(figures, list):
+                raise FolderOwnershipError(f"{Path(folder) / FIGURE_RECORD}: not a biam-predict record; "
+                                           "choose another --visualize folder")
+            owned = {f for f in figures if isinstance(f, str) and f.endswith(FIGURE_SUFFIX) and "/" not in f}
+        from .utils.ownership import LOCK_NAME
+
+        taken = {e for e in os.listdir(folder) if e not in owned} | {LOCK_NAME, FIGURE_RECORD}
+    except BaseException:
+        lock.release()
+        raise
+    return lock, owned, taken
+
+
+def _write_figure_record(folder: str, figures: set) -> None:
+    write_json(os.path.join(folder, FIGURE_RECORD), {"tool": "biam-predict", "figures": sorted(figures)})
 
 
 def _format_table(results: list, unreadable: list) -> str:
@@ -168,27 +233,89 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--top-k and --batch-size must be >= 1, --workers >= 0")
     try:
         return _run(args)
+    except FolderBusyError as err:
+        print(f"biam-predict: error: {err}", file=sys.stderr)
+        return 4
     except (ConfigError, CheckpointError, WeightsNotFoundError, RecordError, FileNotFoundError, KeyError,
-            ValueError) as err:
+            ValueError, FolderOwnershipError) as err:
         # Bad input (files, labels, config, weights): one clear line instead of a traceback.
         print(f"biam-predict: error: {err}", file=sys.stderr)
         return 2
 
 
-def _run(args) -> int:
-    from torch.utils.data import DataLoader
+def _predict_loop(args, images, names, loader, extractor, model, label_emb, k, results, unreadable, used_names,
+                  written, load_image) -> None:
+    """Tag every batch; write each figure under a name not in ``used_names`` and add it to ``written``."""
     from tqdm import tqdm
 
+    device = label_emb.device
+    if args.visualize:
+        from .visualize import save_attention_figure
+    with torch.no_grad(), tqdm(total=len(images), unit="img", desc="predict", file=sys.stderr) as bar:
+        for batch, index, failed in loader:
+            for i, u in failed:
+                unreadable[i] = {"image": images[i], "reason": u.reason}
+            if len(index):
+                regions, scene = extractor(batch.to(device))
+                maps = model.region_scores(regions, label_emb, scene).float()  # (B, 196, C)
+                scores = maps.topk(model.topk, dim=1).values.mean(dim=1)  # as BiAM.forward
+                top_scores, top_idx = scores.topk(k, dim=1)
+                for b, i in enumerate(index.tolist()):
+                    entry = {"image": images[i], "labels": [
+                        {"label": names[c], "score": float(s)} for c, s in zip(top_idx[b].tolist(), top_scores[b].tolist())]}
+                    if args.visualize:
+                        fig_name = _figure_name(images[i], used_names)
+                        fig = Path(args.visualize) / fig_name
+                        save_attention_figure(load_image(images[i]), maps[b][:, top_idx[b]].cpu().numpy(),
+                                              [t["label"] for t in entry["labels"]],
+                                              [t["score"] for t in entry["labels"]], fig)
+                        written.add(fig_name)
+                        entry["figure"] = str(fig)
+                    results[i] = entry
+            bar.update(len(index) + len(failed))
+
+
+
+def _run(args) -> int:
     from .config import load_cfg
+
+    inputs, opts = split_inputs(args.opts)
+    cfg = load_cfg(args.config_file or None, opts)
+    images = collect_images(inputs)
+    if args.output:
+        out = Path(args.output)
+        if any(out.resolve() == Path(img).resolve() for img in images):
+            raise ValueError(f"--output {out} is one of the input images; choose another file name")
+        if out.is_dir():
+            raise ValueError(f"--output {out} is a folder; give a file name")
+        if out.exists() and not args.overwrite:
+            raise ValueError(f"--output {out} already exists; choose a new file name, or pass --overwrite to replace it")
+    fig_lock, owned, used_names = None, set(), set()
+    if args.visualize:
+        # Checked and locked before the model loads: a refused folder fails at once.
+        fig_lock, owned, used_names = prepare_figure_folder(args.visualize, images, args.overwrite)
+    written = set(owned)
+    try:
+        return _tag(args, cfg, images, used_names, written)
+    finally:
+        if fig_lock is not None:
+            _write_figure_record(args.visualize, written)
+            fig_lock.release()
+
+
+def _tag(args, cfg, images, used_names: set, written: set) -> int:
+    from torch.utils.data import DataLoader
+
     from .data.released import read_lines
     from .engine.checkpoint import load_model_weights
     from .features import ImageFileDataset, check_weights_available, collate_images, load_image, vgg19_from_args
     from .modeling import build_model
 
-    inputs, opts = split_inputs(args.opts)
-    cfg = load_cfg(args.config_file or None, opts)
-    images = collect_images(inputs)
-    names = read_lines(args.labels)
+    try:
+        names = read_lines(args.labels)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--labels {args.labels}: not UTF-8 text (byte {err.start}: {err.reason}); "
+                         "save the label list as UTF-8, one label a line") from None
     if len(set(names)) != len(names):
         raise ValueError(f"{args.labels}: a label name appears twice")
     check_weights_available(args.vgg_weights, args.random_vgg, "biam-predict")
@@ -207,31 +334,8 @@ def _run(args) -> int:
                         collate_fn=collate_images, shuffle=False)
     results: dict = {}
     unreadable: dict = {}
-    used_names: set = set()
-    if args.visualize:
-        from .visualize import save_attention_figure
-
-        Path(args.visualize).mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), tqdm(total=len(images), unit="img", desc="predict", file=sys.stderr) as bar:
-        for batch, index, failed in loader:
-            for i, u in failed:
-                unreadable[i] = {"image": images[i], "reason": u.reason}
-            if len(index):
-                regions, scene = extractor(batch.to(device))
-                maps = model.region_scores(regions, label_emb, scene).float()  # (B, 196, C)
-                scores = maps.topk(model.topk, dim=1).values.mean(dim=1)  # as BiAM.forward
-                top_scores, top_idx = scores.topk(k, dim=1)
-                for b, i in enumerate(index.tolist()):
-                    entry = {"image": images[i], "labels": [
-                        {"label": names[c], "score": float(s)} for c, s in zip(top_idx[b].tolist(), top_scores[b].tolist())]}
-                    if args.visualize:
-                        fig = Path(args.visualize) / _figure_name(images[i], used_names)
-                        save_attention_figure(load_image(images[i]), maps[b][:, top_idx[b]].cpu().numpy(),
-                                              [t["label"] for t in entry["labels"]],
-                                              [t["score"] for t in entry["labels"]], fig)
-                        entry["figure"] = str(fig)
-                    results[i] = entry
-            bar.update(len(index) + len(failed))
+    _predict_loop(args, images, names, loader, extractor, model, label_emb, k, results, unreadable, used_names,
+                  written, load_image)
 
     ordered = [results[i] for i in sorted(results)]
     bad = [unreadable[i] for i in sorted(unreadable)]
@@ -241,7 +345,8 @@ def _run(args) -> int:
     else:
         text = _format_table(ordered, bad)
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        with atomic_open(args.output, "w") as f:  # complete or absent, never half a file
+            f.write(text)
     else:
         sys.stdout.write(text)
     for u in bad:

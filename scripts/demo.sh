@@ -17,5 +17,6 @@ echo "== 2/3 convert to packed shards: $demo/packed"
 # scene features, and the manifest records that it did.
 "$py" -m biam.data.convert nus_wide --src "$demo/released" --out "$demo/packed" --scene-fallback random --overwrite
 echo "== 3/3 train and evaluate: $demo/run"
-"$py" -m biam.train --config-file "$REPO/configs/demo.yaml" DATA.ROOT "$demo/packed" OUTPUT_DIR "$demo/run" "$@"
+# --overwrite: a rerun of the demo replaces the demo's own earlier run in $demo/run.
+"$py" -m biam.train --config-file "$REPO/configs/demo.yaml" DATA.ROOT "$demo/packed" OUTPUT_DIR "$demo/run" --overwrite "$@"
 echo "== done: training curve $demo/run/curve.png, metrics $demo/run/metrics.json"

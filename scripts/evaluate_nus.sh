@@ -2,6 +2,7 @@
 # Evaluate a BiAM checkpoint (ours or the published one) on the NUS-WIDE test split.
 #   sh scripts/evaluate_nus.sh [CHECKPOINT] [KEY VALUE ...]
 # CHECKPOINT defaults to pretrained_weights/model_best_nus.pth (pretrained_weights/README.md).
+# Results: OUTPUT_DIR/eval/test-<checkpoint name>/metrics.json (OUTPUT_DIR default below).
 set -eu
 . "$(dirname -- "$0")/_common.sh"
 ckpt=pretrained_weights/model_best_nus.pth

@@ -2,6 +2,7 @@
 # Evaluate a BiAM checkpoint (ours or the published one) on the Open Images test split.
 #   sh scripts/evaluate_openimages.sh [CHECKPOINT] [KEY VALUE ...]
 # CHECKPOINT defaults to pretrained_weights/model_best_openimages.pth (pretrained_weights/README.md).
+# Results: OUTPUT_DIR/eval/test-<checkpoint name>/metrics.json (OUTPUT_DIR default below).
 # Prints the true per-label mAP and, beside it, the published pooled AP (docs/metrics.md).
 set -eu
 . "$(dirname -- "$0")/_common.sh"

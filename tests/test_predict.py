@@ -89,10 +89,12 @@ def test_predict_json_and_attention_figures(tmp_path, capsys):
         assert [t["label"] for t in r["labels"]] == [LABELS[i] for i in top.indices.tolist()]
         np.testing.assert_allclose(scores, top.values.numpy(), rtol=1e-4, atol=1e-5)
 
-    # One real PNG per readable image, of the documented size, not blank.
-    pngs = sorted(figs.iterdir())
-    assert [p.name for p in pngs] == ["a.png", "b.png"]
-    assert [r["figure"] for r in result["results"]] == [str(figs / "a.png"), str(figs / "b.png")]
+    # One real PNG per readable image, of the documented size, not blank, named as biam-predict's
+    # own (<stem>_attention.png) and listed in the folder's record.
+    pngs = sorted(figs.glob("*.png"))
+    assert [p.name for p in pngs] == ["a_attention.png", "b_attention.png"]
+    assert [r["figure"] for r in result["results"]] == [str(figs / "a_attention.png"), str(figs / "b_attention.png")]
+    assert json.loads((figs / "biam-predict.json").read_text())["figures"] == ["a_attention.png", "b_attention.png"]
     for p in pngs:
         with Image.open(p) as im:
             assert im.format == "PNG" and im.size == figure_size(3) == (1200, 350)
@@ -109,3 +111,70 @@ def test_wrong_embedding_rows_is_a_clear_error(tmp_path, capsys):
                "--checkpoint", str(tmp_path / "model.pth"), "--random-vgg", "0"])
     assert rc == 2
     assert "emb.npy: embeddings of shape (3, 300), expected (2, 300)" in capsys.readouterr().err
+
+
+def _predict_setup(tmp_path):
+    images = _images(tmp_path / "imgs")
+    (tmp_path / "labels.txt").write_text("\n".join(LABELS) + "\n")
+    np.save(tmp_path / "emb.npy", np.random.default_rng(1).normal(size=(len(LABELS), 300)).astype(np.float32))
+    torch.manual_seed(5)
+    torch.save(BiAM().state_dict(), tmp_path / "model.pth")
+    common = ["--labels", str(tmp_path / "labels.txt"), "--embeddings", str(tmp_path / "emb.npy"),
+              "--checkpoint", str(tmp_path / "model.pth"), "--random-vgg", "0", "--device", "cpu", "--top-k", "2"]
+    return images, common
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_visualize_never_writes_over_inputs_or_files_it_did_not_write(tmp_path, capsys):
+    """The issue's case: --visualize DIR with DIR the input folder used to overwrite the images."""
+    images, common = _predict_setup(tmp_path)
+    inputs = tmp_path / "imgs"
+    before = _snapshot(inputs)
+    # The input folder itself, and a folder above an input, are refused before anything is written.
+    for target in (inputs, inputs / "sub", tmp_path):
+        assert main([str(inputs), *common, "--visualize", str(target)]) == 2
+        assert "holds the input image" in capsys.readouterr().err
+    assert _snapshot(inputs) == before
+    # A folder holding someone else's files is refused, naming them and what to do.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a_attention.png").write_bytes(b"my own figure")
+    assert main([str(inputs), *common, "--visualize", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert str(other) in err and "a_attention.png" in err and "--overwrite" in err
+    # With --overwrite it writes beside them, under new names; the foreign file is untouched.
+    assert main([str(inputs), *common, "--visualize", str(other), "--overwrite"]) == 0
+    assert (other / "a_attention.png").read_bytes() == b"my own figure"
+    assert sorted(p.name for p in other.glob("*.png")) == ["a-1_attention.png", "a_attention.png", "b_attention.png"]
+    # Its own folder may be written again: its figures are replaced, nothing else is added.
+    figs = tmp_path / "figs"
+    assert main([str(inputs), *common, "--visualize", str(figs)]) == 0
+    first = _snapshot(figs)
+    assert main([str(inputs), *common, "--visualize", str(figs)]) == 0
+    assert sorted(_snapshot(figs)) == sorted(first)
+    assert _snapshot(inputs) == before
+
+
+def test_output_file_is_never_an_input_and_not_replaced_without_overwrite(tmp_path, capsys):
+    images, common = _predict_setup(tmp_path)
+    original = images[0].read_bytes()
+    assert main([str(images[0]), *common, "--output", str(images[0])]) == 2
+    assert "is one of the input images" in capsys.readouterr().err
+    assert images[0].read_bytes() == original
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    assert main([str(images[0]), *common, "--output", str(notes)]) == 2
+    assert "already exists" in capsys.readouterr().err and notes.read_text() == "keep me"
+    assert main([str(images[0]), *common, "--output", str(notes), "--overwrite"]) == 0
+    assert notes.read_text().startswith(str(images[0]))
+
+
+def test_label_file_that_is_not_utf8_is_named(tmp_path, capsys):
+    images, common = _predict_setup(tmp_path)
+    (tmp_path / "labels.txt").write_bytes("sky\nca\u00f1on\ndog\nwater\n".encode("latin-1"))
+    assert main([str(images[0]), *common]) == 2
+    err = capsys.readouterr().err
+    assert "labels.txt: not UTF-8" in err and "Traceback" not in err

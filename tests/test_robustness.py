@@ -204,7 +204,8 @@ def test_truncated_shard_and_foreign_checkpoint_in_the_evaluator(packed_copy, tm
     assert evaluate_main(["--checkpoint", str(weights), *opts]) == 1
     err = capsys.readouterr().err
     assert str(shard) in err and "cannot open shard" in err
-    assert not (tmp_path / "out" / "metrics.json").exists()
+    assert not (tmp_path / "out" / "eval" / "test-model" / "metrics.json").exists()  # evaluation's own folder
+    assert (tmp_path / "out" / "eval" / "test-model" / "evaluation.json").is_file()
 
 
 def test_changed_shard_fails_the_checksums_when_asked(packed_copy, tmp_path):

@@ -172,10 +172,12 @@ _C.EVAL.PUBLISHED_OPENIMAGES_AP = False
 # ------------------------------------------------------------------------------------------- #
 # Runtime
 # ------------------------------------------------------------------------------------------- #
-# Directory of the run's outputs: config.yaml, log.txt, metrics.jsonl, checkpoints/
+# Directory of the run's outputs: run.json (the run record), config.yaml, log.txt, metrics.jsonl,
+# checkpoints/ (a path; a new run refuses a folder holding another run or other files, see
+# docs/training.md; biam-evaluate writes OUTPUT_DIR/eval/<TEST_SPLIT>-<weights name>/)
 _C.OUTPUT_DIR = "output/run"
 
-# Random seed (int; published: 3483)
+# Random seed (int in 0..2**32-1; published: 3483)
 _C.SEED = 3483
 
 # Device: "auto" (CUDA when present), "cuda" or "cpu"
@@ -258,6 +260,9 @@ def check_cfg(cfg: CN) -> None:
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{key} = {value!r}; must be >= 0")
+    if not 0 <= cfg.SEED < 2**32:
+        # numpy seeds (the loaders' shuffles) are unsigned 32-bit values.
+        raise ConfigError(f"SEED = {cfg.SEED!r}; must be an int in 0..{2**32 - 1}")
     if m.CHANNEL_DIM % m.HEADS:
         raise ConfigError(f"MODEL.CHANNEL_DIM = {m.CHANNEL_DIM} is not divisible by MODEL.HEADS = {m.HEADS}")
     if not 1 <= m.TOPK <= 196:

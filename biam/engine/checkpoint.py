@@ -8,10 +8,12 @@ leaves the previous checkpoints intact. Names carry zero-padded epochs so they s
 
 from __future__ import annotations
 
+import contextlib
+import numbers
 import os
 import random
 import re
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ from ..modeling.biam import load_published_state_dict
 __all__ = [
     "checkpoint_path", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
     "rng_state", "set_rng_state", "load_model_weights", "CheckpointError", "atomic_torch_save",
+    "latest_owned", "check_training_state",
 ]
 
 _NAME = re.compile(r"^checkpoint_epoch_(\d{4,})\.pth$")
@@ -84,15 +87,34 @@ def _as_python_state(state):
     return (version, tuple(internal), gauss)
 
 
-def save_checkpoint(ckpt_dir: str, epoch: int, state: Dict[str, Any], keep: int = 3) -> str:
-    """Write ``checkpoint_epoch_{epoch:04d}.pth`` atomically and prune older ones beyond ``keep``."""
+def save_checkpoint(ckpt_dir: str, epoch: int, state: Dict[str, Any], keep: int = 3,
+                    owned: Optional[List[str]] = None) -> str:
+    """Write ``checkpoint_epoch_{epoch:04d}.pth`` atomically; prune this run's older ones beyond ``keep``.
+
+    ``owned`` is the run's list of checkpoint names it wrote (its run record's list): the new name
+    is appended, and only names on it are ever deleted, so checkpoints of another run in the same
+    folder survive. Without ``owned`` nothing is pruned.
+    """
     os.makedirs(ckpt_dir, exist_ok=True)
     path = checkpoint_path(ckpt_dir, epoch)
     atomic_torch_save(state, path)
-    existing = sorted(p for p in os.listdir(ckpt_dir) if _NAME.match(p))
-    for name in existing[:-keep]:
-        os.remove(os.path.join(ckpt_dir, name))
+    if owned is None:
+        return path
+    name = os.path.basename(path)
+    if name not in owned:
+        owned.append(name)
+    owned.sort()
+    for old in owned[:-keep]:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(ckpt_dir, old))
+        owned.remove(old)
     return path
+
+
+def latest_owned(ckpt_dir: str, owned: List[str]) -> Optional[str]:
+    """The highest-epoch checkpoint among ``owned`` names that is complete on disk, or None."""
+    present = sorted(n for n in owned if _NAME.match(n) and os.path.isfile(os.path.join(ckpt_dir, n)))
+    return os.path.join(ckpt_dir, present[-1]) if present else None
 
 
 def latest_checkpoint(ckpt_dir: str) -> Optional[str]:
@@ -148,3 +170,46 @@ def load_model_weights(model: nn.Module, path: str) -> Dict[str, Any]:
     except ValueError as err:
         raise CheckpointError(f"{err}\n  (the checkpoint does not fit the model config: check MODEL.* keys)") from None
     return obj
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check_training_state(state: Mapping[str, Any], path: str) -> None:
+    """Raise ``CheckpointError`` naming ``path`` and the field when a training checkpoint's
+    fields are missing or of the wrong type (a hand-edited or foreign file), before any is used."""
+    required = ("model", "optimizer", "scheduler", "scaler", "epoch", "phase", "best")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a training checkpoint (missing {', '.join(missing)}); "
+                              "use MODEL.WEIGHTS to start from plain weights")
+
+    def bad(field: str, expected: str) -> CheckpointError:
+        return CheckpointError(f"{path}: field '{field}' should be {expected}, found "
+                               f"{type(state[field]).__name__} {state[field]!r:.60}")
+
+    for field in ("model", "optimizer", "scheduler", "scaler"):
+        if not isinstance(state[field], Mapping):
+            raise bad(field, "a dict (a state dict)")
+    if not _is_int(state["epoch"]) or state["epoch"] < 0:
+        raise bad("epoch", "an int >= 0")
+    if state["phase"] not in ("train", "finetune"):
+        raise CheckpointError(f"{path}: field 'phase' is {state['phase']!r}, should be 'train' or 'finetune'")
+    best = state["best"]
+    if not isinstance(best, Mapping):
+        raise bad("best", "a dict {'metric': float, 'epoch': int}")
+    if not isinstance(best.get("metric"), numbers.Real) or isinstance(best.get("metric"), bool):
+        raise CheckpointError(f"{path}: field 'best.metric' should be a number, found {type(best.get('metric')).__name__}")
+    if not _is_int(best.get("epoch")):
+        raise CheckpointError(f"{path}: field 'best.epoch' should be an int, found {type(best.get('epoch')).__name__}")
+    if "history" in state and not (isinstance(state["history"], list) and all(isinstance(h, Mapping) for h in state["history"])):
+        raise bad("history", "a list of dicts")
+    if "bad_batches" in state and not _is_int(state["bad_batches"]):
+        raise bad("bad_batches", "an int")
+    if "rng" in state and not isinstance(state["rng"], Mapping):
+        raise bad("rng", "a dict of RNG states")
+    if "config" in state and not isinstance(state["config"], str):
+        raise bad("config", "the run's YAML config (a string)")
+    if "run_id" in state and not isinstance(state["run_id"], str):
+        raise bad("run_id", "a string")

@@ -2,12 +2,16 @@
 
 Loads a training checkpoint or a published plain ``state_dict`` (``MODEL.WEIGHTS``), scores the
 test split in batches (each rank its own part under torchrun), prints the paper's table and
-writes ``metrics.json`` to ``OUTPUT_DIR`` as ``{"zsl": {...}, "gzsl": {...}}`` with fractions.
+writes its own folder ``OUTPUT_DIR/eval/<TEST_SPLIT>-<weights file stem>/`` (see
+:func:`evaluation_folder`): ``metrics.json`` as ``{"zsl": {...}, "gzsl": {...}}`` with
+fractions, ``config.yaml``, ``log.txt`` and the record ``evaluation.json``. It never writes over
+a training run's files, so OUTPUT_DIR may be the run's own folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import os
 import sys
 from typing import Any, Callable, Optional
@@ -21,11 +25,49 @@ from ..evaluation import chance_level, evaluate_nus_wide, evaluate_openimages
 from ..modeling import build_model
 from ..utils import comm
 from ..utils.io import write_json
+from ..utils.ownership import FolderBusyError, FolderLock, FolderOwnershipError, check_output_folder
 from ..utils.logging import setup_logger
 from . import checkpoint as ckpt
 from .runtime import LabelSpace, build_label_space, build_scene_head, resolve_amp, run_inference
 
-__all__ = ["evaluate_split", "format_result", "main", "protocol_for"]
+__all__ = ["evaluate_split", "format_result", "main", "protocol_for", "evaluation_folder", "EVAL_RECORD"]
+
+# The record that marks an evaluation folder as biam-evaluate's own.
+EVAL_RECORD = "evaluation.json"
+
+
+def evaluation_folder(cfg) -> str:
+    """``OUTPUT_DIR/eval/<TEST_SPLIT>-<stem of MODEL.WEIGHTS>``: one folder per split and weights file."""
+    stem = os.path.splitext(os.path.basename(cfg.MODEL.WEIGHTS.rstrip("/")))[0] or "weights"
+    return os.path.join(cfg.OUTPUT_DIR, "eval", f"{cfg.DATA.TEST_SPLIT}-{stem}")
+
+
+def prepare_evaluation_folder(cfg, overwrite: bool = False) -> "tuple[str, FolderLock]":
+    """Rank 0: lock the evaluation folder and check it holds only an earlier evaluation's files.
+
+    Returns ``(folder, lock)``. Raises FolderOwnershipError (OUTPUT_DIR a file, not writable,
+    or the folder holding files biam-evaluate did not write, without ``overwrite``) or
+    FolderBusyError (another evaluation of the same weights and split is writing there).
+    """
+    if os.path.exists(cfg.OUTPUT_DIR) and not os.path.isdir(cfg.OUTPUT_DIR):
+        raise FolderOwnershipError(f"OUTPUT_DIR {cfg.OUTPUT_DIR} is a file, not a folder; choose a folder path")
+    folder = evaluation_folder(cfg)
+    lock = FolderLock(folder, "biam-evaluate " + " ".join(sys.argv[1:])).acquire()
+    try:
+        record = check_output_folder(folder, record=EVAL_RECORD, overwrite=overwrite)
+        if record is not None and record.get("tool") != "biam-evaluate":
+            raise FolderOwnershipError(f"{os.path.join(folder, EVAL_RECORD)}: not a biam-evaluate record; "
+                                       "choose another OUTPUT_DIR")
+        write_json(os.path.join(folder, EVAL_RECORD), {
+            "tool": "biam-evaluate", "weights": os.path.abspath(cfg.MODEL.WEIGHTS), "data_root": cfg.DATA.ROOT,
+            "split": cfg.DATA.TEST_SPLIT, "command": " ".join(sys.argv),
+            "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "files": ["config.yaml", "log.txt", "metrics.json"],
+        })
+    except BaseException:
+        lock.release()
+        raise
+    return folder, lock
 
 
 def protocol_for(cfg) -> Callable[..., Any]:
@@ -82,11 +124,16 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="biam-evaluate",
         description="Evaluate a BiAM checkpoint (ours or a published state_dict) on the test split with the "
-                    "protocol of DATA.DATASET; prints the paper's table and writes OUTPUT_DIR/metrics.json.",
+                    "protocol of DATA.DATASET; prints the paper's table and writes metrics.json, config.yaml and "
+                    "log.txt into its own folder OUTPUT_DIR/eval/<TEST_SPLIT>-<checkpoint name>/ (never over a "
+                    "training run's files). A second evaluation of the same checkpoint and split stops at once.",
     )
     add_config_arguments(parser)
     parser.add_argument("--checkpoint", default="", metavar="FILE",
                         help="weights to evaluate (overrides MODEL.WEIGHTS): a training checkpoint or a published state_dict")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into an evaluation folder that holds files biam-evaluate did not write (only "
+                             "its own metrics.json, config.yaml, log.txt and evaluation.json are replaced)")
     # Options may come before, between or after the KEY VALUE overrides.
     return parser.parse_intermixed_args(argv)
 
@@ -105,12 +152,24 @@ def main(argv=None) -> int:
         print("biam-evaluate: no weights given: pass --checkpoint FILE or MODEL.WEIGHTS FILE "
               "(published checkpoints: see pretrained_weights/README.md)", file=sys.stderr)
         return 2
+    lock = None
     try:
         device = comm.init_distributed(cfg.DEVICE)
+        out_dir = evaluation_folder(cfg)
+        refusal = None
         if comm.is_main_process():
-            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-            dump_cfg(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
-        logger = setup_logger(cfg.OUTPUT_DIR)
+            try:
+                out_dir, lock = prepare_evaluation_folder(cfg, overwrite=args.overwrite)
+                dump_cfg(cfg, os.path.join(out_dir, "config.yaml"))
+                if os.path.isfile(os.path.join(out_dir, "log.txt")):
+                    os.remove(os.path.join(out_dir, "log.txt"))  # this evaluation's log, not appended to the last
+            except (FolderBusyError, FolderOwnershipError) as err:
+                refusal = err
+        # Every rank stops when rank 0 may not write (else the others would wait for it).
+        shared = comm.broadcast_object(None if refusal is None else (isinstance(refusal, FolderBusyError), str(refusal)))
+        if shared is not None:
+            raise refusal if refusal is not None else (FolderBusyError if shared[0] else FolderOwnershipError)(shared[1])
+        logger = setup_logger(out_dir)
         dataset = PackedDataset(cfg.DATA.ROOT, cfg.DATA.TEST_SPLIT)
         if cfg.DATA.VERIFY_CHECKSUMS:
             dataset.verify()
@@ -129,16 +188,21 @@ def main(argv=None) -> int:
         )
         logger.info(f"{cfg.MODEL.WEIGHTS} on {cfg.DATA.ROOT} [{cfg.DATA.TEST_SPLIT}]:\n" + format_result(result, cfg))
         if comm.is_main_process():
-            out = os.path.join(cfg.OUTPUT_DIR, "metrics.json")
+            out = os.path.join(out_dir, "metrics.json")
             payload = result.to_dict()
             if result.chance is not None:
                 payload["chance"] = result.chance.to_dict()
             write_json(out, payload)
             logger.info(f"wrote {out}")
-    except (ckpt.CheckpointError, PackedFormatError, FileNotFoundError, ValueError) as err:
+    except FolderBusyError as err:
+        print(f"biam-evaluate: error: {err}", file=sys.stderr)
+        return 4
+    except (ckpt.CheckpointError, PackedFormatError, FileNotFoundError, ValueError, FolderOwnershipError) as err:
         print(f"biam-evaluate: error: {err}", file=sys.stderr)
         return 1
     finally:
+        if lock is not None:
+            lock.release()
         comm.destroy()
     return 0
 

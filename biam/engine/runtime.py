@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import pickle
 import random
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Optional, Tuple
@@ -127,8 +129,31 @@ def build_scene_head(spec: str, dataset: PackedDataset, device: torch.device) ->
     if spec.startswith("random:"):
         head = SceneHead.random(int(spec.split(":", 1)[1]))
     else:
-        head = SceneHead.from_file(spec)
+        head = _scene_head_from_file(spec)
     return head.to(device)
+
+
+def _scene_head_from_file(path: str) -> SceneHead:
+    """SceneHead.from_file with every failure as one message naming the file and the config key.
+
+    torch's own refusal of a file holding code suggests ``weights_only=False``, which would run
+    that code; the message here says what the file should be instead.
+    """
+    key = "MODEL.SCENE_HEAD_WEIGHTS"
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{key} = {path}: file not found (a torchvision vgg19 state-dict file, "
+                                "see pretrained_weights/README.md)")
+    try:
+        return SceneHead.from_file(path)
+    except pickle.UnpicklingError as err:
+        if "unsupported global" in str(err).lower():
+            raise ValueError(f"{key} = {path}: refused: the file holds objects other than tensors (code could run "
+                             "when loading it); use a plain torchvision vgg19 state dict, e.g. vgg19-dcbb9e9d.pth") from None
+        raise ValueError(f"{key} = {path}: not a torch state-dict file (truncated, another format, or objects "
+                         "other than tensors); use a plain torchvision vgg19 state dict") from None
+    except (KeyError, ValueError, RuntimeError, EOFError, OSError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        raise ValueError(f"{key} = {path}: not usable VGG19 weights: {msg.replace(path + ': ', '')}") from None
 
 
 def scene_features(batch: Dict[str, torch.Tensor], regions: torch.Tensor, head: Optional[SceneHead]) -> torch.Tensor:

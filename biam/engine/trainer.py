@@ -14,6 +14,7 @@ Launch: ``python -m biam.train --config-file configs/nus_wide.yaml`` or
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -32,10 +33,15 @@ from ..evaluation import average_precision, f1_at_k
 from ..modeling import build_model, ranking_loss
 from ..utils import comm
 from ..utils.dist_bn import convert_to_global_bn
-from ..utils.io import write_json
+from ..utils.io import atomic_open, write_json
+from ..utils.ownership import FolderBusyError, FolderLock, FolderOwnershipError, check_output_folder
 from ..utils.logging import JsonlWriter, setup_logger
 from . import checkpoint as ckpt
 from .evaluator import evaluate_split, format_result
+from .run_record import (
+    RECORD, RUN_FILES, RunMismatchError, _now, command_line, config_changes, new_record, parse_saved_config,
+    result_hash,
+)
 from .runtime import (
     autocast_context, build_label_space, build_scene_head, derive_seed, resolve_amp, scene_features,
     seed_everything,
@@ -74,17 +80,36 @@ def in_memory_mode(setting: str, world_size: int = 1):
 class Trainer:
     """One training run: built from a frozen config, driven by ``run()``."""
 
-    def __init__(self, cfg, resume: Optional[str] = None):
+    def __init__(self, cfg, resume: Optional[str] = None, overwrite: bool = False):
+        """``resume``: None (a new run), "last" (this run's newest checkpoint) or a checkpoint
+        file; ``overwrite``: let a new run write beside files it did not write (see
+        :meth:`prepare_output`). Raises FolderBusyError / FolderOwnershipError / RunMismatchError
+        before anything is written when the output folder may not be used."""
         self.cfg = cfg
         self.device = comm.init_distributed(cfg.DEVICE)
         self.rank, self.world = comm.get_rank(), comm.get_world_size()
         self.out_dir = cfg.OUTPUT_DIR
         self.ckpt_dir = os.path.join(self.out_dir, "checkpoints")
+        self.lock: Optional[FolderLock] = None
+        self.record: Dict[str, Any] = {}
+        try:
+            self._init(resume, overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    def _init(self, resume: Optional[str], overwrite: bool) -> None:
+        cfg = self.cfg
+        notes = self._shared_outcome(lambda: self.prepare_output(resume, overwrite))
+        if self.world > 1:
+            self.record = comm.broadcast_object(self.record)  # every rank takes rank 0's decisions
         if comm.is_main_process():
             os.makedirs(self.ckpt_dir, exist_ok=True)
             dump_cfg(cfg, os.path.join(self.out_dir, "config.yaml"))
         comm.barrier()
         self.logger = setup_logger(self.out_dir)
+        for line in notes:
+            self.logger.info(line)
         self.jsonl = JsonlWriter(os.path.join(self.out_dir, "metrics.jsonl"))
         self.amp_dtype = resolve_amp(cfg.AMP, self.device)
         seed_everything(derive_seed(cfg.SEED, 0, self.rank))
@@ -105,6 +130,100 @@ class Trainer:
         self.skipped_in_epoch = 0
         if resume is not None:
             self.resume(resume)
+        self.write_record()
+
+    def _shared_outcome(self, fn):
+        """Run ``fn`` on rank 0 and give every rank its result, or raise its error everywhere
+        (a refusal on rank 0 alone would leave the other ranks waiting at the next barrier)."""
+        result, error = None, None
+        if comm.is_main_process():
+            try:
+                result = fn()
+            except (FolderBusyError, FolderOwnershipError, RunMismatchError, ckpt.CheckpointError) as err:
+                error = err
+        if self.world > 1:
+            shared = comm.broadcast_object((result, None if error is None else (type(error).__name__, str(error))))
+            result, remote = shared
+            if error is None and remote is not None:
+                kinds = {c.__name__: c for c in (FolderBusyError, FolderOwnershipError, RunMismatchError,
+                                                  ckpt.CheckpointError)}
+                error = kinds[remote[0]](remote[1])
+        if error is not None:
+            raise error
+        return result
+
+    def prepare_output(self, resume: Optional[str], overwrite: bool) -> List[str]:
+        """Rank 0: lock OUTPUT_DIR and decide whether this run may write there (see docs/training.md).
+
+        * A new run takes a new or empty folder, or the folder of a run that never saved a
+          checkpoint. A folder holding a run record or any other file is refused unless
+          ``overwrite``; then the run writes its own file names only and its record lists only
+          its own checkpoints, so nothing of the earlier run is pruned or resumed.
+        * ``--resume`` needs the folder's record (or, for a folder written before records
+          existed, only training-run files); :meth:`check_resume` checks the checkpoint and config.
+        Returns lines to log once the logger exists.
+        """
+        cfg = self.cfg
+        self.lock = FolderLock(self.out_dir, "biam-train " + " ".join(sys.argv[1:])).acquire()
+        notes: List[str] = []
+        ignore = RUN_FILES if resume is not None else ()
+        try:
+            record = check_output_folder(self.out_dir, record=RECORD, overwrite=overwrite, ignore=ignore)
+        except FolderOwnershipError as err:
+            if os.path.isdir(self.ckpt_dir) and resume is None:
+                # A run written before run records existed: say how to continue it.
+                raise FolderOwnershipError(f"{err}. If it is an earlier biam-train run, continue it with --resume") from None
+            raise
+        if record is not None and (record.get("tool") != "biam-train" or not isinstance(record.get("checkpoints"), list)):
+            raise FolderOwnershipError(f"{os.path.join(self.out_dir, RECORD)}: not a biam-train run record; "
+                                       "choose another OUTPUT_DIR")
+        if resume is None:
+            if record is not None and (record["checkpoints"] or os.path.exists(os.path.join(self.out_dir, "model_best.pth"))):
+                if not overwrite:
+                    raise FolderOwnershipError(
+                        f"OUTPUT_DIR {self.out_dir} holds the run started {record.get('started', '?')} "
+                        f"({record.get('command', '?')}), with checkpoints {', '.join(record['checkpoints']) or 'none'}. "
+                        "Pass --resume to continue that run, choose another OUTPUT_DIR for a new one, or pass "
+                        "--overwrite to start a new run there (it replaces files of the same names; the earlier "
+                        "run's other checkpoints stay, and are never pruned or resumed)")
+                notes.append(f"--overwrite: starting a new run in {self.out_dir} over the run started "
+                             f"{record.get('started', '?')}")
+            elif record is not None:
+                notes.append(f"{self.out_dir}: the earlier run there saved no checkpoint; starting a new run")
+            for name in ("metrics.jsonl", "log.txt"):
+                # A new run's log and per-epoch lines start empty, never appended to another run's.
+                if os.path.isfile(os.path.join(self.out_dir, name)):
+                    os.remove(os.path.join(self.out_dir, name))
+            self.record = new_record(cfg)
+            self.write_record()
+        else:
+            # Written once the checkpoint and the config are accepted (nothing is written before).
+            self.record = record if record is not None else dict(new_record(cfg), _legacy=True)
+            notes += self.check_resume(resume)
+        return notes
+
+    def write_record(self) -> None:
+        """Rank 0: rewrite OUTPUT_DIR/run.json (after the start and after each checkpoint)."""
+        if comm.is_main_process() and self.record:
+            write_json(os.path.join(self.out_dir, RECORD), {k: v for k, v in self.record.items() if not k.startswith("_")})
+
+    def close(self) -> None:
+        """Release OUTPUT_DIR's lock (also done when ``run()`` returns)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # A Trainer dropped without close() (an in-process caller) must not keep its folder locked.
+        lock = self.__dict__.get("lock")
+        if lock is not None:
+            lock.release()
 
     # ------------------------------------------------------------------ set-up
     def build_data(self) -> None:
@@ -120,6 +239,7 @@ class Trainer:
         if n == 0:
             raise ValueError(f"{cfg.DATA.ROOT}: split '{cfg.DATA.TRAIN_SPLIT}' has no images")
         all_idx = np.arange(n)
+        positives = None
         if cfg.DATA.MAX_POSITIVES > 0:
             positives = self.train_set.count_positives()
             all_idx = all_idx[positives <= cfg.DATA.MAX_POSITIVES]
@@ -134,6 +254,7 @@ class Trainer:
                 f"{cfg.DATA.MAX_POSITIVES} keeps {len(all_idx)}; DATA.TRAIN_FRACTION {cfg.DATA.TRAIN_FRACTION} "
                 "keeps 0 for training (raise DATA.TRAIN_FRACTION)")
         self.check_label_counts()
+        self.check_positive_labels(positives)
         self.train_loader = None  # built when a phase starts (it may load its images into RAM)
         self.logger.info(
             f"data {cfg.DATA.ROOT}: {len(self.train_idx)} training, {len(self.val_idx)} validation, "
@@ -153,6 +274,35 @@ class Trainer:
         if len(self.val_idx) and self.labels.num_seen < 5:
             raise ValueError(f"{cfg.DATA.ROOT}: validation reports F1@3 and F1@5 on the seen labels, which needs "
                              f"at least 5 of them (the manifest lists {self.labels.num_seen})")
+
+    def check_positive_labels(self, positives: Optional[np.ndarray] = None) -> None:
+        """Fail before training when no training image has a positive seen label.
+
+        Such images are dropped from every batch (they add nothing to the ranking loss), so the
+        run would "train" to loss 0 on nothing. ``positives``: per-image counts when already
+        computed; else the shards are read one at a time until a positive is found.
+        """
+        cfg = self.cfg
+        if positives is None:
+            ds = self.train_set
+            wanted = np.zeros(len(ds), dtype=bool)
+            wanted[self.train_idx] = True
+            for s in range(len(ds.shards)):
+                a, b = int(ds.shard_offsets[s]), int(ds.shard_offsets[s + 1])
+                if not wanted[a:b].any():
+                    continue
+                lab = ds.read_slice(a, b, fields=["labels"])["labels"][:, :self.labels.num_seen]
+                if ((lab == 1).any(axis=1) & wanted[a:b]).any():
+                    return
+            found = 0
+        else:
+            found = int((positives[self.train_idx] > 0).sum())
+        if found == 0:
+            raise ValueError(
+                f"{cfg.DATA.ROOT}: split '{cfg.DATA.TRAIN_SPLIT}': none of the {len(self.train_idx)} training images "
+                f"has a positive (+1) label among the {self.labels.num_seen} seen labels, so there is nothing to learn "
+                "(the ranking loss needs a positive seen label); check the split's labels, or that the seen/unseen "
+                "label lists of the conversion are the right way round")
 
     def loader(self, dataset: PackedDataset, indices, *, shuffle: bool, batch_size: int, in_memory=False):
         cfg = self.cfg
@@ -233,45 +383,137 @@ class Trainer:
             "history": list(self.history),
             "bad_batches": self.bad_batches,
             "config": self.cfg.dump(),
+            "run_id": self.record.get("run_id"),
         }
 
     def save(self, epoch: int) -> None:
         if comm.is_main_process():
-            path = ckpt.save_checkpoint(self.ckpt_dir, epoch, self.state_dict(epoch), keep=self.cfg.KEEP_CHECKPOINTS)
+            # Pruning deletes only names this run's record lists (never another run's files).
+            path = ckpt.save_checkpoint(self.ckpt_dir, epoch, self.state_dict(epoch), keep=self.cfg.KEEP_CHECKPOINTS,
+                                        owned=self.record["checkpoints"])
+            self.write_record()
             self.logger.info(f"saved {path}")
         comm.barrier()
 
+    def check_resume(self, resume: str) -> List[str]:
+        """Rank 0, before anything is written: choose the checkpoint and check it is this run's.
+
+        ``resume``: "last" (the newest checkpoint the run record lists) or a file. Refuses
+        (RunMismatchError) a checkpoint of another run and a config that differs from the saved
+        one in a key that changes the result, listing each key with both values; raises
+        CheckpointError naming the file and the field for missing or mistyped fields. Returns
+        the allowed changes as lines to log; keeps the loaded state for :meth:`resume`.
+        """
+        record_path = os.path.join(self.out_dir, RECORD)
+        legacy = bool(self.record.get("_legacy"))
+        if resume not in ("", "last"):
+            path = resume
+            if not os.path.isfile(path):
+                raise ckpt.CheckpointError(f"--resume: checkpoint not found: {path}")
+        elif legacy:
+            path = ckpt.latest_checkpoint(self.ckpt_dir)  # a folder from before run records
+        else:
+            path = ckpt.latest_owned(self.ckpt_dir, self.record["checkpoints"])
+        self._resume_path, self._resume_state = path, None
+        record_config = None if legacy else self.record.get("config")
+        if path is None:
+            if record_config is None:
+                return []
+            return self._check_config(parse_saved_config(record_config, record_path), record_path, 0, "train")
+        state = ckpt.load_checkpoint(path)
+        ckpt.check_training_state(state, path)
+        run_id = state.get("run_id")
+        if run_id is not None and not legacy and run_id != self.record.get("run_id"):
+            raise RunMismatchError(
+                f"--resume {path}: this checkpoint belongs to run {run_id}, but OUTPUT_DIR {self.out_dir} holds run "
+                f"{self.record.get('run_id')} (started {self.record.get('started', '?')}); resume it in its own "
+                "OUTPUT_DIR, or give a new OUTPUT_DIR to continue it there")
+        if "config" in state:
+            saved, source = parse_saved_config(state["config"], path), path
+        elif record_config is not None:
+            saved, source = parse_saved_config(record_config, record_path), record_path
+        else:
+            raise RunMismatchError(f"{path}: the checkpoint holds no config, so --resume cannot check it is the same "
+                                   "run; start a new run with MODEL.WEIGHTS to use its weights")
+        allowed = self._check_config(saved, source, int(state["epoch"]), state["phase"])
+        if run_id is not None:
+            self.record["run_id"] = run_id  # a run continued in a new folder stays the same run
+        name = os.path.basename(path)
+        if os.path.dirname(os.path.abspath(path)) == os.path.abspath(self.ckpt_dir) and name not in self.record["checkpoints"]:
+            self.record["checkpoints"].append(name)  # adopted: a folder from before run records
+        self._resume_state = state
+        return allowed
+
     def resume(self, resume: str) -> None:
-        path = ckpt.latest_checkpoint(self.ckpt_dir) if resume in ("", "last") else resume
-        # Every rank must continue from the checkpoint rank 0 chose (it alone writes them).
-        path = comm.broadcast_object(path)
-        if path is not None and not os.path.isfile(path):
+        """Load the checkpoint :meth:`check_resume` accepted on rank 0 (every rank loads the same file)."""
+        path = comm.broadcast_object(getattr(self, "_resume_path", None))
+        if path is None:
+            self.logger.info(f"--resume: no checkpoint of this run in {self.ckpt_dir}; starting from scratch")
+            return
+        if not os.path.isfile(path):
             raise ckpt.CheckpointError(
                 f"rank {self.rank}: {path} (chosen by rank 0) is not visible here; to resume on several "
                 "machines, OUTPUT_DIR must be on a file system that every machine sees")
-        if path is None:
-            self.logger.info(f"--resume: no checkpoint in {self.ckpt_dir}; starting from scratch")
-            return
-        state = ckpt.load_checkpoint(path)
-        required = ("model", "optimizer", "scheduler", "scaler", "epoch", "phase", "best")
-        missing = [k for k in required if k not in state]
-        if missing:
-            raise ckpt.CheckpointError(f"{path}: not a training checkpoint (missing {', '.join(missing)}); "
-                                       "use MODEL.WEIGHTS to start from plain weights")
+        state = getattr(self, "_resume_state", None)
+        self._resume_state = None
+        if state is None:
+            state = ckpt.load_checkpoint(path)
+            ckpt.check_training_state(state, path)
         ckpt.load_model_weights(_unwrap(self.model), path)
         if state["phase"] == "finetune":
             self.phase = "finetune"
             self.optimizer, self.scheduler = self.build_optimizer(finetune=True)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        if "rng" in state:
-            ckpt.set_rng_state(state["rng"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            if "rng" in state:
+                ckpt.set_rng_state(state["rng"])
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as err:
+            raise ckpt.CheckpointError(f"{path}: the optimiser, scheduler, scaler or RNG state does not fit this "
+                                       f"run ({type(err).__name__}: {err})") from None
         self.best = dict(state["best"])
         self.history = list(state.get("history", []))
         self.bad_batches = int(state.get("bad_batches", 0))
         self.start_epoch = int(state["epoch"]) + 1
+        if comm.is_main_process():
+            self._trim_jsonl(int(state["epoch"]))
         self.logger.info(f"resumed from {path} (epoch {state['epoch']}, phase {self.phase})")
+
+    def _trim_jsonl(self, epoch: int) -> None:
+        """Drop this run's metrics.jsonl lines of epochs after the resumed checkpoint (they are
+        run again) and a half-written last line, so each epoch appears once."""
+        path = os.path.join(self.out_dir, "metrics.jsonl")
+        if not os.path.isfile(path):
+            return
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+        keep = []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("epoch"), int) and rec["epoch"] <= epoch:
+                keep.append(line)
+        if len(keep) != len(lines):
+            with atomic_open(path, "w") as f:
+                f.write("".join(k + "\n" for k in keep))
+            self.logger.info(f"{path}: dropped {len(lines) - len(keep)} line(s) after epoch {epoch} (run again now)")
+
+    def _check_config(self, saved: Dict[str, Any], source: str, epoch: int, phase: str) -> List[str]:
+        refused, allowed = config_changes(saved, self.cfg, epoch=epoch, phase=phase)
+        if refused:
+            raise RunMismatchError(
+                f"--resume: the config differs from the run's ({source}) in keys that change the result:\n  "
+                + "\n  ".join(refused)
+                + "\nGive the run's own config (its config.yaml) to continue it, or start a new run in another OUTPUT_DIR")
+        self.record.pop("_legacy", None)
+        self.record.setdefault("resumes", []).append({"started": _now(), "command": command_line(), "from_epoch": epoch,
+                                                      "changed": allowed})
+        self.record["config"] = self.cfg.dump()
+        self.record["config_sha256"] = result_hash(self.cfg)
+        return [f"--resume: changed {line}" for line in allowed]
 
     # ------------------------------------------------------------------ epochs
     def train_one_epoch(self, epoch: int) -> Dict[str, Any]:
@@ -463,7 +705,7 @@ class Trainer:
         if self.cfg.SOLVER.BAD_LOSS == "skip":
             self.logger.warning(what + " (skipped)")
             return
-        last = ckpt.latest_checkpoint(self.ckpt_dir)
+        last = ckpt.latest_owned(self.ckpt_dir, self.record.get("checkpoints", []))  # this run's, not another's
         raise TrainingDiverged(
             f"{what}. Last good checkpoint: {last or 'none'} (continue with --resume, or set "
             "SOLVER.BAD_LOSS skip to skip such batches)"
@@ -549,6 +791,7 @@ class Trainer:
             last_test = self.test()
         if comm.is_main_process():
             write_json(os.path.join(self.out_dir, "metrics.json"), last_test)
+        self.close()
         return last_test
 
     def should_validate(self, epoch: int) -> bool:
@@ -606,11 +849,17 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="biam-train",
         description="Train BiAM with the paper's recipe on a packed dataset (see configs/ and docs/training.md). "
-                    "Run under torchrun for several GPUs or machines.",
+                    "Run under torchrun for several GPUs or machines. OUTPUT_DIR belongs to one run: its record "
+                    "OUTPUT_DIR/run.json says which, and a second process on the same OUTPUT_DIR stops at once.",
     )
     add_config_arguments(parser)
     parser.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
-                        help="continue from the last checkpoint in OUTPUT_DIR/checkpoints, or from CKPT")
+                        help="continue this OUTPUT_DIR's run from its last checkpoint, or from CKPT; the config "
+                             "must match the run's except keys that do not change the result (docs/training.md)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in an OUTPUT_DIR that holds an earlier run or other files: files of "
+                             "the run's own names (config.yaml, log.txt, metrics.json[l], model_best.pth, curve.png, "
+                             "checkpoints/checkpoint_epoch_NNNN.pth) are replaced, nothing else is deleted")
     # Options may come before, between or after the KEY VALUE overrides.
     return parser.parse_intermixed_args(argv)
 
@@ -622,16 +871,23 @@ def main(argv=None) -> int:
     except ConfigError as err:
         print(f"biam-train: config error: {err}", file=sys.stderr)
         return 2
+    trainer = None
     try:
-        trainer = Trainer(cfg, resume=args.resume)
+        trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
         trainer.run()
     except TrainingDiverged as err:
         print(f"biam-train: training stopped: {err}", file=sys.stderr)
         return 3
-    except (PackedFormatError, ckpt.CheckpointError, FileNotFoundError, ValueError, MemoryError) as err:
+    except FolderBusyError as err:
+        print(f"biam-train: error: {err}", file=sys.stderr)
+        return 4
+    except (PackedFormatError, ckpt.CheckpointError, FileNotFoundError, ValueError, MemoryError,
+            FolderOwnershipError, RunMismatchError) as err:
         print(f"biam-train: error: {err}", file=sys.stderr)
         return 1
     finally:
+        if trainer is not None:
+            trainer.close()
         comm.destroy()
     return 0
 

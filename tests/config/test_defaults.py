@@ -49,6 +49,8 @@ def test_odd_number_of_override_tokens():
         (["SOLVER.BASE_LR", "1e-4"], "MIN_LR"),
         (["SOLVER.WARMUP_EPOCHS", "50"], "WARMUP_EPOCHS"),
         (["MODEL.SCENE_HEAD_WEIGHTS", "random:abc"], "random:<int seed>"),
+        (["SEED", "-1"], r"SEED = -1; must be an int in 0\.\."),
+        (["SEED", str(2**32)], "SEED = 4294967296"),
     ],
 )
 def test_cross_key_checks(opts, message):

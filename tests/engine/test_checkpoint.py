@@ -15,13 +15,58 @@ def tiny():
 
 def test_save_prune_and_latest(tmp_path):
     d = str(tmp_path / "ckpt")
+    owned = []
     for epoch in (1, 2, 3, 10):
-        ckpt.save_checkpoint(d, epoch, {"epoch": epoch}, keep=2)
+        ckpt.save_checkpoint(d, epoch, {"epoch": epoch}, keep=2, owned=owned)
     assert sorted(os.listdir(d)) == ["checkpoint_epoch_0003.pth", "checkpoint_epoch_0010.pth"]
+    assert owned == ["checkpoint_epoch_0003.pth", "checkpoint_epoch_0010.pth"]
     assert ckpt.latest_checkpoint(d).endswith("checkpoint_epoch_0010.pth")
     # A leftover temporary file from a killed write is never taken for a checkpoint.
     open(os.path.join(d, "checkpoint_epoch_0011.pth.tmp"), "wb").write(b"half")
     assert ckpt.latest_checkpoint(d).endswith("checkpoint_epoch_0010.pth")
+
+
+def test_pruning_deletes_only_the_runs_own_checkpoints(tmp_path):
+    """Checkpoints of the same naming that the run did not write (another run's) are never pruned."""
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    for epoch in (1, 7, 40):
+        (d / f"checkpoint_epoch_{epoch:04d}.pth").write_bytes(b"another run's checkpoint")
+    owned = []
+    for epoch in (2, 3, 4, 5):
+        ckpt.save_checkpoint(str(d), epoch, {"epoch": epoch}, keep=2, owned=owned)
+    assert sorted(os.listdir(d)) == ["checkpoint_epoch_0001.pth", "checkpoint_epoch_0004.pth",
+                                     "checkpoint_epoch_0005.pth", "checkpoint_epoch_0007.pth",
+                                     "checkpoint_epoch_0040.pth"]
+    for epoch in (1, 7, 40):
+        assert (d / f"checkpoint_epoch_{epoch:04d}.pth").read_bytes() == b"another run's checkpoint"
+    # The run's newest is found among its own names, not the foreign epoch 40.
+    assert ckpt.latest_owned(str(d), owned).endswith("checkpoint_epoch_0005.pth")
+    # Without the run's list nothing is pruned.
+    ckpt.save_checkpoint(str(d), 6, {"epoch": 6}, keep=1)
+    assert (d / "checkpoint_epoch_0004.pth").exists()
+
+
+@pytest.mark.parametrize("field, value, expect", [
+    ("epoch", "3", "field 'epoch' should be an int"),
+    ("epoch", 2.5, "field 'epoch' should be an int"),
+    ("best", [0.5, 2], "field 'best' should be a dict"),
+    ("best", {"metric": "high", "epoch": 2}, "field 'best.metric' should be a number"),
+    ("phase", "warmup", "field 'phase' is 'warmup'"),
+    ("optimizer", [1, 2], "field 'optimizer' should be a dict"),
+    ("history", {"epoch": 1}, "field 'history' should be a list"),
+    ("config", {"SEED": 1}, "field 'config' should be"),
+])
+def test_training_checkpoint_with_a_mistyped_field_names_file_and_field(tmp_path, field, value, expect):
+    state = {"model": {}, "optimizer": {}, "scheduler": {}, "scaler": {}, "epoch": 2, "phase": "train",
+             "best": {"metric": 0.5, "epoch": 2}, "history": [], "config": "SEED: 1\n"}
+    state[field] = value
+    path = tmp_path / "odd.pth"
+    torch.save(state, path)
+    loaded = ckpt.load_checkpoint(str(path))
+    with pytest.raises(ckpt.CheckpointError) as err:
+        ckpt.check_training_state(loaded, str(path))
+    assert str(path) in str(err.value) and expect in str(err.value)
 
 
 def test_truncated_checkpoint_is_a_clear_error(tmp_path):

@@ -74,8 +74,10 @@ def test_distributed_evaluation_equals_single_process(tiny_packed, tmp_path):
     common = [*TINY_MODEL_OPTS, "DATA.ROOT", str(tiny_packed), "EVAL.BATCH_SIZE", "10", "--checkpoint", weights_file]
     single = run([sys.executable, "-m", "biam.evaluate", *common, "OUTPUT_DIR", str(tmp_path / "e1")])
     multi = run(torchrun(2, "biam.evaluate", *common, "OUTPUT_DIR", str(tmp_path / "e2")))
-    m1 = json.loads((tmp_path / "e1" / "metrics.json").read_text())
-    m2 = json.loads((tmp_path / "e2" / "metrics.json").read_text())
+    # Evaluation writes its own folder OUTPUT_DIR/eval/<split>-<checkpoint name>/.
+    name = "test-" + Path(weights_file).stem
+    m1 = json.loads((tmp_path / "e1" / "eval" / name / "metrics.json").read_text())
+    m2 = json.loads((tmp_path / "e2" / "eval" / name / "metrics.json").read_text())
     assert m1.keys() == m2.keys()
     for task in m1:
         for key in m1[task]:

@@ -30,6 +30,8 @@ def test_evaluator_matches_direct_computation(tiny_packed, tmp_path):
     rc = main(["--checkpoint", str(weights), *TINY_MODEL_OPTS, "DATA.ROOT", str(tiny_packed),
                "OUTPUT_DIR", str(out), "EVAL.BATCH_SIZE", "7"])
     assert rc == 0
+    # Evaluation writes its own folder, named by the split and the weights file.
+    out = out / "eval" / "test-published_style"
     saved = json.loads((out / "metrics.json").read_text())
 
     # Direct: every test image at once, embeddings L2-normalised, seen columns then unseen.
