@@ -105,7 +105,7 @@ def test_new_run_refuses_a_folder_with_other_files_unless_overwrite(tiny_packed,
     assert main(args_for(tiny_packed, out, *SHORT, "SOLVER.MAX_EPOCHS", "1", "SOLVER.WARMUP_EPOCHS", "0")) == 1
     err = capsys.readouterr().err
     assert "metrics.json" in err and "notes.txt" in err and "--overwrite" in err
-    assert sorted(os.listdir(out)) == [".biam.lock", "metrics.json", "notes.txt"]
+    assert sorted(os.listdir(out)) == ["metrics.json", "notes.txt"]  # untouched, no lock left
     assert main(args_for(tiny_packed, out, *SHORT, "SOLVER.MAX_EPOCHS", "1", "SOLVER.WARMUP_EPOCHS", "0",
                          "--overwrite")) == 0
     assert (out / "notes.txt").read_text() == "my notes"  # not a training file: never touched
