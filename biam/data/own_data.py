@@ -100,7 +100,10 @@ def _decode(path: Path, what: str) -> str:
     """Whole file as text (UTF-8, BOM dropped); a decoding error names the line."""
     if not path.is_file():
         raise OwnDataError(f"{what} not found: {path}")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise OwnDataError(f"{path}: cannot read the {what} ({err.strerror or err})") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:

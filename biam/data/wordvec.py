@@ -130,7 +130,11 @@ def read_word_vectors(path: os.PathLike, words: Iterable[str], *, fmt: str = "au
     vectors = 0
     read_all = True
     size = path.stat().st_size
-    with open(path, "rb") as fh, tqdm(total=size, unit="B", unit_scale=True, desc=f"read {path.name}",
+    try:
+        fh = open(path, "rb")
+    except OSError as err:
+        raise WordVectorError(f"{path}: cannot read the word-vector file ({err.strerror or err})") from None
+    with fh, tqdm(total=size, unit="B", unit_scale=True, desc=f"read {path.name}",
                                        disable=not progress or size < (64 << 20)) as bar:
         for lineno, raw in enumerate(fh, 1):
             bar.update(len(raw))
