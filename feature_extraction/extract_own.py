@@ -8,12 +8,15 @@ Several GPUs: ``torchrun --nproc_per_node 4 feature_extraction/extract_own.py ..
 like the NUS-WIDE extractor: rerun the same command after an interruption. The annotation
 formats, the label and image split rules and the checks are described in
 :mod:`biam.data.own_data`; label embeddings in :mod:`biam.data.wordvec`. Labels are +1/-1,
-seen columns then unseen columns; features are VGG19 conv5_4 regions + fc7 scene.
+seen columns then unseen columns; features are VGG19 conv5_4 regions + fc7 scene. Besides
+the packed files, ``<out>/labels.txt`` lists the labels (seen then unseen) in the row order of
+``embeddings.npz``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -31,6 +34,16 @@ from biam.data.wordvec import FORMATS, WordVectorError, label_embeddings  # noqa
 from biam.utils import comm  # noqa: E402
 
 TOOL = "extract_own"
+
+
+LABELS_FILE = "labels.txt"
+
+
+def write_labels(path: Path, labels: Sequence[str]) -> None:
+    """Seen then unseen label names, one a line (UTF-8), written to a temporary name and renamed."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _fraction(text: str) -> float:
@@ -100,6 +113,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             features.run_split(data.split_spec(split, dataset=args.dataset_name), args, TOOL)
         if comm.is_main_process():
             save_embeddings(args.out, vectors[: len(data.seen)], vectors[len(data.seen):])
+            # The row order of embeddings.npz, for `biam-predict --labels ... --embeddings ...`.
+            write_labels(Path(args.out) / LABELS_FILE, data.seen + data.unseen)
     except (features.WeightsNotFoundError, FileNotFoundError, OwnDataError, WordVectorError, PackedFormatError,
             ValueError) as err:
         print(f"{TOOL}: error: {err}", file=sys.stderr)

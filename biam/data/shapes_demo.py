@@ -3,12 +3,11 @@
     python -m biam.data.shapes_demo --out demo/shapes [--num-images 240] [--size 96] [--seed 0]
 
 Each image has a grey background (``plain``, ``stripes`` or ``dots``) and one to three shapes,
-each in its own quarter of the image, of a colour (red, green, blue, yellow) and a kind (circle,
-square, triangle, star). Its tags are ``<colour>_<kind>`` of every shape drawn, plus the
-background's name. Four of the sixteen colour-kind pairs are unseen, chosen so that each colour
-and each kind occurs in exactly one unseen pair (``red_square``, ``green_triangle``,
-``blue_star``, ``yellow_circle``): every unseen tag combines a colour and a kind that the seen
-tags teach.
+each in its own quarter of the image, of a colour (red, green, blue, yellow, purple) and a kind
+(circle, square, triangle, star, cross). Its tags are ``<colour>_<kind>`` of every shape drawn,
+plus the background's name. Ten of the 25 colour-kind pairs are unseen (:data:`UNSEEN`), two per
+colour and two per kind, so every unseen tag combines a colour and a kind that three seen tags
+each teach.
 
 The word-vector file (GloVe format) holds one vector per word -- each colour, kind and
 background word -- plus unrelated filler words, as a real file would. A word's vector is a
@@ -40,14 +39,16 @@ import numpy as np
 __all__ = ["COLOURS", "KINDS", "BACKGROUNDS", "UNSEEN", "MARKER", "all_tags", "draw_image", "generate", "main"]
 
 COLOURS: Dict[str, tuple] = {"red": (215, 35, 35), "green": (35, 165, 50), "blue": (35, 70, 215),
-                             "yellow": (235, 205, 25)}
-KINDS = ("circle", "square", "triangle", "star")
+                             "yellow": (235, 205, 25), "purple": (140, 40, 180)}
+KINDS = ("circle", "square", "triangle", "star", "cross")
 BACKGROUNDS = ("plain", "stripes", "dots")
-# One unseen pair per colour and per kind (a Latin-square diagonal).
-UNSEEN = ("red_square", "green_triangle", "blue_star", "yellow_circle")
+# Two unseen pairs per colour and per kind (two diagonals of a Latin square): 10 unseen tags,
+# enough for the NUS-WIDE protocol's P/R/F1 at K = 3, 5; every colour and kind keeps 3 seen pairs.
+UNSEEN = tuple(f"{c}_{KINDS[(i + d) % len(KINDS)]}" for d in (1, 2) for i, c in enumerate(COLOURS))
 MARKER = "shapes_demo.json"
-# Star: inner radius / outer radius.
+# Star: inner radius / outer radius; cross: half the arm width / outer radius.
 STAR_INNER = 0.4
+CROSS_HALF_WIDTH = 0.35
 FILLER_WORDS = ("the", "of", "and", "photo", "picture", "tree", "house", "river", "music", "city", "water",
                 "animal", "dog", "cat", "car", "road", "mountain", "person", "food", "light", "night", "sky")
 
@@ -65,6 +66,10 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> List[tu
         pts = [(r, -90 + 120 * i) for i in range(3)]
     elif kind == "star":
         pts = [(r if i % 2 == 0 else r * STAR_INNER, -90 + 36 * i) for i in range(10)]
+    elif kind == "cross":
+        w = CROSS_HALF_WIDTH * r
+        corners = [(w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w), (-w, -w), (-w, -r)]
+        pts = [(math.hypot(x, y), math.degrees(math.atan2(y, x))) for x, y in corners]
     else:
         raise ValueError(f"not a polygon: {kind}")
     return [(cx + d * math.cos(math.radians(a + angle)), cy + d * math.sin(math.radians(a + angle))) for d, a in pts]
@@ -107,7 +112,8 @@ def draw_image(rng: np.random.Generator, size: int, first: Optional[tuple] = Non
     count = int(rng.integers(1, 4))
     shapes = []
     for n, q in enumerate(rng.permutation(4)[:count]):
-        colour, kind = first if (n == 0 and first) else (list(COLOURS)[int(rng.integers(4))], KINDS[int(rng.integers(4))])
+        colour, kind = first if (n == 0 and first) else (list(COLOURS)[int(rng.integers(len(COLOURS)))],
+                                                          KINDS[int(rng.integers(len(KINDS)))])
         r = float(rng.uniform(0.3, 0.42)) * cell
         cx = (q % 2) * cell + cell / 2 + float(rng.uniform(-1, 1)) * (cell / 2 - r)
         cy = (q // 2) * cell + cell / 2 + float(rng.uniform(-1, 1)) * (cell / 2 - r)
@@ -175,7 +181,7 @@ def generate(out: os.PathLike, *, num_images: int = 240, size: int = 96, seed: i
     pairs = [(c, k) for c in COLOURS for k in KINDS]
     files, csv_rows, drawn = [], ["image,tags\n"], []
     for i in range(num_images):
-        # The first shape cycles through all pairs, so every tag occurs once there are 16+ images.
+        # The first shape cycles through all pairs, so every tag occurs once there are 25+ images.
         img, background, shapes = draw_image(rng, size, first=pairs[i % len(pairs)])
         rel = f"shape_{i:05d}.{image_format}"
         if image_format == "jpg":

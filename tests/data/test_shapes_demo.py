@@ -13,9 +13,10 @@ from biam.data.own_data import build_own_dataset
 from biam.data.wordvec import label_embeddings
 
 def kind_of(img: np.ndarray, shape: dict) -> str:
-    """Tell the kind from the pixels of the shape's colour around its centre: a star has a long
-    border for its area; otherwise area / radius^2 is about pi (circle), 2 (square) or 1.3
-    (triangle). Thresholds measured on 400 shapes sit midway between the kinds' ranges."""
+    """Tell the kind from the pixels of the shape's colour around its centre: a star and a cross
+    have a long border for their area (the star the smaller area); otherwise area / radius^2 is
+    about pi (circle), 2 (square) or 1.3 (triangle). Thresholds measured on 400 shapes sit
+    between the kinds' ranges (border / sqrt(area): star, cross >= 4.6, others <= 4.1)."""
     cx, cy = shape["centre"]
     r = shape["radius"]
     box = img[max(0, int(cy - r) - 2): int(cy + r) + 3, max(0, int(cx - r) - 2): int(cx + r) + 3]
@@ -23,16 +24,16 @@ def kind_of(img: np.ndarray, shape: dict) -> str:
     area = mask.sum()
     p = np.pad(mask, 1)
     inner = p[1:-1, 1:-1] & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
-    if (mask & ~inner).sum() / np.sqrt(area) > 4.6:
-        return "star"
     ratio = area / (r * r)
+    if (mask & ~inner).sum() / np.sqrt(area) > 4.3:
+        return "star" if ratio < 1.9 else "cross"
     return "circle" if ratio > 2.7 else "square" if ratio > 1.75 else "triangle"
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "shapes"
-    info = shapes_demo.generate(out, num_images=24, size=96, seed=5, dim=64)
+    info = shapes_demo.generate(out, num_images=28, size=96, seed=5, dim=64)
     return out, info
 
 
@@ -42,16 +43,16 @@ def test_files_and_tags_are_consistent(demo):
         assert (out / rel).is_file()
     rows = (out / "tags.csv").read_text().splitlines()
     drawn = [json.loads(x) for x in (out / "shapes.jsonl").read_text().splitlines()]
-    assert rows[0] == "image,tags" and len(rows) == 25 and len(drawn) == 24
+    assert rows[0] == "image,tags" and len(rows) == 29 and len(drawn) == 28
     seen = (out / "seen.txt").read_text().split()
     unseen = (out / "unseen.txt").read_text().split()
-    assert unseen == list(shapes_demo.UNSEEN) and len(seen) == 15 and not set(seen) & set(unseen)
+    assert unseen == list(shapes_demo.UNSEEN) and len(seen) == 18 and not set(seen) & set(unseen)
     for row, d in zip(rows[1:], drawn):
         image, tags = row.split(",")
         assert image == d["image"]
         expect = {f"{s['colour']}_{s['kind']}" for s in d["shapes"]} | {d["background"]}
         assert set(tags.split(";")) == expect and expect <= set(seen) | set(unseen)
-    # 24 images >= 16 pairs: every tag occurs.
+    # 28 images >= 25 pairs: every tag occurs.
     used = {t for row in rows[1:] for t in row.split(",")[1].split(";")}
     assert used == set(seen) | set(unseen)
 
@@ -74,11 +75,11 @@ def test_pixels_show_the_tagged_shapes(demo):
 def test_same_seed_same_bytes_other_seed_differs(demo, tmp_path):
     out, _ = demo
     again = tmp_path / "again"
-    shapes_demo.generate(again, num_images=24, size=96, seed=5, dim=64)
+    shapes_demo.generate(again, num_images=28, size=96, seed=5, dim=64)
     for name in ("tags.csv", "word_vectors.txt", "images/shape_00007.png"):
         assert (again / name).read_bytes() == (out / name).read_bytes()
     other = tmp_path / "other"
-    shapes_demo.generate(other, num_images=24, size=96, seed=6, dim=16)
+    shapes_demo.generate(other, num_images=28, size=96, seed=6, dim=16)
     assert (other / "tags.csv").read_bytes() != (out / "tags.csv").read_bytes()
 
 
@@ -87,7 +88,7 @@ def test_unseen_tags_are_closer_to_seen_tags_sharing_a_word(demo):
     seen = (out / "seen.txt").read_text().split()
     unseen = (out / "unseen.txt").read_text().split()
     emb = label_embeddings(seen + unseen, out / "word_vectors.txt", progress=False)
-    assert emb.shape == (19, 64)
+    assert emb.shape == (28, 64)
     sim = emb[len(seen):] @ emb[: len(seen)].T
     for u, row in zip(unseen, sim):
         colour, kind = u.split("_")
@@ -101,7 +102,7 @@ def test_the_outputs_feed_own_data(demo):
     data = build_own_dataset(out / "tags.csv", out / "images", seen_file=out / "seen.txt",
                              unseen_file=out / "unseen.txt", test_fraction=0.25, seed=0)
     assert data.unseen == list(shapes_demo.UNSEEN)
-    assert len(data.splits["train"].images) == 18 and len(data.splits["test"].images) == 6
+    assert len(data.splits["train"].images) == 21 and len(data.splits["test"].images) == 7
 
 
 def test_refuses_a_foreign_folder_and_replaces_only_its_own_files(tmp_path):

@@ -49,7 +49,8 @@ def test_shapes_to_packed(tmp_path, helpers, vgg_random, capsys):
     seen, unseen = load_embeddings(out)
     want = label_embeddings(expect.seen + expect.unseen, demo / "word_vectors.txt", progress=False)
     np.testing.assert_allclose(np.concatenate([seen, unseen]), want, rtol=1e-6)
-    assert seen.shape == (15, 8) and unseen.shape == (4, 8)
+    assert seen.shape == (18, 8) and unseen.shape == (10, 8)
+    assert (out / "labels.txt").read_text(encoding="utf-8").split("\n") == expect.seen + expect.unseen + [""]
 
     # A rerun finds both splits complete and leaves the shards as they were.
     before = {p.name: p.read_bytes() for p in out.glob("*.h5")}
