@@ -1,0 +1,244 @@
+"""A small generated dataset of coloured shapes, for the worked example of docs/own_data.md.
+
+    python -m biam.data.shapes_demo --out demo/shapes [--num-images 240] [--size 96] [--seed 0]
+
+Each image has a grey background (``plain``, ``stripes`` or ``dots``) and one to three shapes,
+each in its own quarter of the image, of a colour (red, green, blue, yellow, purple) and a kind
+(circle, square, triangle, star, cross). Its tags are ``<colour>_<kind>`` of every shape drawn,
+plus the background's name. Ten of the 25 colour-kind pairs are unseen (:data:`UNSEEN`), two per
+colour and two per kind, so every unseen tag combines a colour and a kind that three seen tags
+each teach.
+
+The word-vector file (GloVe format) holds one vector per word -- each colour, kind and
+background word -- plus unrelated filler words, as a real file would. A word's vector is a
+direction shared by its group (colours, kinds, backgrounds), its own direction, and a little
+noise; the two-word tags get the mean of their words' vectors when the dataset is converted
+(:func:`biam.data.wordvec.label_embeddings`), so ``red_square`` sits between ``red_circle`` and
+``blue_square``, which is what makes the unseen tags learnable from the seen ones.
+
+Written into ``--out``: ``images/shape_00000.png`` ..., ``tags.csv`` (``image,tags``; tags
+separated by ``;``), ``shapes.jsonl`` (what was drawn where: colour, kind, centre, radius, RGB --
+the ground truth for attention maps), ``seen.txt``, ``unseen.txt``, ``word_vectors.txt`` and
+``shapes_demo.json`` (the settings and the list of files written). Everything follows from the
+seed. The command writes into an empty or new folder, or into one it wrote before (replacing
+only the files listed in its ``shapes_demo.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["COLOURS", "KINDS", "BACKGROUNDS", "UNSEEN", "MARKER", "all_tags", "draw_image", "generate", "main"]
+
+COLOURS: Dict[str, tuple] = {"red": (215, 35, 35), "green": (35, 165, 50), "blue": (35, 70, 215),
+                             "yellow": (235, 205, 25), "purple": (140, 40, 180)}
+KINDS = ("circle", "square", "triangle", "star", "cross")
+BACKGROUNDS = ("plain", "stripes", "dots")
+# Two unseen pairs per colour and per kind (two diagonals of a Latin square): 10 unseen tags,
+# enough for the NUS-WIDE protocol's P/R/F1 at K = 3, 5; every colour and kind keeps 3 seen pairs.
+UNSEEN = tuple(f"{c}_{KINDS[(i + d) % len(KINDS)]}" for d in (1, 2) for i, c in enumerate(COLOURS))
+MARKER = "shapes_demo.json"
+# Star: inner radius / outer radius; cross: half the arm width / outer radius.
+STAR_INNER = 0.4
+CROSS_HALF_WIDTH = 0.35
+FILLER_WORDS = ("the", "of", "and", "photo", "picture", "tree", "house", "river", "music", "city", "water",
+                "animal", "dog", "cat", "car", "road", "mountain", "person", "food", "light", "night", "sky")
+
+
+def all_tags() -> List[str]:
+    """Every tag, seen ones first: colour-kind pairs (colour-major) then backgrounds."""
+    pairs = [f"{c}_{k}" for c in COLOURS for k in KINDS]
+    return [t for t in pairs + list(BACKGROUNDS) if t not in UNSEEN] + list(UNSEEN)
+
+
+def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> List[tuple]:
+    if kind == "square":
+        pts = [(r, 45 + 90 * i) for i in range(4)]
+    elif kind == "triangle":
+        pts = [(r, -90 + 120 * i) for i in range(3)]
+    elif kind == "star":
+        pts = [(r if i % 2 == 0 else r * STAR_INNER, -90 + 36 * i) for i in range(10)]
+    elif kind == "cross":
+        w = CROSS_HALF_WIDTH * r
+        corners = [(w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w), (-w, -w), (-w, -r)]
+        pts = [(math.hypot(x, y), math.degrees(math.atan2(y, x))) for x, y in corners]
+    else:
+        raise ValueError(f"not a polygon: {kind}")
+    return [(cx + d * math.cos(math.radians(a + angle)), cy + d * math.sin(math.radians(a + angle))) for d, a in pts]
+
+
+def _background(rng: np.random.Generator, size: int, kind: str):
+    from PIL import Image, ImageDraw
+
+    base = int(rng.integers(110, 200))
+    other = base + int(rng.choice([-1, 1])) * int(rng.integers(35, 60))
+    img = Image.new("RGB", (size, size), (base, base, base))
+    draw = ImageDraw.Draw(img)
+    if kind == "stripes":
+        period = int(rng.integers(size // 12, size // 6 + 1))
+        vertical = bool(rng.integers(2))
+        for start in range(0, size, period):
+            box = (start, 0, start + period // 2 - 1, size) if vertical else (0, start, size, start + period // 2 - 1)
+            draw.rectangle(box, fill=(other, other, other))
+    elif kind == "dots":
+        step = int(rng.integers(size // 12, size // 7 + 1))
+        rad = max(1, step // 5)
+        for y in range(step // 2, size, step):
+            for x in range(step // 2, size, step):
+                draw.ellipse((x - rad, y - rad, x + rad, y + rad), fill=(other, other, other))
+    return img
+
+
+def draw_image(rng: np.random.Generator, size: int, first: Optional[tuple] = None):
+    """One image: ``(PIL image, background name, [shape dicts])``.
+
+    Shapes sit in distinct quarters (so they never overlap); ``first`` forces (colour, kind) of
+    the first shape. A shape dict holds colour, kind, centre (x, y) and radius in pixels, rgb.
+    """
+    from PIL import ImageDraw
+
+    background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    img = _background(rng, size, background)
+    draw = ImageDraw.Draw(img)
+    cell = size / 2
+    count = int(rng.integers(1, 4))
+    shapes = []
+    for n, q in enumerate(rng.permutation(4)[:count]):
+        colour, kind = first if (n == 0 and first) else (list(COLOURS)[int(rng.integers(len(COLOURS)))],
+                                                          KINDS[int(rng.integers(len(KINDS)))])
+        r = float(rng.uniform(0.3, 0.42)) * cell
+        cx = (q % 2) * cell + cell / 2 + float(rng.uniform(-1, 1)) * (cell / 2 - r)
+        cy = (q // 2) * cell + cell / 2 + float(rng.uniform(-1, 1)) * (cell / 2 - r)
+        rgb = tuple(int(np.clip(v + rng.integers(-15, 16), 0, 255)) for v in COLOURS[colour])
+        if kind == "circle":
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=rgb)
+        else:
+            draw.polygon(_polygon(kind, cx, cy, r, float(rng.uniform(-20, 20))), fill=rgb)
+        shapes.append({"colour": colour, "kind": kind, "centre": [round(cx, 2), round(cy, 2)], "radius": round(r, 2),
+                       "rgb": list(rgb)})
+    return img, background, shapes
+
+
+def _word_vectors(rng: np.random.Generator, dim: int) -> Dict[str, np.ndarray]:
+    groups = {"colour": list(COLOURS), "kind": list(KINDS), "background": list(BACKGROUNDS)}
+    out = {}
+    for words in groups.values():
+        shared = rng.normal(size=dim)
+        for w in words:
+            out[w] = 0.5 * shared + rng.normal(size=dim) + 0.1 * rng.normal(size=dim)
+    for w in FILLER_WORDS:
+        out[w] = rng.normal(size=dim)
+    # Scaled to GloVe-like magnitudes; the file then looks like one.
+    return {w: (v / np.sqrt(dim) * 5).astype(np.float32) for w, v in out.items()}
+
+
+def _prepare_out(out: Path) -> None:
+    """Refuse a folder holding files this command did not write; drop the files of a previous run."""
+    if not out.exists():
+        out.mkdir(parents=True)
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder")
+    marker = out / MARKER
+    if not marker.is_file():
+        if any(out.iterdir()):
+            raise FileExistsError(f"{out} is not empty and was not written by this command (no {MARKER}); "
+                                  "choose a new or empty folder")
+        return
+    try:
+        previous = json.loads(marker.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise FileExistsError(f"{marker}: unreadable ({err}); remove the folder yourself or choose another") from None
+    for rel in previous:
+        if not isinstance(rel, str) or rel.startswith("/") or ".." in Path(rel).parts:
+            raise FileExistsError(f"{marker}: lists {rel!r}, not a file of this folder; remove the folder yourself")
+        path = out / rel
+        if path.is_file():
+            path.unlink()
+    marker.unlink()
+
+
+def generate(out: os.PathLike, *, num_images: int = 240, size: int = 96, seed: int = 0, image_format: str = "png",
+             dim: int = 300) -> dict:
+    """Write the demo dataset into ``out`` (see the module docstring). Returns the settings and
+    the relative paths written (what ``shapes_demo.json`` holds)."""
+    if num_images < 1 or size < 32 or dim < 1:
+        raise ValueError(f"need num_images >= 1, size >= 32, dim >= 1; got {num_images}, {size}, {dim}")
+    if image_format not in ("png", "jpg"):
+        raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
+    out = Path(out)
+    _prepare_out(out)
+    (out / "images").mkdir(exist_ok=True)
+    rng = np.random.default_rng(seed)
+    pairs = [(c, k) for c in COLOURS for k in KINDS]
+    files, csv_rows, drawn = [], ["image,tags\n"], []
+    for i in range(num_images):
+        # The first shape cycles through all pairs, so every tag occurs once there are 25+ images.
+        img, background, shapes = draw_image(rng, size, first=pairs[i % len(pairs)])
+        rel = f"shape_{i:05d}.{image_format}"
+        if image_format == "jpg":
+            img.save(out / "images" / rel, quality=95)
+        else:
+            img.save(out / "images" / rel)
+        files.append(f"images/{rel}")
+        tags = list(dict.fromkeys(f"{s['colour']}_{s['kind']}" for s in shapes)) + [background]
+        csv_rows.append(f"{rel},{';'.join(tags)}\n")
+        drawn.append(json.dumps({"image": rel, "background": background, "shapes": shapes}) + "\n")
+    tags = all_tags()
+    seen = [t for t in tags if t not in UNSEEN]
+    vectors = _word_vectors(rng, dim)
+    texts = {
+        "tags.csv": "".join(csv_rows),
+        "shapes.jsonl": "".join(drawn),
+        "seen.txt": "".join(t + "\n" for t in seen),
+        "unseen.txt": "".join(t + "\n" for t in UNSEEN),
+        "word_vectors.txt": "".join(w + " " + " ".join(f"{x:.6f}" for x in v) + "\n" for w, v in vectors.items()),
+    }
+    for name, text in texts.items():
+        (out / name).write_text(text, encoding="utf-8")
+        files.append(name)
+    info = {"num_images": num_images, "size": size, "seed": seed, "image_format": image_format, "dim": dim,
+            "seen": seen, "unseen": list(UNSEEN), "files": files}
+    (out / MARKER).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    return info
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m biam.data.shapes_demo",
+        description="Write a small tagged-image dataset of coloured shapes (images, tags.csv, seen.txt, unseen.txt, "
+                    "a GloVe-format word-vector file) for the worked example of docs/own_data.md.")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="new or empty folder (or one this command wrote before: its files are replaced)")
+    parser.add_argument("--num-images", type=int, default=240, metavar="N", help="images to draw (default 240)")
+    parser.add_argument("--size", type=int, default=96, metavar="PX", help="image side in pixels (default 96, >= 32)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files (default 0)")
+    parser.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format (default png)")
+    parser.add_argument("--dim", type=int, default=300, metavar="D",
+                        help="word-vector width (default 300, the model's default MODEL.EMBED_DIM)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        info = generate(args.out, num_images=args.num_images, size=args.size, seed=args.seed,
+                        image_format=args.format, dim=args.dim)
+    except (FileExistsError, ValueError) as err:
+        print(f"shapes_demo: error: {err}", file=sys.stderr)
+        return 2
+    print(f"shapes_demo: wrote {info['num_images']} images, {len(info['seen'])} seen and {len(info['unseen'])} "
+          f"unseen tags to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
