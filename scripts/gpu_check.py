@@ -49,7 +49,7 @@ ESTIMATES = {"tests": 100, "train": 110, "eval": 30, "bench": 220}
 DRY_RUN_SLACK = 3.0
 # Tolerances of part 2 against the CPU float32 run (see docs/benchmarks.md, "GPU check"):
 # (per-epoch mean loss, relative; final test metrics, absolute on fractions).
-TOLERANCES = {"fp32": (1e-2, 0.01), "bf16_compile": (5e-2, 0.03)}
+TOLERANCES = {"fp32": (1e-2, 0.01), "bf16_compile": (0.10, 0.05)}
 EVAL_TOLERANCE = 1e-3
 NO_DROPOUT = ["MODEL.ATTN_DROPOUT", "0.0", "MODEL.SCENE_DROPOUT", "0.0"]
 
@@ -154,7 +154,8 @@ def part_tests(check: Check, limit: float) -> Dict[str, Any]:
 def demo_data(check: Check, limit: float) -> Dict[str, Any]:
     """The demo's data, made as scripts/demo.sh makes it (reduced in a dry run)."""
     demo = check.work / "demo"
-    n_train, n_test = (120, 60) if check.args.dry_run else (600, 200)
+    # The dry run keeps the demo's 200 test images, so that its metric differences are on the same scale.
+    n_train, n_test = (120, 200) if check.args.dry_run else (600, 200)
     t0 = time.monotonic()
     steps = [
         [sys.executable, "-m", "biam.data.synthetic", "--out", str(demo / "released"), "--seed", "0",
@@ -219,14 +220,19 @@ def part_train(check: Check, limit: float) -> Dict[str, Any]:
     check.log(f"train-cpu_fp32: started{'' if check.args.dry_run else f' beside the others ({cores} threads)'}")
     if check.args.dry_run:
         ref_result = finish(ref_proc, limit - (time.monotonic() - t0))
+        ref_result["seconds"] = time.monotonic() - ref_started
     for name in ("fp32", "bf16_compile"):
         left = limit - (time.monotonic() - t0)
         r = run(check, f"train-{name}", train_cmd(check, root, runs_dir / name, variants[name]), left)
         res["runs"][name] = dict(r, overrides=variants[name])
         check.report["parts"]["train"] = dict(res, status="running")
         check.save()
-    r = ref_result if check.args.dry_run else finish(ref_proc, limit - (time.monotonic() - t0))
-    r.update(seconds=time.monotonic() - ref_started, log="logs/train-cpu_fp32.log", overrides=variants["cpu_fp32"])
+    if check.args.dry_run:
+        r = ref_result
+    else:
+        r = finish(ref_proc, limit - (time.monotonic() - t0))
+        r["seconds"] = time.monotonic() - ref_started
+    r.update(log="logs/train-cpu_fp32.log", overrides=variants["cpu_fp32"])
     check.log(f"train-cpu_fp32: {r['status']} in {r['seconds']:.1f} s")
     res["runs"]["cpu_fp32"] = r
     for name, r in res["runs"].items():
