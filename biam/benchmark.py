@@ -1,7 +1,7 @@
 """``biam-benchmark``: our way of working measured side by side with the original's, in one run.
 
 What is measured (each "original" figure is the published code's way of doing the same work,
-rebuilt here from SPEC sections 3-8; each "ours" figure is this package's way):
+rebuilt here from the original release's code and files; each "ours" figure is this package's way):
 
 * data: images/s of ready float32 batches of 32. Original: random batches of names, key-by-key
   h5py reads of ``<name>-features`` / ``<name>-labels`` from the released per-key gzip layout,
@@ -208,7 +208,7 @@ def _feature_pool(rng: np.random.Generator, k: int) -> np.ndarray:
 
 # -------------------------------------------------------------------------- data building
 def write_released(path: Path, names: Sequence[str], label_width: int, seed: int) -> None:
-    """Write the released per-key layout (SPEC 3): one gzip dataset per image and field.
+    """Write the released per-key layout (the original release's NUS-WIDE feature files): one gzip dataset per image and field.
 
     ``<name>-features`` (512, 196) float32, ``<name>-labels`` (label_width,) int8 and
     ``<name>-labels_81`` (81,) int8, gzip at h5py's default level (4), as the release was written.
@@ -224,7 +224,7 @@ def write_released(path: Path, names: Sequence[str], label_width: int, seed: int
 
 
 def write_released_openimages(path: Path, ids: Sequence[str], seed: int) -> None:
-    """One released Open Images training shard (SPEC 3): ``<id>-features`` (512, 196) float32 and
+    """One released Open Images training shard (as the original release's files hold it): ``<id>-features`` (512, 196) float32 and
     ``<id>-seenlabels`` (7186,) int8, one gzip dataset each."""
     rng = np.random.default_rng(seed)
     pool = _feature_pool(rng, 16)
@@ -368,7 +368,7 @@ class ReleasedBatches:
 
 
 def published_ranking_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The published loss formulation of SPEC 5, with its (B, C, C) tensors.
+    """The published code's loss formulation, with its (B, C, C) tensors.
 
     scores (B, C) float, labels (B, C) in {-1, 0, +1} -> scalar: columns that are zero in the
     whole batch and images without a positive are left out; per image, the sum of
