@@ -97,6 +97,43 @@ def test_open_images_variant_trains_on_its_own_shapes(tiny_report, tmp_path):
     assert ds.manifest["dataset"] == "openimages" and ds.num_labels == bm.OI_SEEN + bm.OI_UNSEEN
 
 
+def test_data_figure_is_a_median_of_interleaved_windows(tiny_report):
+    """Both ways of the data part are measured in one process, window by window, and report
+    the median window; an epoch start (worker start-up) is never inside a timed window."""
+    data = tiny_report["data"]
+    for res in (data["original"], data["ours"]["workers0"], data["ours"]["workers2"]):
+        rates = res["window_rates"]
+        assert len(rates) == bm.SIZES["tiny"].data_windows and all(r > 0 for r in rates)
+        assert res["images_per_s"] == pytest.approx(float(np.median(rates)))
+        assert res["spread"] == pytest.approx(max(rates) / min(rates))
+        assert res["images"] >= len(rates) * (bm.SIZES["tiny"].data_images // len(rates))
+    row = next(r for r in tiny_report["table"] if r["section"] == "data")
+    assert "median of 3 interleaved windows" in row["note"]
+
+
+def test_windows_that_meet_an_epoch_start_are_dropped_and_remeasured():
+    from dataclasses import replace
+
+    sizes = replace(bm.SIZES["tiny"], data_windows=4, data_images=8, data_window_s=0.0, data_warmup_s=0.0)
+
+    def epochs(length):
+        def make():
+            while True:
+                yield None  # where a new epoch's start-up would be
+                for _ in range(length):
+                    yield 1
+        return make
+
+    res = bm._steady_rates({"short": epochs(5), "endless": lambda: iter(lambda: 1, None)}, sizes, batch=1)
+    assert len(res["short"]["window_rates"]) == len(res["endless"]["window_rates"]) == 4
+    assert res["short"]["windows_dropped_at_epoch_start"] > 0
+    assert res["endless"]["windows_dropped_at_epoch_start"] == 0
+    assert res["short"]["images"] == res["endless"]["images"] == 4 * 2
+    # An epoch too short for even one window is an error, not an endless loop.
+    with pytest.raises(RuntimeError, match="epoch is too short"):
+        bm._steady_rates({"tiny": epochs(3)}, sizes, batch=1)
+
+
 def test_a_failing_part_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
     def broken(ctx, way):
         raise ValueError("injected fault")
