@@ -210,13 +210,13 @@ class Trainer:
             # on-device skip flag that lets train_step run without waiting on the device.
             kwargs["fused"] = True
         optimizer = torch.optim.Adam(params, **kwargs)
-        if finetune:
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-        else:
-            scheduler = build_scheduler(
-                optimizer, warmup_epochs=s.WARMUP_EPOCHS, total_epochs=s.MAX_EPOCHS, base_lr=s.BASE_LR,
-                min_lr=s.MIN_LR, cosine=s.SCHEDULE == "cosine",
-            )
+        # One rate function for the whole run (biam/engine/schedule.py): the fine-tuning phase's
+        # fresh optimiser starts at epoch MAX_EPOCHS + 1 of it.
+        scheduler = build_scheduler(
+            optimizer, warmup_epochs=s.WARMUP_EPOCHS, total_epochs=s.MAX_EPOCHS, base_lr=s.BASE_LR,
+            min_lr=s.MIN_LR, cosine=s.SCHEDULE == "cosine", finetune_lr=s.FINETUNE_LR,
+            first_epoch=s.MAX_EPOCHS + 1 if finetune else 1,
+        )
         return optimizer, scheduler
 
     # ------------------------------------------------------------------ state
