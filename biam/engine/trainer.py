@@ -534,7 +534,8 @@ class Trainer:
                 val = self.validate()
                 record["val"] = val
                 metric = val[cfg.EVAL.SELECT_METRIC]
-                if metric > self.best["metric"]:
+                # A tie goes to the later epoch, as in the original (>=).
+                if metric >= self.best["metric"]:
                     self.best = {"metric": metric, "epoch": epoch}
                     if comm.is_main_process():
                         ckpt.atomic_torch_save(_unwrap(self.model).state_dict(), os.path.join(self.out_dir, "model_best.pth"))
