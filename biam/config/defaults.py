@@ -23,7 +23,8 @@ _C.MODEL = CN()
 # Width D_c of the attention blocks (positive int; published: 256)
 _C.MODEL.CHANNEL_DIM = 256
 
-# Attention heads of the region block (positive int dividing CHANNEL_DIM; published NUS-WIDE: 8)
+# Attention heads of the region block (positive int dividing CHANNEL_DIM; published NUS-WIDE: 8,
+# published Open Images scripts: 16)
 _C.MODEL.HEADS = 8
 
 # Number of top region scores averaged into an image score (1..196; published: 6)
@@ -168,6 +169,11 @@ _C.EVAL.REPORT_CHANCE = False
 
 # Also report the published (pooled) Open Images AP beside the true per-label mAP (bool)
 _C.EVAL.PUBLISHED_OPENIMAGES_AP = False
+
+# biam-evaluate only: weights for the GZSL row ("" = MODEL.WEIGHTS serves ZSL and GZSL; a
+# file = ZSL from MODEL.WEIGHTS, GZSL from this file, as the original Open Images evaluation
+# loads model_best_zsl.pth and model_best_gzsl.pth)
+_C.EVAL.GZSL_WEIGHTS = ""
 
 # ------------------------------------------------------------------------------------------- #
 # Runtime

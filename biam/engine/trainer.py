@@ -223,6 +223,7 @@ class Trainer:
     def state_dict(self, epoch: int) -> Dict[str, Any]:
         return {
             "model": _unwrap(self.model).state_dict(),
+            ckpt.HPARAMS_KEY: _unwrap(self.model).hparams(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -538,7 +539,7 @@ class Trainer:
                 if metric >= self.best["metric"]:
                     self.best = {"metric": metric, "epoch": epoch}
                     if comm.is_main_process():
-                        ckpt.atomic_torch_save(_unwrap(self.model).state_dict(), os.path.join(self.out_dir, "model_best.pth"))
+                        ckpt.atomic_torch_save(ckpt.model_file(_unwrap(self.model)), os.path.join(self.out_dir, "model_best.pth"))
             if self.phase == "finetune" and cfg.EVAL.TEST_AFTER_FINETUNE:
                 last_test = record["test"] = self.test()
             self.log_epoch(record)

@@ -206,7 +206,9 @@ def test_model_selection_tie_goes_to_the_later_epoch(tiny_packed, tmp_path):
     trainer = _ConstantValidation(cfg_for(tiny_packed, out, "SOLVER.MAX_EPOCHS", "4", "SOLVER.FINETUNE_EPOCHS", "0"))
     trainer.run()
     assert trainer.best["epoch"] == 4  # validated at 2 and 4, equal scores
-    best = ckpt.model_state_from(ckpt.load_checkpoint(str(out / "model_best.pth")))
+    best_file = ckpt.load_checkpoint(str(out / "model_best.pth"))
+    assert best_file[ckpt.HPARAMS_KEY]["heads"] == 2  # the model's hyperparameters are recorded
+    best = ckpt.model_state_from(best_file)
     last = final_weights(out)
     for k in last:
         assert torch.equal(best[k], last[k]), k
