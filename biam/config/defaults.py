@@ -136,6 +136,11 @@ _C.SOLVER.FINETUNE_EPOCHS = 5
 # Learning rate of the fine-tuning epochs (positive float; published: 3.33e-4)
 _C.SOLVER.FINETUNE_LR = 3.33e-4
 
+# Adam implementation: True = the fused kernel (one kernel for all parameters; lets a step run
+# without waiting on the device), False = PyTorch's per-parameter loop (foreach off), the
+# implementation of the original's PyTorch 1.1; same update up to float rounding (docs/fidelity.md)
+_C.SOLVER.FUSED_ADAM = True
+
 # What to do with a batch whose loss is NaN/inf or above MAX_LOSS: "stop" (keep the last good
 # checkpoint and name the batch's images) or "skip" (count, report and go on)
 _C.SOLVER.BAD_LOSS = "stop"

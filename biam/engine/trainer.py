@@ -205,10 +205,12 @@ class Trainer:
         lr = s.FINETUNE_LR if finetune else s.BASE_LR
         params = [p for p in self.model.parameters() if p.requires_grad]
         kwargs = dict(lr=lr, betas=tuple(s.BETAS), weight_decay=s.WEIGHT_DECAY)
-        if self.device.type in ("cuda", "cpu"):
+        if s.FUSED_ADAM and self.device.type in ("cuda", "cpu"):
             # One kernel for the whole update instead of one per tensor; it also takes the
             # on-device skip flag that lets train_step run without waiting on the device.
             kwargs["fused"] = True
+        elif not s.FUSED_ADAM:
+            kwargs["foreach"] = False  # the per-parameter loop of the original's PyTorch
         optimizer = torch.optim.Adam(params, **kwargs)
         # One rate function for the whole run (biam/engine/schedule.py): the fine-tuning phase's
         # fresh optimiser starts at epoch MAX_EPOCHS + 1 of it.

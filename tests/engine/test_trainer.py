@@ -1,6 +1,7 @@
 """Training end to end on a tiny packed dataset: smoke run, outputs, resume equality, bad losses."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -240,3 +241,14 @@ def test_trainer_loss_is_the_mean_over_images_with_a_positive(tiny_packed, tmp_p
     loss, n = trainer.train_step(batch, trainer.labels.seen, num_seen, 1, 0)
     assert n == int(keep.sum())
     assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_unfused_adam_restores_the_per_parameter_loop(tiny_packed, tmp_path):
+    trainer = Trainer(cfg_for(tiny_packed, tmp_path / "unfused", "SOLVER.FUSED_ADAM", "False",
+                              "SOLVER.MAX_EPOCHS", "1", "SOLVER.FINETUNE_EPOCHS", "0"))
+    group = trainer.optimizer.param_groups[0]
+    assert not group["fused"] and group["foreach"] is False
+    assert not trainer.defer_checks()  # bad batches are checked after each step instead
+    trainer.run()
+    line = json.loads((tmp_path / "unfused" / "metrics.jsonl").read_text().splitlines()[0])
+    assert math.isfinite(line["loss"]) and line["skipped_batches"] == 0
