@@ -1,5 +1,6 @@
 #!/bin/sh
-# Train BiAM on Open Images with the paper's recipe, then print the ZSL and GZSL tables.
+# Train BiAM on Open Images with the paper's recipe (configs/openimages.yaml: 16 heads, as the
+# original release's train_openimages.sh), then print the ZSL and GZSL tables.
 #   sh scripts/train_openimages.sh [KEY VALUE ...]
 #   NPROC=8 sh scripts/train_openimages.sh          eight GPUs on this machine (torchrun)
 #   sh scripts/train_openimages.sh --resume         continue from the last checkpoint

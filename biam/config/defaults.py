@@ -23,7 +23,8 @@ _C.MODEL = CN()
 # Width D_c of the attention blocks (positive int; published: 256)
 _C.MODEL.CHANNEL_DIM = 256
 
-# Attention heads of the region block (positive int dividing CHANNEL_DIM; published NUS-WIDE: 8)
+# Attention heads of the region block (positive int dividing CHANNEL_DIM; published NUS-WIDE: 8,
+# published Open Images scripts: 16)
 _C.MODEL.HEADS = 8
 
 # Number of top region scores averaged into an image score (1..196; published: 6)
@@ -135,6 +136,11 @@ _C.SOLVER.FINETUNE_EPOCHS = 5
 # Learning rate of the fine-tuning epochs (positive float; published: 3.33e-4)
 _C.SOLVER.FINETUNE_LR = 3.33e-4
 
+# Adam implementation: True = the fused kernel (one kernel for all parameters; lets a step run
+# without waiting on the device), False = PyTorch's per-parameter loop (foreach off), the
+# implementation of the original's PyTorch 1.1; same update up to float rounding (docs/fidelity.md)
+_C.SOLVER.FUSED_ADAM = True
+
 # What to do with a batch whose loss is NaN/inf or above MAX_LOSS: "stop" (keep the last good
 # checkpoint and name the batch's images) or "skip" (count, report and go on)
 _C.SOLVER.BAD_LOSS = "stop"
@@ -168,6 +174,11 @@ _C.EVAL.REPORT_CHANCE = False
 
 # Also report the published (pooled) Open Images AP beside the true per-label mAP (bool)
 _C.EVAL.PUBLISHED_OPENIMAGES_AP = False
+
+# biam-evaluate only: weights for the GZSL row ("" = MODEL.WEIGHTS serves ZSL and GZSL; a
+# file = ZSL from MODEL.WEIGHTS, GZSL from this file, as the original Open Images evaluation
+# loads model_best_zsl.pth and model_best_gzsl.pth)
+_C.EVAL.GZSL_WEIGHTS = ""
 
 # ------------------------------------------------------------------------------------------- #
 # Runtime

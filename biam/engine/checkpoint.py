@@ -1,7 +1,9 @@
 """Atomic, complete checkpoints and resuming from them.
 
 A checkpoint holds everything needed to continue a run bit for bit on the CPU: model,
-optimiser, scheduler, grad scaler, RNG states, epoch, best metric and the config. It is written
+optimiser, scheduler, grad scaler, RNG states, epoch, best metric and the config, and the
+model's hyperparameters (``model_hparams``; ``model_best.pth`` holds the weights and that record
+too), so that loading it into a model configured otherwise is an error naming both values. It is written
 to a temporary file, flushed to disk and renamed, so a crash (or a full disk) at any moment
 leaves the previous checkpoints intact. Names carry zero-padded epochs so they sort.
 """
@@ -19,13 +21,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..modeling.biam import load_published_state_dict
+from ..modeling.biam import HPARAM_CONFIG_KEYS, load_published_state_dict
 
 __all__ = [
     "checkpoint_path", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
     "rng_state", "set_rng_state", "load_model_weights", "CheckpointError", "atomic_torch_save",
-    "latest_owned", "check_training_state",
+    "latest_owned", "check_training_state", "model_file", "check_hparams", "HPARAMS_KEY",
 ]
+
+# Key of the model's hyperparameter record in our checkpoints and model files.
+HPARAMS_KEY = "model_hparams"
 
 _NAME = re.compile(r"^checkpoint_epoch_(\d{4,})\.pth$")
 
@@ -152,13 +157,45 @@ def model_state_from(obj: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
     return obj
 
 
-def load_model_weights(model: nn.Module, path: str) -> Dict[str, Any]:
-    """Load weights into ``model`` from a training checkpoint or a published plain state dict.
+def model_file(model: nn.Module) -> Dict[str, Any]:
+    """What ``model_best.pth`` holds: ``{"model": state dict, "model_hparams": {...}}``.
 
-    Keys and shapes must match exactly; otherwise ``CheckpointError`` lists the missing,
-    unexpected and mismatched keys with their shapes. Returns the loaded object.
+    ``model`` is the bare BiAM (no DDP / compile wrapper); ``load_model_weights`` reads it back.
+    """
+    return {"model": model.state_dict(), HPARAMS_KEY: model.hparams()}
+
+
+def check_hparams(model: nn.Module, recorded: Any, path: str) -> None:
+    """Raise ``CheckpointError`` when the hyperparameters recorded in ``path`` differ from ``model``'s.
+
+    ``recorded`` is the file's ``model_hparams`` dict; hyperparameters it lacks are not checked.
+    The message names every differing config key with the file's value and the model's.
+    """
+    if not isinstance(recorded, Mapping):
+        raise CheckpointError(f"{path}: '{HPARAMS_KEY}' is a {type(recorded).__name__}, expected a dict")
+    mine = model.hparams()
+    differ = [(name, recorded[name], mine[name]) for name in HPARAM_CONFIG_KEYS
+              if name in recorded and name in mine and recorded[name] != mine[name]]
+    if differ:
+        lines = [f"{path}: the checkpoint was made by a model configured otherwise:"]
+        lines += [f"  {HPARAM_CONFIG_KEYS[name]}: checkpoint {a}, config {b}" for name, a, b in differ]
+        lines.append("  (set these MODEL.* keys to the checkpoint's values, e.g. MODEL.HEADS 16 for Open Images)")
+        raise CheckpointError("\n".join(lines))
+
+
+def load_model_weights(model: nn.Module, path: str) -> Dict[str, Any]:
+    """Load weights into ``model`` from a training checkpoint, a ``model_best.pth`` of ours or a
+    published plain state dict.
+
+    A file of ours records the model's hyperparameters; one that differs from ``model``'s (e.g.
+    16 heads in the file, 8 configured) raises ``CheckpointError`` naming both values. A plain
+    state dict has no record: its keys and shapes are checked. Keys and shapes must match
+    exactly; otherwise ``CheckpointError`` lists the missing, unexpected and mismatched keys
+    with their shapes. Returns the loaded object.
     """
     obj = load_checkpoint(path)
+    if HPARAMS_KEY in obj and hasattr(model, "hparams"):
+        check_hparams(model, obj[HPARAMS_KEY], path)
     state = dict(model_state_from(obj))
     # DDP / torch.compile wrappers prefix keys; accept checkpoints saved from either.
     for prefix in ("module.", "_orig_mod."):

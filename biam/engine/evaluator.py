@@ -6,6 +6,9 @@ writes its own folder ``OUTPUT_DIR/eval/<TEST_SPLIT>-<weights file stem>/`` (see
 :func:`evaluation_folder`): ``metrics.json`` as ``{"zsl": {...}, "gzsl": {...}}`` with
 fractions, ``config.yaml``, ``log.txt`` and the record ``evaluation.json``. It never writes over
 a training run's files, so OUTPUT_DIR may be the run's own folder.
+With ``EVAL.GZSL_WEIGHTS`` (``--gzsl-checkpoint``) the GZSL row comes from a second file, as the
+original Open Images evaluation takes ZSL from ``model_best_zsl.pth`` and GZSL from
+``model_best_gzsl.pth``; one file of ours serves both when the key is empty.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from ..utils.logging import setup_logger
 from . import checkpoint as ckpt
 from .runtime import LabelSpace, build_label_space, build_scene_head, resolve_amp, run_inference
 
-__all__ = ["evaluate_split", "format_result", "main", "protocol_for", "evaluation_folder", "EVAL_RECORD"]
+__all__ = [
+    "evaluate_split", "format_result", "main", "protocol_for", "combine_tasks", "evaluation_folder", "EVAL_RECORD",
+]
 
 # The record that marks an evaluation folder as biam-evaluate's own.
 EVAL_RECORD = "evaluation.json"
@@ -115,6 +120,22 @@ def evaluate_split(
     return result
 
 
+def combine_tasks(zsl_result, gzsl_result):
+    """One result with the ZSL row of ``zsl_result`` and the GZSL row of ``gzsl_result``.
+
+    Both are protocol results of the same test split (two weight files); the chance level,
+    computed from the labels alone, is the same for both and is kept from ``zsl_result``.
+    """
+    from dataclasses import replace
+
+    return replace(
+        zsl_result,
+        metrics={"zsl": zsl_result.metrics["zsl"], "gzsl": gzsl_result.metrics["gzsl"]},
+        per_label_ap={task: r.per_label_ap[task] for task, r in (("zsl", zsl_result), ("gzsl", gzsl_result))
+                      if task in r.per_label_ap},
+    )
+
+
 def format_result(result, cfg) -> str:
     """The paper's table, with the chance level rows (expected metrics of random scores) when computed."""
     return result.format_table(chance=result.chance)
@@ -134,6 +155,10 @@ def parse_args(argv=None):
     parser.add_argument("--overwrite", action="store_true",
                         help="write into an evaluation folder that holds files biam-evaluate did not write (only "
                              "its own metrics.json, config.yaml, log.txt and evaluation.json are replaced)")
+    parser.add_argument("--gzsl-checkpoint", default="", metavar="FILE",
+                        help="weights for the GZSL row only (overrides EVAL.GZSL_WEIGHTS); the ZSL row then comes "
+                             "from --checkpoint, as the original Open Images evaluation uses model_best_zsl.pth and "
+                             "model_best_gzsl.pth")
     # Options may come before, between or after the KEY VALUE overrides.
     return parser.parse_intermixed_args(argv)
 
@@ -147,6 +172,8 @@ def main(argv=None) -> int:
         return 2
     if args.checkpoint:
         cfg.MODEL.WEIGHTS = args.checkpoint
+    if args.gzsl_checkpoint:
+        cfg.EVAL.GZSL_WEIGHTS = args.gzsl_checkpoint
     cfg.freeze()
     if not cfg.MODEL.WEIGHTS:
         print("biam-evaluate: no weights given: pass --checkpoint FILE or MODEL.WEIGHTS FILE "
@@ -175,18 +202,28 @@ def main(argv=None) -> int:
             dataset.verify()
         labels = build_label_space(dataset, device, cfg.MODEL.EMBED_DIM)
         scene_head = build_scene_head(cfg.MODEL.SCENE_HEAD_WEIGHTS, dataset, device)
-        model = build_model(cfg)
-        ckpt.load_model_weights(model, cfg.MODEL.WEIGHTS)
-        model.to(device).eval()
         from ..data.loader import build_loader
 
-        result = evaluate_split(
-            model, dataset, labels, cfg, device, resolve_amp(cfg.AMP, device), scene_head,
-            loader_fn=lambda ds, bs: build_loader(
-                ds, batch_size=bs, shuffle=False, rank=comm.get_rank(), world_size=comm.get_world_size(),
-                num_workers=cfg.DATA.NUM_WORKERS, pin_memory=device.type == "cuda", float32=device.type != "cuda"),
-        )
-        logger.info(f"{cfg.MODEL.WEIGHTS} on {cfg.DATA.ROOT} [{cfg.DATA.TEST_SPLIT}]:\n" + format_result(result, cfg))
+        def evaluate_weights(path: str):
+            model = build_model(cfg)
+            ckpt.load_model_weights(model, path)
+            model.to(device).eval()
+            return evaluate_split(
+                model, dataset, labels, cfg, device, resolve_amp(cfg.AMP, device), scene_head,
+                loader_fn=lambda ds, bs: build_loader(
+                    ds, batch_size=bs, shuffle=False, rank=comm.get_rank(), world_size=comm.get_world_size(),
+                    num_workers=cfg.DATA.NUM_WORKERS, pin_memory=device.type == "cuda", float32=device.type != "cuda"),
+            )
+
+        gzsl_weights = cfg.EVAL.GZSL_WEIGHTS
+        if gzsl_weights and not os.path.isfile(gzsl_weights):
+            raise ckpt.CheckpointError(f"EVAL.GZSL_WEIGHTS: checkpoint not found: {gzsl_weights}")
+        result = evaluate_weights(cfg.MODEL.WEIGHTS)
+        source = cfg.MODEL.WEIGHTS
+        if gzsl_weights:
+            result = combine_tasks(result, evaluate_weights(gzsl_weights))
+            source = f"ZSL: {cfg.MODEL.WEIGHTS}, GZSL: {gzsl_weights}"
+        logger.info(f"{source} on {cfg.DATA.ROOT} [{cfg.DATA.TEST_SPLIT}]:\n" + format_result(result, cfg))
         if comm.is_main_process():
             out = os.path.join(out_dir, "metrics.json")
             payload = result.to_dict()

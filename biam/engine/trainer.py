@@ -355,24 +355,27 @@ class Trainer:
         lr = s.FINETUNE_LR if finetune else s.BASE_LR
         params = [p for p in self.model.parameters() if p.requires_grad]
         kwargs = dict(lr=lr, betas=tuple(s.BETAS), weight_decay=s.WEIGHT_DECAY)
-        if self.device.type in ("cuda", "cpu"):
+        if s.FUSED_ADAM and self.device.type in ("cuda", "cpu"):
             # One kernel for the whole update instead of one per tensor; it also takes the
             # on-device skip flag that lets train_step run without waiting on the device.
             kwargs["fused"] = True
+        elif not s.FUSED_ADAM:
+            kwargs["foreach"] = False  # the per-parameter loop of the original's PyTorch
         optimizer = torch.optim.Adam(params, **kwargs)
-        if finetune:
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-        else:
-            scheduler = build_scheduler(
-                optimizer, warmup_epochs=s.WARMUP_EPOCHS, total_epochs=s.MAX_EPOCHS, base_lr=s.BASE_LR,
-                min_lr=s.MIN_LR, cosine=s.SCHEDULE == "cosine",
-            )
+        # One rate function for the whole run (biam/engine/schedule.py): the fine-tuning phase's
+        # fresh optimiser starts at epoch MAX_EPOCHS + 1 of it.
+        scheduler = build_scheduler(
+            optimizer, warmup_epochs=s.WARMUP_EPOCHS, total_epochs=s.MAX_EPOCHS, base_lr=s.BASE_LR,
+            min_lr=s.MIN_LR, cosine=s.SCHEDULE == "cosine", finetune_lr=s.FINETUNE_LR,
+            first_epoch=s.MAX_EPOCHS + 1 if finetune else 1,
+        )
         return optimizer, scheduler
 
     # ------------------------------------------------------------------ state
     def state_dict(self, epoch: int) -> Dict[str, Any]:
         return {
             "model": _unwrap(self.model).state_dict(),
+            ckpt.HPARAMS_KEY: _unwrap(self.model).hparams(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -776,10 +779,11 @@ class Trainer:
                 val = self.validate()
                 record["val"] = val
                 metric = val[cfg.EVAL.SELECT_METRIC]
-                if metric > self.best["metric"]:
+                # A tie goes to the later epoch, as in the original (>=).
+                if metric >= self.best["metric"]:
                     self.best = {"metric": metric, "epoch": epoch}
                     if comm.is_main_process():
-                        ckpt.atomic_torch_save(_unwrap(self.model).state_dict(), os.path.join(self.out_dir, "model_best.pth"))
+                        ckpt.atomic_torch_save(ckpt.model_file(_unwrap(self.model)), os.path.join(self.out_dir, "model_best.pth"))
             if self.phase == "finetune" and cfg.EVAL.TEST_AFTER_FINETUNE:
                 last_test = record["test"] = self.test()
             self.log_epoch(record)

@@ -1,4 +1,4 @@
-"""The NUS-WIDE and Open Images evaluation protocols (SPEC section 6).
+"""The NUS-WIDE and Open Images evaluation protocols of the paper (docs/metrics.md).
 
 Both take the full score and label matrices over the GZSL label list, seen columns first, then
 the evaluated unseen columns: (N, S + U), torch (CPU or CUDA; computed where the scores are) or
@@ -39,7 +39,8 @@ OPENIMAGES_KS = (1, 3, 5, 10, 20)
 TASKS = ("zsl", "gzsl")
 
 # Column headers of the table for the metric keys that are not per-K.
-_EXTRA_COLUMNS = (("mAP", "mAP"), ("wmAP", "wmAP"), ("published_pooled_mAP", "pub.pooled mAP"))
+_EXTRA_COLUMNS = (("mAP", "mAP"), ("mAP_annotated", "mAP annot."), ("wmAP", "wmAP"),
+                  ("published_pooled_mAP", "pub.pooled mAP"))
 
 
 @dataclass
@@ -50,11 +51,12 @@ class EvalResult:
         dataset: "nus_wide" or "openimages".
         ks: the K of the F1/P/R columns.
         metrics: {"zsl": {...}, "gzsl": {...}}; per task "P@K", "R@K", "F1@K" for each K,
-            "mAP" (and for Open Images "wmAP", optionally "published_pooled_mAP") as fractions
-            in [0, 1], plus counts "num_images", "num_labels" (columns evaluated) and for Open
-            Images "num_ap_labels" (columns with an annotation, those in the mAP).
-        per_label_ap: per task a (columns,) float64 numpy array of per-label AP; NaN for a
-            column left out of the mAP.
+            "mAP" (and for Open Images "mAP_annotated", "wmAP", optionally
+            "published_pooled_mAP") as fractions in [0, 1], plus counts "num_images",
+            "num_labels" (columns evaluated) and for Open Images "num_ap_labels" (columns with
+            an annotated image).
+        per_label_ap: per task a (columns,) float64 numpy array of per-label AP; NaN for an
+            Open Images column without an annotated image (it counts 0 in "mAP").
         chance: optionally the same protocol on random scores (set by the caller).
     """
 
@@ -80,7 +82,7 @@ class EvalResult:
         for k in self.ks:
             keys += [(f"P@{k}", f"P@{k}"), (f"R@{k}", f"R@{k}"), (f"F1@{k}", f"F1@{k}")]
         present = set().union(*(m.keys() for m in self.metrics.values())) if self.metrics else set()
-        keys += [kv for kv in _EXTRA_COLUMNS if kv[0] in present]
+        keys += [kv for kv in _EXTRA_COLUMNS if kv[0] in present and (kv[0] != "mAP_annotated" or self._annotated_differs())]
         rows: List[Tuple[str, Dict[str, float]]] = []
         for task in TASKS:
             if task in self.metrics:
@@ -102,7 +104,7 @@ class EvalResult:
         for task in TASKS:
             m = self.metrics.get(task, {})
             if "num_images" in m:
-                extra = f", {m['num_ap_labels']} in mAP" if "num_ap_labels" in m else ""
+                extra = f", {m['num_ap_labels']} of them annotated" if "num_ap_labels" in m else ""
                 counts.append(f"{task.upper()}: {m['num_images']} images, {m['num_labels']} labels{extra}")
         if counts:
             lines.append("(" + "; ".join(counts) + "; values in %)")
@@ -110,6 +112,11 @@ class EvalResult:
 
     def __str__(self) -> str:
         return self.format_table()
+
+    def _annotated_differs(self) -> bool:
+        # The per-annotated-label mAP is shown only where it differs from the mAP: when some
+        # column of a task has no annotated image.
+        return any(m.get("num_ap_labels", m.get("num_labels")) != m.get("num_labels") for m in self.metrics.values())
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -210,17 +217,19 @@ def evaluate_openimages(
 ) -> EvalResult:
     """Open Images protocol.
 
-    Per task: keep the images with at least one +1 among the task's columns; AP over the columns
-    with at least one non-zero entry in those images (mAP, and wmAP weighted by +1 images);
-    F1/P/R@K over the kept images and all the task's columns.
+    Per task: keep the images with at least one +1 among the task's columns; per-label AP on
+    those images; "mAP" is the mean over all the task's columns, a column without an annotated
+    image counting 0, as the original's evaluation averages (400 columns for ZSL);
+    "mAP_annotated" is the mean over the columns with an annotated image only; "wmAP" weights
+    each label's AP by its +1 images; F1/P/R@K over the kept images and all the task's columns.
 
     Args:
         scores: (N, S + U) scores, seen columns first. labels: (N, S + U) in {-1, 0, +1}.
         num_seen: S (7186 for Open Images v4).
         ks: the K of F1@K (10 and 20 in the paper; 1, 3, 5 also logged).
-        published_ap: also report "published_pooled_mAP", the mean over the same columns of the
-            published (pooled, flawed) AP function; costs sum over images of (annotations per
-            image)^2 work.
+        published_ap: also report "published_pooled_mAP", the mean over all the task's columns
+            (0 for a column without an annotated image) of the original's pooled, flawed AP
+            function; costs sum over images of (annotations per image)^2 work.
     Returns:
         EvalResult with tasks "zsl" and "gzsl".
     """
@@ -239,11 +248,13 @@ def evaluate_openimages(
         m = _f1_metrics(f1_at_ks(ts, ty, ks, row_mask=rows))
         num_kept = int(kept.sum())
         w = positives.double()
-        m["mAP"] = float(ap[kept].mean()) if num_kept else float("nan")
+        width = sl.stop - sl.start
+        m["mAP"] = float(torch.where(kept, ap, torch.zeros_like(ap)).sum()) / width
+        m["mAP_annotated"] = float(ap[kept].mean()) if num_kept else float("nan")
         m["wmAP"] = float((ap * w).sum() / w.sum()) if float(w.sum()) > 0 else float("nan")
         if published_ap:
             pooled = openimages_published_ap(ts, ty, row_mask=rows).double()
-            m["published_pooled_mAP"] = float(pooled[kept].mean()) if num_kept else float("nan")
+            m["published_pooled_mAP"] = float(torch.where(kept, pooled, torch.zeros_like(pooled)).sum()) / width
         m["num_images"] = int(rows.sum())
         m["num_labels"] = sl.stop - sl.start
         m["num_ap_labels"] = num_kept
@@ -324,7 +335,8 @@ def chance_level(
         else:
             kept = annotated.cpu().numpy() > 0
             w = positives.cpu().numpy().astype(np.float64)
-            m["mAP"] = float(e_ap[kept].mean()) if kept.any() else float("nan")
+            m["mAP"] = float(np.where(kept, e_ap, 0.0).sum()) / width
+            m["mAP_annotated"] = float(e_ap[kept].mean()) if kept.any() else float("nan")
             m["wmAP"] = float((e_ap * w).sum() / w.sum()) if w.sum() > 0 else float("nan")
             m["num_ap_labels"] = int(kept.sum())
         m["num_images"] = num_img

@@ -1,7 +1,8 @@
 """The BiAM model: region-level and scene-level attention over VGG19 region features.
 
-Layer by layer as in SPEC section 4, with the parameter names of the published checkpoints so
-that ``load_state_dict(published, strict=True)`` works unchanged.
+Layer by layer as in the paper and its original release (docs/model.md), with the parameter
+names of the published checkpoints so that ``load_state_dict(published, strict=True)`` works
+unchanged.
 """
 
 from __future__ import annotations
@@ -13,9 +14,18 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-__all__ = ["BiAM", "build_model", "ConvReluBN", "NUM_REGIONS", "load_published_state_dict"]
+__all__ = ["BiAM", "build_model", "ConvReluBN", "NUM_REGIONS", "load_published_state_dict", "HPARAM_CONFIG_KEYS"]
 
 NUM_REGIONS = 196  # 14 x 14 conv5_4 cells
+
+# The hyperparameters a checkpoint of ours records (``BiAM.hparams``), with their config keys:
+# they decide what the weights compute. Heads and top-k do not show in parameter shapes, so
+# only this record tells a 16-head checkpoint from an 8-head one.
+HPARAM_CONFIG_KEYS = {
+    "channel_dim": "MODEL.CHANNEL_DIM", "heads": "MODEL.HEADS", "topk": "MODEL.TOPK",
+    "embed_dim": "MODEL.EMBED_DIM", "feature_dim": "MODEL.FEATURE_DIM", "joint_dim": "MODEL.JOINT_DIM",
+    "scene_dim": "MODEL.SCENE_DIM",
+}
 
 
 class ConvReluBN(nn.Module):
@@ -169,6 +179,8 @@ class BiAM(nn.Module):
         if not 1 <= topk <= NUM_REGIONS:
             raise ValueError(f"topk must be in [1, {NUM_REGIONS}], got {topk}")
         self.topk = topk
+        self._hparams = dict(channel_dim=int(channel_dim), heads=int(heads), topk=int(topk), embed_dim=int(embed_dim),
+                             feature_dim=int(feature_dim), joint_dim=int(joint_dim), scene_dim=int(scene_dim))
         self.feature_dim = feature_dim
         self.embed_dim = embed_dim
         self.scene_dim = scene_dim
@@ -177,6 +189,11 @@ class BiAM(nn.Module):
         self.scene_context_block = SceneContextBlock(channel_dim, scene_dim, scene_dropout)
         self.conv_1X1 = Conv1x1(2 * channel_dim, joint_dim)
         self.W = nn.Linear(embed_dim, joint_dim)
+
+    def hparams(self) -> dict:
+        """The hyperparameters that decide what the weights compute (keys of ``HPARAM_CONFIG_KEYS``),
+        as plain ints: recorded in our checkpoints and checked when one is loaded."""
+        return dict(self._hparams)
 
     @classmethod
     def from_config(cls, cfg: Any) -> dict:

@@ -1,9 +1,12 @@
-"""The pairwise ranking loss of SPEC section 5, in O(B x C) memory.
+"""The pairwise ranking loss of the paper, in O(B x C) memory.
 
-Published: for each image, every (positive p, negative n) pair contributes
+The original's function: for each image, every (positive p, negative n) pair contributes
 max(0, 1 + s_n - s_p); the image loss is that sum over the number of pairs that contribute
-(+1e-8); the batch loss is the mean over images that have a positive label. The published code
-materialises (B, C, C) tensors: 1.65e9 entries (6.6 GB in float32) for 32 images x 7186 labels.
+(+1e-8); the batch loss is the mean over all B images of the batch, so an image without a
+positive label counts 0 in it. (Its training loop drops such images from the batch before the
+forward, so the loss it trains with is the mean over the images that have a positive;
+``biam-train`` drops them the same way.) The original materialises (B, C, C) tensors: 1.65e9
+entries (6.6 GB in float32) for 32 images x 7186 labels.
 Here each positive's sum over negatives is read off the negative scores sorted in descending
 order with a running sum:
 
@@ -18,23 +21,34 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ranking_loss"]
+__all__ = ["ranking_loss", "REDUCTIONS"]
 
 
-def ranking_loss(scores: torch.Tensor, labels: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+REDUCTIONS = ("mean", "mean_positive", "sum", "none")
+
+
+def ranking_loss(scores: torch.Tensor, labels: torch.Tensor, margin: float = 1.0,
+                 reduction: str = "mean") -> torch.Tensor:
     """Pairwise ranking loss.
 
     Args:
         scores: (B, C) float scores (any float dtype; computed in float32/float64).
         labels: (B, C) integer labels in {-1, 0, +1}; 0 entries take part in no pair.
         margin: the 1 of max(0, 1 + s_n - s_p).
+        reduction: how the B per-image losses become the result:
+            "mean": the original function's mean over all B images (an image without a +1
+                label, or with no -1 label, counts 0);
+            "mean_positive": the mean over the images with a +1 label (0 if there is none);
+                equal to "mean" on a batch whose images all have one, as in training;
+            "sum": their sum (for a caller that divides by a count of its own, e.g. across ranks);
+            "none": the (B,) per-image losses.
     Returns:
-        A scalar float32 tensor. Images without any +1 label are left out of the mean; if no
-        image has one, the loss is 0 (still attached to the graph). An image with positives but
-        no negatives contributes 0 to the mean, as published (0 / (0 + 1e-8)).
+        A float32 tensor: a scalar, or (B,) for "none"; attached to the graph even when it is 0.
     """
     if scores.shape != labels.shape or scores.dim() != 2:
         raise ValueError(f"scores {tuple(scores.shape)} and labels {tuple(labels.shape)} must both be (B, C)")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}, got {reduction!r}")
     s = scores.float()
     pos = labels > 0
     neg = labels < 0
@@ -58,4 +72,10 @@ def ranking_loss(scores: torch.Tensor, labels: torch.Tensor, margin: float = 1.0
     per_pos = torch.where(pos, per_pos, torch.zeros_like(per_pos))
     pairs = torch.where(pos, count_f, torch.zeros_like(count_f)).sum(dim=1)
     per_image = per_pos.sum(dim=1) / (pairs + 1e-8)
-    return (per_image.sum() / keep.sum().clamp(min=1)).float()
+    if reduction == "none":
+        return per_image.float()
+    if reduction == "sum":
+        return per_image.sum().float()
+    if reduction == "mean_positive":
+        return (per_image.sum() / keep.sum().clamp(min=1)).float()
+    return (per_image.sum() / max(per_image.shape[0], 1)).float()

@@ -90,3 +90,5 @@ def test_paper_recipe_values():
     assert nus.DATA.TRAIN_FRACTION == 0.8 and nus.EVAL.SELECT_METRIC == "F1@5"
     oi = load_cfg(str(root / "openimages.yaml"))
     assert (oi.SOLVER.BASE_LR, oi.DATA.MAX_POSITIVES, oi.SOLVER.MAX_EPOCHS) == (1e-4, 40, 10)
+    # The original's train_openimages.sh and evaluate_openimages.sh pass --heads 16; NUS-WIDE uses 8.
+    assert (oi.MODEL.HEADS, nus.MODEL.HEADS) == (16, 8)

@@ -99,6 +99,27 @@ def test_plain_state_dict_and_training_checkpoint_both_load(tmp_path):
             assert torch.equal(a, b), k
 
 
+def test_our_files_record_hyperparameters_and_refuse_another_config(tmp_path):
+    """Heads and top-k do not show in parameter shapes: only the record catches them."""
+    src = BiAM(channel_dim=16, heads=4, topk=3, joint_dim=32, embed_dim=8)
+    ckpt.atomic_torch_save(ckpt.model_file(src), str(tmp_path / "model_best.pth"))
+    torch.save({"model": src.state_dict(), ckpt.HPARAMS_KEY: src.hparams(), "epoch": 3}, tmp_path / "train.pth")
+    for name in ("model_best.pth", "train.pth"):
+        assert ckpt.load_checkpoint(str(tmp_path / name))[ckpt.HPARAMS_KEY]["heads"] == 4
+        with pytest.raises(ckpt.CheckpointError) as err:
+            ckpt.load_model_weights(tiny(), str(tmp_path / name))  # 2 heads, top-k 6
+        msg = str(err.value)
+        assert name in msg and "MODEL.HEADS: checkpoint 4, config 2" in msg and "MODEL.TOPK: checkpoint 3, config 6" in msg
+        assert "CHANNEL_DIM" not in msg  # only what differs
+        dst = BiAM(channel_dim=16, heads=4, topk=3, joint_dim=32, embed_dim=8)
+        ckpt.load_model_weights(dst, str(tmp_path / name))
+        for (k, a), b in zip(src.state_dict().items(), dst.state_dict().values()):
+            assert torch.equal(a, b), k
+    # A published plain state dict has no record: it loads into the 2-head model (same shapes).
+    torch.save(src.state_dict(), tmp_path / "plain.pth")
+    ckpt.load_model_weights(tiny(), str(tmp_path / "plain.pth"))
+
+
 def test_code_in_a_checkpoint_is_refused(tmp_path):
     class Evil:
         def __reduce__(self):

@@ -1,6 +1,7 @@
 """biam-evaluate: its metrics.json equals the protocol applied to scores computed directly."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -55,3 +56,46 @@ def test_evaluator_matches_direct_computation(tiny_packed, tmp_path):
 def test_evaluator_requires_weights(tiny_packed, capsys):
     assert main([*TINY_MODEL_OPTS, "DATA.ROOT", str(tiny_packed)]) == 2
     assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_zsl_and_gzsl_rows_from_two_files_as_the_original_open_images_evaluation(tiny_packed, tmp_path):
+    cfg = load_cfg(None, TINY_MODEL_OPTS + ["DATA.ROOT", str(tiny_packed)])
+    files = {}
+    for name, seed in (("model_best_zsl.pth", 0), ("model_best_gzsl.pth", 1)):
+        torch.manual_seed(seed)
+        files[name] = tmp_path / name
+        torch.save(build_model(cfg).state_dict(), files[name])  # published plain state dicts
+
+    def run(out, *args):
+        assert main([*args, *TINY_MODEL_OPTS, "DATA.ROOT", str(tiny_packed), "OUTPUT_DIR", str(tmp_path / out)]) == 0
+        # Each evaluation writes its own folder, named by the (ZSL) weights file.
+        stem = os.path.splitext(os.path.basename(args[1]))[0]
+        return json.loads((tmp_path / out / "eval" / f"test-{stem}" / "metrics.json").read_text())
+
+    zsl_alone = run("a", "--checkpoint", str(files["model_best_zsl.pth"]))
+    gzsl_alone = run("b", "--checkpoint", str(files["model_best_gzsl.pth"]))
+    assert zsl_alone["gzsl"]["mAP"] != gzsl_alone["gzsl"]["mAP"]  # the two files differ
+    pair = run("pair", "--checkpoint", str(files["model_best_zsl.pth"]),
+               "--gzsl-checkpoint", str(files["model_best_gzsl.pth"]))
+    assert pair == {"zsl": zsl_alone["zsl"], "gzsl": gzsl_alone["gzsl"]}
+    # The same through the config key.
+    key = run("key", "--checkpoint", str(files["model_best_zsl.pth"]), "EVAL.GZSL_WEIGHTS", str(files["model_best_gzsl.pth"]))
+    assert key == pair
+    assert "GZSL: " in (tmp_path / "key" / "eval" / "test-model_best_zsl" / "log.txt").read_text()
+
+
+def test_own_checkpoint_with_other_heads_is_refused_naming_both_values(tiny_packed, tmp_path, capsys):
+    from biam.engine import checkpoint as ckpt
+
+    cfg = load_cfg(None, TINY_MODEL_OPTS + ["DATA.ROOT", str(tiny_packed), "MODEL.HEADS", "4"])
+    path = tmp_path / "model_best.pth"
+    ckpt.atomic_torch_save(ckpt.model_file(build_model(cfg)), str(path))
+    rc = main(["--checkpoint", str(path), *TINY_MODEL_OPTS, "DATA.ROOT", str(tiny_packed),
+               "OUTPUT_DIR", str(tmp_path / "eval")])  # TINY_MODEL_OPTS configure 2 heads
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "model_best.pth" in err and "MODEL.HEADS: checkpoint 4, config 2" in err
+    missing = tmp_path / "nope.pth"
+    rc = main(["--checkpoint", str(path), "--gzsl-checkpoint", str(missing), *TINY_MODEL_OPTS, "MODEL.HEADS", "4",
+               "DATA.ROOT", str(tiny_packed), "OUTPUT_DIR", str(tmp_path / "eval2")])
+    assert rc == 1 and f"EVAL.GZSL_WEIGHTS: checkpoint not found: {missing}" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Training end to end on a tiny packed dataset: smoke run, outputs, resume equality, bad losses."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -191,3 +192,63 @@ def test_openimages_recipe_drops_crowded_images_and_uses_its_protocol(tmp_path):
     for task in ("zsl", "gzsl"):
         assert {"mAP", "wmAP", "published_pooled_mAP", "F1@10", "F1@20", "P@1"} <= set(result[task])
     assert "dropped" in (out / "log.txt").read_text()
+
+
+class _ConstantValidation(Trainer):
+    """The real trainer with a validation score that never changes: every validation is a tie."""
+
+    def validate(self):
+        return {"mAP": 0.5, "F1@3": 0.5, "F1@5": 0.5, "P@3": 0.5, "P@5": 0.5, "R@3": 0.5, "R@5": 0.5}
+
+
+def test_model_selection_tie_goes_to_the_later_epoch(tiny_packed, tmp_path):
+    """The original keeps a checkpoint whose metric is >= the best so far; so do we."""
+    out = tmp_path / "tie"
+    trainer = _ConstantValidation(cfg_for(tiny_packed, out, "SOLVER.MAX_EPOCHS", "4", "SOLVER.FINETUNE_EPOCHS", "0"))
+    trainer.run()
+    assert trainer.best["epoch"] == 4  # validated at 2 and 4, equal scores
+    best_file = ckpt.load_checkpoint(str(out / "model_best.pth"))
+    assert best_file[ckpt.HPARAMS_KEY]["heads"] == 2  # the model's hyperparameters are recorded
+    best = ckpt.model_state_from(best_file)
+    last = final_weights(out)
+    for k in last:
+        assert torch.equal(best[k], last[k]), k
+
+
+def test_trainer_loss_is_the_mean_over_images_with_a_positive(tiny_packed, tmp_path):
+    """Images without a positive seen label are dropped before the forward, as in the original's
+    training loop, so the step's loss is the mean over the images that have one."""
+    from biam.engine.runtime import scene_features
+    from biam.modeling import ranking_loss
+
+    trainer = Trainer(cfg_for(tiny_packed, tmp_path / "loss", "MODEL.ATTN_DROPOUT", "0.0", "MODEL.SCENE_DROPOUT", "0.0"))
+    loader = trainer.phase_loader()
+    loader.set_epoch(1)
+    batch = next(iter(loader))
+    num_seen = trainer.labels.num_seen
+    batch["labels"] = batch["labels"].clone()
+    batch["labels"][:4, :num_seen] = torch.where(batch["labels"][:4, :num_seen] > 0, -1, batch["labels"][:4, :num_seen])
+    keep = (batch["labels"][:, :num_seen] > 0).any(dim=1)
+    assert int(keep.sum()) == batch["labels"].shape[0] - 4
+    regions = batch["regions"][keep].float()
+    trainer.model.train()
+    with torch.no_grad():
+        scores = trainer.model(regions, trainer.labels.seen, scene_features({k: v[keep] for k, v in batch.items()},
+                                                                            regions, trainer.scene_head))
+    labels = batch["labels"][keep][:, :num_seen]
+    expected = ranking_loss(scores, labels, reduction="mean_positive")
+    assert float(expected) == pytest.approx(float(ranking_loss(scores, labels)))  # the two means agree here
+    loss, n = trainer.train_step(batch, trainer.labels.seen, num_seen, 1, 0)
+    assert n == int(keep.sum())
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_unfused_adam_restores_the_per_parameter_loop(tiny_packed, tmp_path):
+    trainer = Trainer(cfg_for(tiny_packed, tmp_path / "unfused", "SOLVER.FUSED_ADAM", "False",
+                              "SOLVER.MAX_EPOCHS", "1", "SOLVER.FINETUNE_EPOCHS", "0"))
+    group = trainer.optimizer.param_groups[0]
+    assert not group["fused"] and group["foreach"] is False
+    assert not trainer.defer_checks()  # bad batches are checked after each step instead
+    trainer.run()
+    line = json.loads((tmp_path / "unfused" / "metrics.jsonl").read_text().splitlines()[0])
+    assert math.isfinite(line["loss"]) and line["skipped_batches"] == 0

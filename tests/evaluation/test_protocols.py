@@ -84,18 +84,40 @@ def test_openimages_filters_images_and_columns():
     zsl, gzsl = res.metrics["zsl"], res.metrics["gzsl"]
     # ZSL keeps images 0-3 (a +1 among unseen); GZSL keeps 0-3 and 5.
     assert zsl["num_images"] == 4 and gzsl["num_images"] == 5
-    # Column 5 has no annotation: left out of the mAP, NaN in the per-label list.
+    # Column 5 has no annotation: it counts 0 in the mAP over all 3 unseen columns (as the
+    # original averages), is left out of mAP_annotated, and is NaN in the per-label list.
     assert zsl["num_ap_labels"] == 2 and gzsl["num_ap_labels"] == 5
+    assert zsl["num_labels"] == 3 and gzsl["num_labels"] == 6
     assert np.isnan(res.per_label_ap["zsl"][2])
     zrows = np.array([0, 1, 2, 3])
     expected_zsl_ap = average_precision(scores[zrows][:, 3:5], labels[zrows][:, 3:5])
-    assert zsl["mAP"] == pytest.approx(expected_zsl_ap.mean())
+    assert zsl["mAP"] == pytest.approx(expected_zsl_ap.sum() / 3)
+    assert zsl["mAP_annotated"] == pytest.approx(expected_zsl_ap.mean())
+    assert zsl["mAP"] < zsl["mAP_annotated"]
+    assert gzsl["mAP"] == pytest.approx(np.nansum(res.per_label_ap["gzsl"]) / 6)
+    assert gzsl["mAP_annotated"] == pytest.approx(np.nanmean(res.per_label_ap["gzsl"]))
     w = (labels[zrows][:, 3:5] == 1).sum(0)
     assert zsl["wmAP"] == pytest.approx((expected_zsl_ap * w).sum() / w.sum())
     f1, p, r = f1_at_k(scores[zrows][:, 3:], labels[zrows][:, 3:], 2)
     assert (zsl["F1@2"], zsl["P@2"], zsl["R@2"]) == pytest.approx((f1, p, r))
     assert "published_pooled_mAP" in zsl and 0 <= zsl["published_pooled_mAP"] <= 1
-    assert "pub.pooled mAP" in str(res) and "wmAP" in str(res)
+    from biam.evaluation import openimages_published_ap
+
+    pooled = openimages_published_ap(scores[zrows][:, 3:], labels[zrows][:, 3:])
+    assert zsl["published_pooled_mAP"] == pytest.approx(pooled[:2].sum() / 3)  # column 5 counts 0
+    header = str(res).splitlines()[0]
+    assert "pub.pooled mAP" in header and "wmAP" in header and "mAP annot." in header
+    assert "2 of them annotated" in str(res)
+
+
+def test_openimages_annotated_column_shown_only_where_it_differs():
+    scores, labels = _oi_data()
+    labels[0, 5] = 1  # now every unseen column has an annotated image
+    res = evaluate_openimages(scores, labels, num_seen=3, ks=(1,))
+    for task in ("zsl", "gzsl"):
+        m = res.metrics[task]
+        assert m["num_ap_labels"] == m["num_labels"] and m["mAP"] == pytest.approx(m["mAP_annotated"])
+    assert "annot." not in str(res)
 
 
 def test_openimages_row_filter_changes_ap_as_specified():
@@ -141,3 +163,10 @@ def test_random_baseline_is_near_chance_and_seeded():
         assert a.metrics[task]["mAP"] == pytest.approx(ch.metrics[task]["mAP"], abs=0.01)
         assert a.metrics[task]["R@5"] == pytest.approx(ch.metrics[task]["R@5"], abs=0.03)
     assert isinstance(a, EvalResult)
+
+
+def test_openimages_chance_level_averages_columns_like_the_protocol():
+    _, labels = _oi_data()
+    ch = chance_level(labels, "openimages", num_seen=3, ks=(1,)).metrics["zsl"]
+    # Two of the three unseen columns are annotated; the third counts 0 in mAP.
+    assert ch["mAP"] == pytest.approx(ch["mAP_annotated"] * 2 / 3)

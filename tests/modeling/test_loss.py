@@ -1,4 +1,4 @@
-"""ranking_loss against the direct (B, C, C) pairwise formulation of SPEC section 5."""
+"""ranking_loss against the direct (B, C, C) pairwise formulation of the original release."""
 
 from __future__ import annotations
 
@@ -12,15 +12,17 @@ import torch
 from biam.modeling import ranking_loss
 
 
-def reference_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The published formulation, (B, C, C): pair[b, p, n] = max(0, 1 + s_n - s_p) for
-    labels[b, p] = +1, labels[b, n] = -1; per image sum / (#pairs > 0 + 1e-8); mean over images
-    with a positive. Columns that are 0 in the whole batch are dropped first, as published
-    (they take part in no pair, so this cannot change the value)."""
+def reference_loss(scores: torch.Tensor, labels: torch.Tensor, positive_only: bool = False) -> torch.Tensor:
+    """The original's formulation, (B, C, C): pair[b, p, n] = max(0, 1 + s_n - s_p) for
+    labels[b, p] = +1, labels[b, n] = -1; per image sum / (#pairs > 0 + 1e-8); mean over all
+    images of the batch (``positive_only``: over the images with a positive, what its training
+    loop gets by dropping the others first). Columns that are 0 in the whole batch are dropped
+    first, as the original does (they take part in no pair, so this cannot change the value)."""
     used = (labels != 0).any(dim=0)
     s, y = scores[:, used], labels[:, used]
-    keep = (y > 0).any(dim=1)
-    s, y = s[keep], y[keep]
+    if positive_only:
+        keep = (y > 0).any(dim=1)
+        s, y = s[keep], y[keep]
     if s.shape[0] == 0:
         return scores.sum() * 0.0
     diff = 1 + s[:, None, :] - s[:, :, None]  # [b, p, n] = 1 + s_n - s_p
@@ -63,6 +65,12 @@ def test_value_and_gradient_equal_pairwise_reference(seed, quantised):
     assert ours.dtype == torch.float32 and ref > 0.1
     torch.testing.assert_close(ours.double(), ref, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-5, atol=1e-7)
+    # The other mean, over the images with a positive, against the reference of that mean.
+    ref_p, ref_grad_p = _value_and_grad(lambda s, y: reference_loss(s, y, positive_only=True), scores, labels)
+    ours_p, grad_p = _value_and_grad(lambda s, y: ranking_loss(s, y, reduction="mean_positive"), scores.float(), labels)
+    torch.testing.assert_close(ours_p.double(), ref_p, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad_p.double(), ref_grad_p, rtol=1e-5, atol=1e-7)
+    assert ours_p > ours  # two of the six images count 0 in the original's mean
     # Images without a positive take no part: their gradient is exactly 0.
     assert torch.all(grad[0] == 0) and torch.all(grad[2] == 0)
     # An image with positives and no negatives stays in the mean with loss 0 (published: 0/1e-8).
@@ -91,11 +99,19 @@ def test_no_positive_anywhere_gives_zero_attached_to_graph():
     assert torch.all(scores.grad == 0)
 
 
-def test_mean_is_over_images_with_a_positive():
+def test_default_mean_is_over_all_images_and_the_other_means_have_their_names():
     scores = torch.tensor([[0.0, 0.0], [0.0, 0.0], [5.0, 5.0]])
     labels = torch.tensor([[1, -1], [1, -1], [-1, -1]], dtype=torch.int8)
-    # Two kept images with loss 1 each; the third is dropped, not averaged in as 0.
-    assert ranking_loss(scores, labels).item() == pytest.approx(1.0)
+    # Two images with loss 1 each; the third has no positive and counts 0 in the original's mean.
+    assert ranking_loss(scores, labels).item() == pytest.approx(2.0 / 3.0)
+    assert reference_loss(scores.double(), labels).item() == pytest.approx(2.0 / 3.0)
+    assert ranking_loss(scores, labels, reduction="mean_positive").item() == pytest.approx(1.0)
+    assert ranking_loss(scores, labels, reduction="sum").item() == pytest.approx(2.0)
+    assert ranking_loss(scores, labels, reduction="none").tolist() == pytest.approx([1.0, 1.0, 0.0])
+    # Once the images without a positive are dropped (as the trainer does) the two means agree.
+    assert ranking_loss(scores[:2], labels[:2]).item() == ranking_loss(scores[:2], labels[:2], reduction="mean_positive").item()
+    with pytest.raises(ValueError, match="reduction"):
+        ranking_loss(scores, labels, reduction="average")
 
 
 def test_shape_errors():

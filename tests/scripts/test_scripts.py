@@ -44,7 +44,7 @@ def test_training_scripts_name_missing_data_and_the_command_that_makes_it(script
 
 
 @pytest.mark.parametrize("script, default", [("evaluate_nus.sh", "model_best_nus.pth"),
-                                             ("evaluate_openimages.sh", "model_best_openimages.pth")])
+                                             ("evaluate_openimages.sh", "model_best_zsl.pth")])
 def test_evaluation_scripts_name_missing_weights_and_where_to_get_them(script, default, tmp_path):
     done = sh(script, "DATA.ROOT", str(tmp_path))
     assert done.returncode != 0
@@ -128,3 +128,34 @@ def test_gpu_check_refuses_without_gpu_and_its_dry_run_reports_each_part(tmp_pat
     assert tests["status"] == "ok" and tests["passed"] and tests["failures"] == tests["errors"] == 0
     assert tests["tests"] == tests["skipped"] >= 7  # every CUDA-marked test skipped, none failed
     assert (out / "logs" / "tests.log").is_file() and "tests" in done.stdout
+
+
+def test_openimages_evaluation_takes_zsl_and_gzsl_from_two_files(tmp_path):
+    """The original evaluates ZSL with model_best_zsl.pth and GZSL with model_best_gzsl.pth,
+    both with 16 heads (configs/openimages.yaml); one file serves both rows when given alone."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import make_tiny_packed
+
+    from biam.config import load_cfg
+    from biam.modeling import build_model
+
+    root = make_tiny_packed(tmp_path / "oi", num_train=16, num_test=24, num_unseen=20, dataset="openimages")
+    cfg = load_cfg(str(ROOT / "configs" / "openimages.yaml"))
+    assert cfg.MODEL.HEADS == 16
+    files = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        files.append(tmp_path / f"w{seed}.pth")
+        torch.save(build_model(cfg).state_dict(), files[-1])
+    results = {}
+    for name, args in (("pair", files), ("zsl", files[:1]), ("gzsl", files[1:])):
+        out = tmp_path / name
+        done = sh("evaluate_openimages.sh", *map(str, args), "DATA.ROOT", str(root), "OUTPUT_DIR", str(out),
+                  "DEVICE", "cpu", "DATA.NUM_WORKERS", "0", "EVAL.PUBLISHED_OPENIMAGES_AP", "False")
+        assert done.returncode == 0, done.stderr[-3000:]
+        # Each evaluation writes its own folder, named by the (ZSL) weights file.
+        results[name] = json.loads((out / "eval" / f"test-{args[0].stem}" / "metrics.json").read_text())
+    assert "GZSL: " in (tmp_path / "pair" / "eval" / "test-w0" / "log.txt").read_text()
+    assert results["pair"] == {"zsl": results["zsl"]["zsl"], "gzsl": results["gzsl"]["gzsl"]}
