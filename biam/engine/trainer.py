@@ -159,7 +159,8 @@ class Trainer:
         return build_loader(
             dataset, batch_size=batch_size, shuffle=shuffle, seed=cfg.SEED, indices=indices,
             rank=self.rank, world_size=self.world, num_workers=cfg.DATA.NUM_WORKERS,
-            block_size=cfg.DATA.BLOCK_SIZE, in_memory=in_memory, pin_memory=self.device.type == "cuda",
+            sampling=cfg.DATA.SAMPLING, block_size=cfg.DATA.BLOCK_SIZE, in_memory=in_memory,
+            pin_memory=self.device.type == "cuda",
             float32=self.device.type != "cuda",  # a GPU gets the stored float16 and converts it itself
         )
 
