@@ -85,9 +85,18 @@ _C.DATA.TRAIN_FRACTION = 0.8
 # published Open Images: 40)
 _C.DATA.MAX_POSITIVES = 0
 
-# Images per block read as one contiguous slice by the shuffling loader; a batch mixes
+# How training batches are drawn (see docs/data_format.md, "Reading batches"):
+# "shuffle": a new uniform random permutation of the training images every epoch, cut into
+#   batches: every image once per epoch, each batch a uniformly random set of images;
+# "randperm": as published: every batch an independent uniform draw of BATCH_SIZE distinct
+#   images (randperm per batch), ceil(images / BATCH_SIZE) batches per epoch;
+# "blocks": shuffled blocks of BLOCK_SIZE consecutive images (long reads for slow random
+#   access; batches then hold few Flickr-query folders, as the images are stored in that order)
+_C.DATA.SAMPLING = "shuffle"
+
+# Images per block of SAMPLING "blocks", read as one contiguous slice; a batch mixes
 # BATCH_SIZE / BLOCK_SIZE blocks from random places of the split (positive int; keep the
-# batch size a multiple of it)
+# batch size a multiple of it; unused by the other SAMPLING modes)
 _C.DATA.BLOCK_SIZE = 8
 
 # DataLoader worker processes per rank (int >= 0)
@@ -221,6 +230,7 @@ _ALLOWED = {
     "DATA.DATASET": ("nus_wide", "openimages"),
     "EVAL.SELECT_METRIC": ("F1@5", "F1@3", "mAP", "P@3", "P@5", "R@3", "R@5"),
     "DATA.IN_MEMORY": ("auto", "on", "off"),
+    "DATA.SAMPLING": ("shuffle", "randperm", "blocks"),
     "SOLVER.SCHEDULE": ("cosine", "constant"),
     "SOLVER.BAD_LOSS": ("stop", "skip"),
     "DEVICE": ("auto", "cuda", "cpu"),

@@ -309,7 +309,8 @@ class Trainer:
         return build_loader(
             dataset, batch_size=batch_size, shuffle=shuffle, seed=cfg.SEED, indices=indices,
             rank=self.rank, world_size=self.world, num_workers=cfg.DATA.NUM_WORKERS,
-            block_size=cfg.DATA.BLOCK_SIZE, in_memory=in_memory, pin_memory=self.device.type == "cuda",
+            sampling=cfg.DATA.SAMPLING, block_size=cfg.DATA.BLOCK_SIZE, in_memory=in_memory,
+            pin_memory=self.device.type == "cuda",
             float32=self.device.type != "cuda",  # a GPU gets the stored float16 and converts it itself
         )
 
@@ -534,89 +535,86 @@ class Trainer:
         total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         steps, images = 0, 0
         self.skipped_in_epoch = 0
+        # Every rank gets a share (maybe empty) of every global batch, so all ranks run the
+        # same steps and join every collective: no DDP Join is needed for uneven data.
         num_batches = len(loader)
-        if self.world > 1 and cfg.DIST_BN == "sync":
-            # SyncBatchNorm's collectives are not Join-aware: every rank runs the same step count.
-            num_batches = loader.min_batches
         if cfg.MAX_STEPS_PER_EPOCH:
             num_batches = min(num_batches, cfg.MAX_STEPS_PER_EPOCH)
         bar = _progress(total=num_batches, desc=f"epoch {epoch} [{self.phase}]")
         start = time.perf_counter()
-        with self.join_uneven_ranks():
-            for batch in loader:
-                if steps >= num_batches:
-                    break
-                loss, n = self.train_step(batch, seen_emb, num_seen, epoch, steps)
-                steps += 1
-                images += n
-                if loss is not None:
-                    total_loss += loss  # 0 for a step whose verdict is pending and turns out bad
-                if steps % self.CHECK_EVERY == 0 or steps == num_batches:
-                    self.check_pending()
-                    if bar is not None:
-                        elapsed = time.perf_counter() - start
-                        good = max(steps - self.skipped_in_epoch, 1)
-                        bar.set_postfix(loss=f"{total_loss.item() / good:.4f}", lr=f"{lr:.2e}",
-                                        img_s=f"{images * self.world / max(elapsed, 1e-9):.0f}")
+        for batch in loader:
+            if steps >= num_batches:
+                break
+            loss, n = self.train_step(batch, seen_emb, num_seen, epoch, steps)
+            steps += 1
+            images += n
+            if loss is not None:
+                total_loss += loss  # 0 for a step whose verdict is pending and turns out bad
+            if steps % self.CHECK_EVERY == 0 or steps == num_batches:
+                self.check_pending()
                 if bar is not None:
-                    bar.update(1)
-            self.check_pending()
+                    elapsed = time.perf_counter() - start
+                    good = max(steps - self.skipped_in_epoch, 1)
+                    # Under DDP rank 0's loss is its part of the global mean (see train_step).
+                    bar.set_postfix(loss=f"{total_loss.item() / good:.4f}", lr=f"{lr:.2e}",
+                                    img_s=f"{images * self.world / max(elapsed, 1e-9):.0f}")
+            if bar is not None:
+                bar.update(1)
+        self.check_pending()
         if bar is not None:
             bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - start
+        # Skipped steps are the same on every rank (the decision follows all-reduced values).
         skipped = self.skipped_in_epoch
         good_steps = steps - skipped
-        stats = torch.tensor([total_loss.item(), float(good_steps), float(images), float(skipped)], dtype=torch.float64)
+        # Each rank's step losses are its parts of the global batch means: their sum over
+        # ranks is the sum of the global means. Images are the kept images of all ranks.
+        stats = torch.tensor([total_loss.item(), float(images)], dtype=torch.float64)
         if self.world > 1:
             stats = comm.all_reduce_sum(stats.to(self.device)).cpu()
-        self.bad_batches += int(stats[3].item())
+        self.bad_batches += skipped
         return {
-            "loss": stats[0].item() / max(stats[1].item(), 1.0),
+            "loss": stats[0].item() / max(good_steps, 1),
             "lr": lr,
-            "images": int(stats[2].item()),
-            "images_per_s": stats[2].item() / max(elapsed, 1e-9),
+            "images": int(stats[1].item()),
+            "images_per_s": stats[1].item() / max(elapsed, 1e-9),
             "seconds": elapsed,
-            "skipped_batches": int(stats[3].item()),
+            "skipped_batches": skipped,
         }
-
-    def join_uneven_ranks(self):
-        """DDP's Join lets ranks with one batch fewer shadow the others' gradient all-reduces."""
-        if self.world > 1 and self.cfg.DIST_BN != "sync":
-            from torch.distributed.algorithms.join import Join
-
-            # torch.compile keeps the DDP module it wraps as the submodule "_orig_mod".
-            ddp = self.model._modules.get("_orig_mod", self.model)
-            return Join([ddp])
-        import contextlib
-
-        return contextlib.nullcontext()
 
     def train_step(self, batch: Dict[str, torch.Tensor], seen_emb: torch.Tensor, num_seen: int, epoch: int, step: int):
         """Forward, loss, backward, update.
 
-        Returns (loss, images): the detached float64 loss, or None for a step known to be skipped.
-        With deferred checks (see ``defer_checks``) a bad step's verdict is read later, and its
-        returned loss is 0; ``skipped_in_epoch`` counts skipped steps once they are known.
+        ``batch`` is this rank's share of a global batch (0 rows allowed under DDP). Returns
+        (loss, images): the detached float64 loss (under DDP this rank's part of the global
+        batch's mean loss, so the ranks' parts sum to it), or None for a step known to be
+        skipped; ``images`` is the number of images this rank kept. With deferred checks (see
+        ``defer_checks``) a bad step's verdict is read later, and its returned loss is 0;
+        ``skipped_in_epoch`` counts skipped steps once they are known.
         """
         cfg = self.cfg
         labels = batch["labels"][:, :num_seen]
         # Images without a positive seen label add nothing to the ranking loss; as published,
         # they are dropped before the forward so batch-norm statistics match too.
         keep = (labels > 0).any(dim=1)
-        if not bool(keep.all()):
+        n_kept = int(keep.sum())  # the labels are on the host: no device sync
+        if n_kept < len(keep):
             batch = {k: v[keep] for k, v in batch.items()}
             labels = labels[keep]
         self.optimizer.zero_grad(set_to_none=True)
-        if not bool(keep.any()):
-            # Nothing to learn from. Alone, skip the step; under DDP, still join the gradient
-            # all-reduce with zero gradients so the other ranks are not left waiting.
-            if self.world > 1:
-                (sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0).backward()
-                self.optimizer.step()
-            self.skipped_in_epoch += 1
+        global_kept = None
+        if self.world > 1:
+            # The gradient must be the mean over the kept images of the whole global batch, as
+            # one process computes it; DDP averages the ranks equally, so each rank weights its
+            # mean by W * kept here / kept in all. One all-reduce of a count, left on the device.
+            global_kept = comm.all_reduce_sum(torch.full((), float(n_kept), device=self.device))
+        elif n_kept == 0:
+            self.skipped_in_epoch += 1  # nothing to learn from: one process skips the step
             return None, 0
+        # A rank that keeps nothing still runs the (empty) forward and backward: DDP's gradient
+        # all-reduce and synchronised batch norm need every rank in every collective.
         regions = batch["regions"].to(self.device, non_blocking=True).float()
         labels = labels.to(self.device, non_blocking=True)
         if cfg.CHANNELS_LAST and self.device.type == "cuda":
@@ -624,21 +622,38 @@ class Trainer:
         scene = scene_features(batch, regions, self.scene_head)
         with autocast_context(self.device, self.amp_dtype):
             scores = self.model(regions, seen_emb, scene)
-        loss = ranking_loss(scores.float(), labels)
-        n = int(regions.shape[0])
+        if n_kept:
+            loss = ranking_loss(scores.float(), labels)
+        else:
+            loss = scores.float().sum() * 0.0  # zero gradients, but through the whole model
+        empty = None
+        if global_kept is not None:
+            part = n_kept / global_kept.clamp(min=1.0)
+            loss = loss * part  # this rank's part of the global mean (what is reported)
+            empty = global_kept == 0  # no rank kept an image: skip the step, as one process does
+            objective = loss * self.world
+        else:
+            objective = loss
+        n = n_kept
         # A bad loss (NaN, inf, or above MAX_LOSS) turns this rank's gradients into NaN through a
         # constant factor. DDP's all-reduce carries the NaN to every rank, so all of them see
-        # non-finite gradients below and take the same decision without an extra collective
-        # (which would not be Join-aware).
+        # non-finite gradients below and take the same decision without an extra collective.
         bad = (~torch.isfinite(loss)) | (loss > cfg.SOLVER.MAX_LOSS)
         factor = torch.where(bad, torch.full_like(loss, float("nan")), torch.ones_like(loss))
-        self.scaler.scale(loss * factor).backward()
+        self.scaler.scale(objective * factor).backward()
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if not grads:
             return loss.detach().double(), n
         found_inf = (~torch.isfinite(torch.nn.utils.get_total_norm(grads))).float()
+        if empty is not None and not self.defer_checks() and bool(empty):
+            # (This path syncs anyway.) No image on any rank: no update, as one process skips.
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_in_epoch += 1
+            return None, 0
+        if empty is not None:
+            found_inf = torch.maximum(found_inf, empty.float())  # the fused step skips on the device
         if self.defer_checks():
             # The fused optimiser reads the flag on the device and leaves weights, moments and
             # step counts untouched when it is set, so no step waits for the device to answer
@@ -650,6 +665,7 @@ class Trainer:
             finally:
                 self.optimizer.found_inf = None
             self.pending.append({"found_inf": found_inf, "bad": bad, "loss": loss.detach(),
+                                 "empty": empty if empty is not None else torch.zeros_like(bad),
                                  "index": batch["index"], "epoch": epoch, "step": step})
             if len(self.pending) >= 4 * self.CHECK_EVERY:
                 self.check_pending()  # bounded, for callers that drive train_step themselves
@@ -690,14 +706,15 @@ class Trainer:
         if not self.pending:
             return 0
         pending, self.pending = self.pending, []
-        flags = torch.stack([torch.stack([p["found_inf"] > 0, p["bad"]]) for p in pending]).cpu().tolist()
+        flags = torch.stack([torch.stack([p["found_inf"] > 0, p["bad"], p["empty"]]) for p in pending]).cpu().tolist()
         skipped = 0
-        for p, (found_inf, here) in zip(pending, flags):
+        for p, (found_inf, here, empty) in zip(pending, flags):
             if not found_inf:
                 continue
             skipped += 1
             self.skipped_in_epoch += 1
-            self.handle_bad_batch(p["loss"], p["index"], p["epoch"], p["step"], here=here)
+            if not empty:  # a step without images on any rank is skipped, not a bad batch
+                self.handle_bad_batch(p["loss"], p["index"], p["epoch"], p["step"], here=here)
         return skipped
 
     def handle_bad_batch(self, loss: torch.Tensor, index: torch.Tensor, epoch: int, step: int, here: bool) -> None:

@@ -17,7 +17,10 @@ __all__ = ["GlobalBatchNorm2d", "convert_to_global_bn"]
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics cover the batches of every rank.
 
-    Input/output: (B, C, H, W). Eval mode and single-process runs behave as BatchNorm2d.
+    Input/output: (B, C, H, W), B may be 0 on some ranks. Eval mode and single-process runs
+    behave as BatchNorm2d; with several ranks the statistics are those of the ranks' batches
+    put together, as one process with the whole global batch computes them (up to float
+    summation order: sums and sums of squares in float32).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -25,21 +28,33 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce
 
-        xf = x.float()
-        count = torch.tensor([xf.numel() / xf.shape[1]], dtype=torch.float32, device=x.device)
+        # Sums in float64: the variance as E[x^2] - mean^2 loses digits to cancellation in
+        # float32, and one process's BatchNorm accumulates in double on the CPU; near-ties (the
+        # top-k region scores) then amplify such differences over a few steps.
+        xf = x.double()
+        count = torch.tensor([xf.numel() / xf.shape[1]], dtype=torch.float64, device=x.device)
         stats = torch.cat([xf.sum(dim=(0, 2, 3)), (xf * xf).sum(dim=(0, 2, 3)), count])
         stats = all_reduce(stats)  # sum over ranks, gradients flow back to every rank
         c = x.shape[1]
         n = stats[-1]
-        mean = stats[:c] / n
-        var = stats[c:2 * c] / n - mean * mean  # biased, as BatchNorm normalises with
+        # A rank may hold no image (its share of the global batch is empty or all dropped): it
+        # still joins the all-reduce, adding zeros. Only when no rank holds one (count 0) are
+        # the statistics undefined; then the running statistics stay as they are, as in one
+        # process, which skips such a step. No host sync: everything stays on the device.
+        has = n > 0
+        denom = n.clamp(min=1.0)
+        mean = stats[:c] / denom
+        var = stats[c:2 * c] / denom - mean * mean  # biased, as BatchNorm normalises with
         if self.track_running_stats:
             with torch.no_grad():
                 m = self.momentum if self.momentum is not None else 0.1
-                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                self.running_var.mul_(1 - m).add_(var.detach() * n / max(float(n) - 1, 1.0), alpha=m)
-                self.num_batches_tracked.add_(1)
-        y = (xf - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
+                unbiased = var.detach() * n / (n - 1).clamp(min=1.0)
+                mean_f, unbiased_f = mean.detach().to(self.running_mean.dtype), unbiased.to(self.running_var.dtype)
+                self.running_mean.copy_(torch.where(has, self.running_mean * (1 - m) + mean_f * m, self.running_mean))
+                self.running_var.copy_(torch.where(has, self.running_var * (1 - m) + unbiased_f * m, self.running_var))
+                self.num_batches_tracked.add_(has.long())
+        scale = torch.rsqrt(var + self.eps)
+        y = (x.float() - mean.float()[None, :, None, None]) * scale.float()[None, :, None, None]
         if self.affine:
             y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
         return y.to(x.dtype)
