@@ -25,47 +25,12 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def make_tiny_packed(root, *, num_train=96, num_test=48, num_seen=12, num_unseen=6, seed=0, scene=True,
-                     shard_size=40, dataset="nus_wide"):
-    """Write a tiny packed dataset whose labels are learnable from the region features.
+def make_tiny_packed(root, **kwargs):
+    """A tiny learnable packed dataset: biam.data.synthetic.write_learnable_packed (its keyword
+    arguments and defaults: 96 train / 48 test images, 12 seen + 6 unseen labels). Returns root."""
+    from biam.data.synthetic import write_learnable_packed
 
-    Each label has a random 300-d embedding; unseen embeddings mix two seen ones. An image's
-    present labels are written into a few regions as relu(P @ embedding) over weak noise, so a
-    model that learns P^T through ``W`` transfers to unseen labels. Returns the root path.
-    """
-    import numpy as np
-
-    from biam.data.packed import PackedWriter, save_embeddings
-
-    rng = np.random.default_rng(seed)
-    seen = rng.normal(size=(num_seen, 300)).astype(np.float32)
-    mix = rng.integers(0, num_seen, size=(num_unseen, 2))
-    unseen = (seen[mix[:, 0]] + seen[mix[:, 1]] + 0.3 * rng.normal(size=(num_unseen, 300))).astype(np.float32)
-    emb = np.concatenate([seen, unseen])
-    emb_n = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-    proj = rng.normal(size=(512, 300)).astype(np.float32) / np.sqrt(300)
-    save_embeddings(root, seen, unseen)
-    names_seen = [f"tag{i}" for i in range(num_seen)]
-    names_unseen = [f"concept{i}" for i in range(num_unseen)]
-    for split, n in (("train", num_train), ("test", num_test)):
-        writer = PackedWriter(root, split, dataset=dataset, seen_labels=names_seen, unseen_labels=names_unseen,
-                              shard_size=shard_size, scene_source="random-test" if scene else None)
-        regions = np.abs(rng.normal(scale=0.1, size=(n, 512, 196))).astype(np.float32)
-        labels = -np.ones((n, num_seen + num_unseen), dtype=np.int8)
-        for i in range(n):
-            # One seen label always, so no image is dropped from training for lack of one.
-            first = int(rng.integers(num_seen))
-            second = int(rng.choice([c for c in range(num_seen + num_unseen) if c != first]))
-            present = (first, second)
-            labels[i, present] = 1
-            for c in present:
-                where = rng.choice(196, size=8, replace=False)
-                regions[i, :, where] += np.maximum(proj @ emb_n[c], 0)[None, :] * 2
-        names = [f"{split}_{i:04d}.jpg" for i in range(n)]
-        sc = np.abs(rng.normal(size=(n, 4096))).astype(np.float32) if scene else None
-        writer.append(regions, labels, names, scene=sc)
-        writer.close()
-    return root
+    return write_learnable_packed(root, **kwargs)
 
 
 @pytest.fixture(scope="session")

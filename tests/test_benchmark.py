@@ -124,14 +124,14 @@ def test_windows_that_meet_an_epoch_start_are_dropped_and_remeasured():
                     yield 1
         return make
 
-    res = bm._steady_rates({"short": epochs(5), "endless": lambda: iter(lambda: 1, None)}, sizes, batch=1)
+    res = bm.steady_rates({"short": epochs(5), "endless": lambda: iter(lambda: 1, None)}, sizes, batch=1)
     assert len(res["short"]["window_rates"]) == len(res["endless"]["window_rates"]) == 4
     assert res["short"]["windows_dropped_at_epoch_start"] > 0
     assert res["endless"]["windows_dropped_at_epoch_start"] == 0
     assert res["short"]["images"] == res["endless"]["images"] == 4 * 2
     # An epoch too short for even one window is an error, not an endless loop.
     with pytest.raises(RuntimeError, match="epoch is too short"):
-        bm._steady_rates({"tiny": epochs(3)}, sizes, batch=1)
+        bm.steady_rates({"tiny": epochs(3)}, sizes, batch=1)
 
 
 def test_a_failing_part_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
@@ -175,12 +175,12 @@ def test_report_is_written_after_every_part_and_a_slow_part_times_out(tmp_path):
 def test_a_missed_goal_says_by_how_much():
     parts = {"testpass": {"ours": {"images": 100, "seconds": 20.0, "max_memory_allocated": 2**20},
                           "original": {"seconds": 400.0, "extrapolated": False, "max_memory_allocated": 2**21}}}
-    row = bm._goal_rows(parts, "cuda")[0]
+    row = bm.goal_rows(parts, "cuda")[0]
     assert row["goal"] == "ours < 15 s" and row["met"] is False and row["short_by"] == pytest.approx(20 / 15)
     assert row["ratio"] == pytest.approx(20.0)
     assert "NO (1.33x short)" in bm.format_table([row])
     parts["testpass"]["ours"]["seconds"] = 10.0
-    row = bm._goal_rows(parts, "cuda")[0]
+    row = bm.goal_rows(parts, "cuda")[0]
     assert row["met"] is True and row["short_by"] is None
 
 
@@ -217,3 +217,17 @@ def test_released_batches_read_every_name(tmp_path):
     src.close()
     assert [r.shape[0] for r, _ in shapes] == [4, 4, 2]
     assert shapes[0][0].dtype == torch.float32 and shapes[0][1].shape == (4, bm.NUM_SEEN)
+
+
+def test_goals_table_in_the_docs_equals_the_code():
+    """docs/benchmarks.md ("Goals") is the one table of goals; report.GOALS must say the same."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    section = text.split("\n## Goals\n", 1)[1].split("\n## ", 1)[0]
+    documented = {}
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            documented[cells[0].split("`")[1]] = (cells[1], cells[2])
+    assert documented == {key: (bm.goal_text(g["cpu"]), bm.goal_text(g["cuda"])) for key, g in bm.GOALS.items()}

@@ -13,12 +13,18 @@ evaluate) in minutes on a laptop, where zero-shot transfer really works:
 * Labels are +1 (present) / -1 (absent), as NUS-WIDE. Training images also carry unseen
   objects (their ``-labels_81`` columns), as in the release; the trainer must not use them.
 
-Files (relative to ``out_dir``, the released ``datasets/`` layout of SPEC section 3)::
+Files (relative to ``out_dir``, the ``datasets/`` layout of the original release)::
 
     NUS-WIDE/features/nus_wide_train.h5, NUS-WIDE/features/nus_wide_test.h5
     NUS-WIDE/img_names.pkl, NUS-WIDE/test_img_names.pkl
     NUS-WIDE/NUS_WID_Tags/TagList1k.txt, NUS-WIDE/ConceptsList/Concepts81.txt
     NUS-WIDE/wiki_contexts/NUS_WIDE_pretrained_w2v_glove-wiki-gigaword-300
+
+Random (not learnable) data at the real shapes, for the benchmark, which times reading and
+compute and needs sizes, not signal: :func:`feature_pool`, :func:`random_labels`,
+:func:`write_released_random` (NUS-WIDE or Open Images keys, one gzip dataset per image and
+field) and :func:`write_random_packed` (a packed split with stored scene features).
+:func:`write_learnable_packed` writes a tiny learnable packed dataset directly (the tests').
 
 CLI: ``python -m biam.data.synthetic --out DIR [--num-train N --num-test N ...]``.
 """
@@ -28,14 +34,15 @@ from __future__ import annotations
 import argparse
 import pickle
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import h5py
 import numpy as np
 
 from .released import NUS_WIDE_LAYOUT
 
-__all__ = ["write_synthetic_nus_wide", "SYNTHETIC_PATHS", "main"]
+__all__ = ["write_synthetic_nus_wide", "SYNTHETIC_PATHS", "feature_pool", "random_labels", "write_released_keys",
+           "write_released_random", "write_random_packed", "write_learnable_packed", "main"]
 
 EMB_DIM = 300
 SYNTHETIC_PATHS = dict(NUS_WIDE_LAYOUT)
@@ -144,15 +151,9 @@ def write_synthetic_nus_wide(
             for name in tqdm(names, desc=f"synthetic {split}", unit="img", disable=not progress):
                 feats, labels = _one_image(rng, all_emb, proj, S, U, labels_per_image, regions_per_label,
                                            unseen_share, noise)
-                # One gzip dataset per image and field: the released (slow) layout.
                 # One chunk per image at gzip level 1: 2 ms per image instead of 7 with auto-chunks.
-                f.create_dataset(f"{name}-features", data=feats, chunks=feats.shape, compression="gzip",
-                                 compression_opts=1)
-                if split == "train":
-                    f.create_dataset(f"{name}-labels", data=labels[:S], compression="gzip")
-                else:
-                    f.create_dataset(f"{name}-labels", data=labels, compression="gzip")
-                f.create_dataset(f"{name}-labels_81", data=labels[S:], compression="gzip")
+                write_released_keys(f, name, {"features": feats, "labels": labels[:S] if split == "train" else labels,
+                                              "labels_81": labels[S:]}, features_level=1)
     return paths
 
 
@@ -176,6 +177,129 @@ def _one_image(rng, all_emb, proj, S, U, labels_per_image, regions_per_label, un
     labels = -np.ones(S + U, dtype=np.int8)
     labels[sorted(present)] = 1
     return feats.astype(np.float32), labels
+
+
+def write_released_keys(f: h5py.File, name: str, fields: Dict[str, np.ndarray],
+                        features_level: Optional[int] = None) -> None:
+    """Write one image as the release does: one gzip dataset ``<name>-<field>`` per field.
+
+    ``features_level``: gzip level of ``features``, stored as one chunk (None: h5py's default
+    level 4 and chunking, as the release was written). Other fields use h5py's defaults.
+    """
+    for field, value in fields.items():
+        if field == "features" and features_level is not None:
+            f.create_dataset(f"{name}-{field}", data=value, chunks=value.shape, compression="gzip",
+                             compression_opts=features_level)
+        else:
+            f.create_dataset(f"{name}-{field}", data=value, compression="gzip")
+
+
+def feature_pool(rng: np.random.Generator, k: int) -> np.ndarray:
+    """(k, 512, 196) float32 post-ReLU-like features: ~70% zeros, exponential values elsewhere."""
+    x = rng.exponential(1.0, size=(k, 512, 196)).astype(np.float32)
+    x[rng.random(x.shape, dtype=np.float32) < 0.7] = 0.0
+    return x
+
+
+def random_labels(rng: np.random.Generator, n: int, c: int, openimages: bool = False,
+                  positives: float = 0.02) -> np.ndarray:
+    """(n, c) int8 labels with at least one +1 per row.
+
+    NUS-WIDE-like (default): every entry +1 (about ``positives`` of them) or -1. Open Images-like
+    (``openimages``): mostly 0 (not annotated), about 8.6 verified positives and 5.8 verified
+    negatives per image at c = 7186.
+    """
+    if openimages:
+        u = rng.random((n, c), dtype=np.float32)
+        y = np.zeros((n, c), dtype=np.int8)
+        y[u < 0.0012] = 1
+        y[(u >= 0.0012) & (u < 0.002)] = -1
+    else:
+        y = np.where(rng.random((n, c), dtype=np.float32) < positives, 1, -1).astype(np.int8)
+    y[np.arange(n), rng.integers(0, c, size=n)] = 1
+    return y
+
+
+def write_released_random(path, names: Sequence[str], label_width: int, seed: int, openimages: bool = False,
+                          num_unseen: int = 81) -> None:
+    """Random features and labels in a released feature file's per-key layout (gzip level 4).
+
+    NUS-WIDE (default): ``<name>-features`` (512, 196) float32, ``<name>-labels``
+    (label_width,) int8 and ``<name>-labels_81`` (its last ``num_unseen`` columns). Open Images
+    (``openimages``, a training shard): ``<id>-features`` and ``<id>-seenlabels``
+    (label_width,) int8, sparse. Features cycle over 16 distinct arrays.
+    """
+    rng = np.random.default_rng(seed)
+    pool = feature_pool(rng, 16)  # distinct arrays to cycle: generating is not what is measured
+    labels = random_labels(rng, len(names), label_width, openimages=openimages)
+    with h5py.File(path, "w") as f:
+        for i, name in enumerate(names):
+            fields = ({"features": pool[i % len(pool)], "seenlabels": labels[i]} if openimages else
+                      {"features": pool[i % len(pool)], "labels": labels[i], "labels_81": labels[i, -num_unseen:]})
+            write_released_keys(f, name, fields)
+
+
+def write_random_packed(root, split: str, n: int, seed: int, num_seen: int, num_unseen: int, shard_size: int = 4096,
+                        openimages: bool = False) -> dict:
+    """A packed split of ``n`` random images with stored (random) scene features; returns its
+    manifest. Labels are Open Images-like with ``openimages``; embeddings.npz is written once."""
+    from .packed import PackedWriter, save_embeddings
+
+    rng = np.random.default_rng(seed)
+    seen = [f"tag{i}" for i in range(num_seen)]
+    unseen = [f"concept{i}" for i in range(num_unseen)]
+    writer = PackedWriter(root, split, dataset="openimages" if openimages else "nus_wide", seen_labels=seen,
+                          unseen_labels=unseen, shard_size=shard_size, scene_source="random-benchmark", resume=False)
+    pool = feature_pool(rng, 16).astype(np.float16)
+    for start in range(0, n, 512):
+        b = min(512, n - start)
+        regions = pool[np.arange(start, start + b) % len(pool)]
+        scene = rng.exponential(0.5, size=(b, 4096)).astype(np.float16)
+        labels = random_labels(rng, b, num_seen + num_unseen, openimages=openimages)
+        writer.append(regions, labels, [f"{split}_{start + i:06d}.jpg" for i in range(b)], scene=scene)
+    manifest = writer.close()
+    if not (Path(root) / "embeddings.npz").is_file():
+        save_embeddings(root, rng.standard_normal((num_seen, 300)).astype(np.float32),
+                        rng.standard_normal((num_unseen, 300)).astype(np.float32))
+    return manifest
+
+
+def write_learnable_packed(root, *, num_train: int = 96, num_test: int = 48, num_seen: int = 12, num_unseen: int = 6,
+                           seed: int = 0, scene: bool = True, shard_size: int = 40, dataset: str = "nus_wide"):
+    """A tiny packed dataset (train and test splits) whose labels are learnable from the regions.
+
+    Each label has a random 300-d embedding; unseen embeddings mix two seen ones. An image's two
+    present labels (one seen always) are written into 8 regions each as relu(P @ embedding)
+    over weak noise, so a model that learns P^T transfers to unseen labels. Returns ``root``.
+    """
+    from .packed import PackedWriter, save_embeddings
+
+    rng = np.random.default_rng(seed)
+    seen = rng.normal(size=(num_seen, 300)).astype(np.float32)
+    mix_of = rng.integers(0, num_seen, size=(num_unseen, 2))
+    unseen = (seen[mix_of[:, 0]] + seen[mix_of[:, 1]] + 0.3 * rng.normal(size=(num_unseen, 300))).astype(np.float32)
+    emb_n = _unit(np.concatenate([seen, unseen]))
+    proj = rng.normal(size=(512, 300)).astype(np.float32) / np.sqrt(300)
+    save_embeddings(root, seen, unseen)
+    names_seen = [f"tag{i}" for i in range(num_seen)]
+    names_unseen = [f"concept{i}" for i in range(num_unseen)]
+    for split, n in (("train", num_train), ("test", num_test)):
+        writer = PackedWriter(root, split, dataset=dataset, seen_labels=names_seen, unseen_labels=names_unseen,
+                              shard_size=shard_size, scene_source="random-test" if scene else None)
+        regions = np.abs(rng.normal(scale=0.1, size=(n, 512, 196))).astype(np.float32)
+        labels = -np.ones((n, num_seen + num_unseen), dtype=np.int8)
+        for i in range(n):
+            # One seen label always, so no image is dropped from training for lack of one.
+            first = int(rng.integers(num_seen))
+            second = int(rng.choice([c for c in range(num_seen + num_unseen) if c != first]))
+            labels[i, (first, second)] = 1
+            for c in (first, second):
+                where = rng.choice(196, size=8, replace=False)
+                regions[i, :, where] += np.maximum(proj @ emb_n[c], 0)[None, :] * 2
+        sc = np.abs(rng.normal(size=(n, 4096))).astype(np.float32) if scene else None
+        writer.append(regions, labels, [f"{split}_{i:04d}.jpg" for i in range(n)], scene=sc)
+        writer.close()
+    return root
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
