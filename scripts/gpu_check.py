@@ -280,7 +280,8 @@ def part_eval(check: Check, limit: float) -> Dict[str, Any]:
                "DATA.ROOT", root, "OUTPUT_DIR", str(out), "--checkpoint", ckpt, *opts]
         r = run(check, f"eval-{name}", cmd, limit - (time.monotonic() - t0))
         if r["status"] == "ok":
-            m = json.loads((out / "metrics.json").read_text())
+            # biam-evaluate writes its own folder, named by the split and the weights file.
+            m = json.loads((out / "eval" / f"test-{Path(ckpt).stem}" / "metrics.json").read_text())
             r["metrics"] = {s: {k: v for k, v in m[s].items() if isinstance(v, float)} for s in ("zsl", "gzsl")}
         res["runs"][name] = dict(r, overrides=opts)
     ref = res["runs"]["cpu_fp32"].get("metrics")

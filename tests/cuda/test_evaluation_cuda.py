@@ -36,7 +36,8 @@ def checkpoint(tiny_packed, tmp_path_factory):
 def evaluate(root, weights, out, *opts):
     assert evaluate_main(MODEL_OPTS + ["DATA.ROOT", str(root), "OUTPUT_DIR", str(out), "--checkpoint", str(weights),
                                        *opts]) == 0
-    return json.loads((out / "metrics.json").read_text())
+    # biam-evaluate writes its own folder, named by the split and the weights file.
+    return json.loads((out / "eval" / f"test-{Path(weights).stem}" / "metrics.json").read_text())
 
 
 def max_metric_difference(a, b):
