@@ -29,8 +29,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         from torch.distributed.nn.functional import all_reduce
 
         # Sums in float64: the variance as E[x^2] - mean^2 loses digits to cancellation in
-        # float32, and one process's BatchNorm accumulates in double on the CPU; near-ties (the
-        # top-k region scores) then amplify such differences over a few steps.
+        # float32, while one process's BatchNorm accumulates in double on the CPU.
         xf = x.double()
         count = torch.tensor([xf.numel() / xf.shape[1]], dtype=torch.float64, device=x.device)
         stats = torch.cat([xf.sum(dim=(0, 2, 3)), (xf * xf).sum(dim=(0, 2, 3)), count])
