@@ -182,7 +182,8 @@ _C.EVAL.BATCH_SIZE = 256
 # Evaluate on the test split after each fine-tuning epoch (bool; published: True)
 _C.EVAL.TEST_AFTER_FINETUNE = True
 
-# Also print the chance level: the same protocol applied to seeded random scores (bool)
+# Also print the chance level: the protocol's expected metrics for uniformly random scores,
+# computed exactly from the labels (bool)
 _C.EVAL.REPORT_CHANCE = False
 
 # Also report the published (pooled) Open Images AP beside the true per-label mAP (bool)
