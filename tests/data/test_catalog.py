@@ -137,3 +137,23 @@ def test_own_config_uses_the_nus_wide_style_protocol():
     protocol = get_dataset(cfg.DATA.DATASET).protocol
     assert cfg.DATA.DATASET == "own" and (protocol.ks, protocol.rows, protocol.annotated_metrics) == ((3, 5), "all", False)
     assert protocol.num_seen is None  # the data's own label counts
+
+
+def test_own_packed_data_trains_and_evaluates_with_configs_own_yaml(tmp_path, capsys):
+    """What extract_own.py writes (manifest dataset "own") runs under configs/own.yaml, and only there."""
+    packed = make_tiny_packed(tmp_path / "own", num_train=32, num_test=16, dataset="own")
+    opts = TINY_MODEL_OPTS + ["DATA.ROOT", str(packed), "SOLVER.MAX_EPOCHS", "1", "SOLVER.WARMUP_EPOCHS", "0",
+                              "SOLVER.FINETUNE_EPOCHS", "0", "DATA.TRAIN_FRACTION", "1.0", "SOLVER.MIN_LR", "0.0"]
+    own_yaml = str(TESTS.parent / "configs" / "own.yaml")
+    out = tmp_path / "run"
+    with Trainer(load_cfg(own_yaml, opts + ["OUTPUT_DIR", str(out)])) as trainer:
+        result = trainer.run()
+    assert set(result["zsl"]) >= {"F1@3", "F1@5", "mAP"} and "mAP_annotated" not in result["zsl"]
+    assert result["zsl"]["num_images"] == 16 and "chance" in result  # every test image; own.yaml reports chance
+    ckpt = sorted((out / "checkpoints").glob("*.pth"))[-1]
+    assert evaluate_main(["--config-file", own_yaml, "--checkpoint", str(ckpt), *opts,
+                          "OUTPUT_DIR", str(tmp_path / "ev")]) == 0
+    # The NUS-WIDE config on the same data: refused, naming both datasets.
+    assert evaluate_main(["--config-file", str(TESTS.parent / "configs" / "nus_wide.yaml"), "--checkpoint", str(ckpt),
+                          *opts, "OUTPUT_DIR", str(tmp_path / "ev2")]) == 1
+    assert "the packed data is dataset 'own' but DATA.DATASET is 'nus_wide'" in capsys.readouterr().err
