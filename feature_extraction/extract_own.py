@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--word-vector-format", choices=FORMATS, default="auto",
                         help="auto (default: a 'count dim' first line means .vec), glove or vec")
     parser.add_argument("--dataset-name", default="own", metavar="NAME",
-                        help="dataset name recorded in the manifest (default 'own')")
+                        help="dataset name recorded in the manifest (default 'own'); DATA.DATASET must name the same, registered dataset")
     parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS),
                         help="splits to extract (default: train test)")
     features.add_extraction_arguments(parser)

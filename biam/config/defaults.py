@@ -65,7 +65,10 @@ _C.MODEL.SCENE_HEAD_WEIGHTS = ""
 # ------------------------------------------------------------------------------------------- #
 _C.DATA = CN()
 
-# Dataset protocol: "nus_wide" or "openimages" (decides splits, filtering and metrics)
+# Dataset, a name registered in biam.datasets (list_datasets()): "nus_wide", "openimages",
+# "own" (your own tagged images, docs/own_data.md) or one you register; it decides the
+# evaluation protocol (K values, rows, mAP variants) and must equal the packed data's
+# manifest "dataset" field
 _C.DATA.DATASET = "nus_wide"
 
 # Directory of the packed dataset written by biam-convert (holds manifest.json)
@@ -169,7 +172,8 @@ _C.EVAL.START_EPOCH = 4
 _C.EVAL.PERIOD = 2
 
 # Metric used to select the checkpoint to fine-tune, on the seen labels of the validation
-# images: "F1@5" (published), "F1@3", "mAP", "P@3", "P@5", "R@3" or "R@5"
+# images: "F1@5" (published), "F1@3", "mAP", "P@3", "P@5", "R@3" or "R@5" (the K are the
+# dataset protocol's validation K: 3 and 5 for the built-in datasets)
 _C.EVAL.SELECT_METRIC = "F1@5"
 
 # Images per inference batch (positive int)
@@ -178,7 +182,8 @@ _C.EVAL.BATCH_SIZE = 256
 # Evaluate on the test split after each fine-tuning epoch (bool; published: True)
 _C.EVAL.TEST_AFTER_FINETUNE = True
 
-# Also print the chance level: the same protocol applied to seeded random scores (bool)
+# Also print the chance level: the protocol's expected metrics for uniformly random scores,
+# computed exactly from the labels (bool)
 _C.EVAL.REPORT_CHANCE = False
 
 # Also report the published (pooled) Open Images AP beside the true per-label mAP (bool)
@@ -227,8 +232,6 @@ _C.PLOT_CURVE = True
 
 _ALLOWED = {
     "MODEL.ATTENTION": ("fused", "published"),
-    "DATA.DATASET": ("nus_wide", "openimages"),
-    "EVAL.SELECT_METRIC": ("F1@5", "F1@3", "mAP", "P@3", "P@5", "R@3", "R@5"),
     "DATA.IN_MEMORY": ("auto", "on", "off"),
     "DATA.SAMPLING": ("shuffle", "randperm", "blocks"),
     "SOLVER.SCHEDULE": ("cosine", "constant"),
@@ -258,7 +261,10 @@ def _get(cfg: CN, key: str):
 
 def check_cfg(cfg: CN) -> None:
     """Checks across keys; raises ``ConfigError`` naming the key and the allowed values."""
-    for key, allowed in _ALLOWED.items():
+    from ..datasets import get_dataset, list_datasets  # the registry: a registered dataset is allowed
+
+    checks = list(_ALLOWED.items()) + [("DATA.DATASET", tuple(list_datasets()))]
+    for key, allowed in checks:
         if _get(cfg, key) not in allowed:
             raise ConfigError(f"{key} = {_get(cfg, key)!r}; allowed values: {', '.join(map(repr, allowed))}")
     m, s, e, d = cfg.MODEL, cfg.SOLVER, cfg.EVAL, cfg.DATA
@@ -299,6 +305,11 @@ def check_cfg(cfg: CN) -> None:
         raise ConfigError(f"SOLVER.WARMUP_EPOCHS = {s.WARMUP_EPOCHS} exceeds SOLVER.MAX_EPOCHS = {s.MAX_EPOCHS}")
     if s.SCHEDULE == "cosine" and s.MIN_LR > s.BASE_LR:
         raise ConfigError(f"SOLVER.MIN_LR = {s.MIN_LR} exceeds SOLVER.BASE_LR = {s.BASE_LR}")
+    vks = get_dataset(d.DATASET).protocol.validation_ks
+    metrics = [f"{name}@{k}" for k in sorted(vks, reverse=True) for name in ("F1", "P", "R")] + ["mAP"]
+    if e.SELECT_METRIC not in metrics:
+        raise ConfigError(f"EVAL.SELECT_METRIC = {e.SELECT_METRIC!r}; allowed values for DATA.DATASET "
+                          f"{d.DATASET!r}: {', '.join(map(repr, metrics))}")
     if m.SCENE_HEAD_WEIGHTS.startswith("random:"):
         seed = m.SCENE_HEAD_WEIGHTS.split(":", 1)[1]
         if not seed.isdigit():

@@ -5,6 +5,10 @@ Usage::
     biam-convert nus_wide   --src datasets/ --out packed/nus_wide [--vgg-weights vgg19.pth]
     biam-convert openimages --src datasets/ --out packed/openimages --train-dir DIR --test-h5 FILE
 
+One subcommand per registered dataset with a released layout (:mod:`biam.datasets`,
+``DatasetInfo.released``): its input files, their defaults and its conversion function live in
+the dataset's own file; this module holds what every conversion shares.
+
 Every record is checked (shape, dtype, finite, labels in {-1, 0, 1}); the first bad one stops the
 conversion with its file, image and field. The output is written shard by shard (bounded
 memory); a killed conversion rerun with the same arguments keeps the complete shards listed in
@@ -35,23 +39,26 @@ from typing import Callable, Iterator, List, Optional, Sequence
 import numpy as np
 
 from . import released
-from .embeddings import read_nus_wide_embeddings, read_openimages_embeddings
 from ..utils.ownership import FolderBusyError, FolderLock, FolderOwnershipError, check_output_folder
-from .packed import MANIFEST, PackedDataset, PackedFormatError, PackedWriter, save_embeddings
-from .released import NUS_WIDE_LAYOUT
+from .packed import MANIFEST, PackedDataset, PackedFormatError, PackedWriter
 from .safe_pickle import UnsafePickleError
 
 __all__ = ["main", "convert_nus_wide", "convert_openimages", "resolve_scene_head", "NUS_WIDE_PATHS", "OPENIMAGES_PATHS"]
 
-# Default locations relative to --src (the released ``datasets/`` folder).
-NUS_WIDE_PATHS = dict(NUS_WIDE_LAYOUT)
-OPENIMAGES_PATHS = {
-    "classes": "OpenImages/2018_04/classes-trainable.txt",
-    "unseen_ids": "OpenImages/2018_04/unseen_labels.pkl",
-    "top400": "OpenImages/2018_04/top_400_unseen.csv",
-    "descriptions": "OpenImages/2018_04/class-descriptions.csv",
-    "embeddings": "OpenImages/wiki_contexts/OpenImage_w2v_context_window_10_glove-wiki-gigaword-300.pkl",
-}
+
+def __getattr__(name: str):
+    # The per-dataset parts moved into the dataset files (biam/datasets/); imported on first
+    # use, as those files import this module's shared helpers.
+    if name in ("convert_nus_wide", "NUS_WIDE_PATHS"):
+        from ..datasets import nus_wide
+
+        return getattr(nus_wide, name)
+    if name in ("convert_openimages", "OPENIMAGES_PATHS"):
+        from ..datasets import openimages
+
+        return getattr(openimages, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 # Seconds to sleep after each shard; only for tests that kill a conversion midway.
 SLOWDOWN_ENV = "BIAM_CONVERT_SLOWDOWN"
 
@@ -175,70 +182,6 @@ def _convert_split(writer: PackedWriter, records: Callable[[int], Iterator[relea
     writer.close()
 
 
-def convert_nus_wide(src: Path, out: Path, *, paths: dict, splits: Sequence[str] = ("train", "test"),
-                     shard_size: int = 1024, dtype: str = "float16", scene_head=None, scene_source: Optional[str] = None,
-                     overwrite: bool = False, batch: int = 64) -> dict:
-    """Convert NUS-WIDE. ``paths``: absolute file paths (keys of :data:`NUS_WIDE_PATHS`). Output: manifest."""
-    seen, unseen, seen_tag_index = released.nus_wide_label_names(paths["tags"], paths["concepts"])
-    seen_emb, unseen_emb = read_nus_wide_embeddings(paths["embeddings"], seen_tag_index, num_concepts=len(unseen))
-    scene = _scene_fn(scene_head)
-    manifest = None
-    for k, split in enumerate(splits):
-        names = released.read_img_names(paths[f"{split}_names"])
-        reader = released.NusWideReader(paths[f"{split}_h5"], names, num_seen=len(seen), num_unseen=len(unseen), split=split)
-        writer = PackedWriter(out, split, dataset="nus_wide", seen_labels=seen, unseen_labels=unseen, unseen_eval=None,
-                              shard_size=shard_size, dtype=dtype, scene_source=scene_source, resume=not overwrite,
-                              overwrite=overwrite)
-        if k == 0:
-            # After the writer has put down the manifest (the folder's record), never before it.
-            save_embeddings(out, seen_emb, unseen_emb)
-        _convert_split(writer, reader.records, names, scene, batch, f"nus_wide {split}", out)
-        manifest = writer.manifest
-    return manifest
-
-
-def convert_openimages(src: Path, out: Path, *, paths: dict, splits: Sequence[str] = ("train", "test"),
-                       shard_size: int = 1024, dtype: str = "float16", scene_head=None, scene_source: Optional[str] = None,
-                       overwrite: bool = False, batch: int = 64) -> dict:
-    """Convert Open Images. ``paths``: keys of :data:`OPENIMAGES_PATHS` plus ``train_dir``, ``test_h5``."""
-    seen = released.read_classes_trainable(paths["classes"])
-    unseen = released.read_unseen_ids(paths["unseen_ids"])
-    top400 = released.read_top400(paths["top400"], num_unseen=len(unseen))
-    seen_emb, unseen_emb = read_openimages_embeddings(paths["embeddings"], len(seen), len(unseen))
-    extra = {}
-    if paths.get("descriptions") and Path(paths["descriptions"]).is_file():
-        desc = released.read_class_descriptions(paths["descriptions"])
-        # An id without a description keeps its id as its name (listed, never silent).
-        missing = [i for i in seen + unseen if i not in desc]
-        if missing:
-            print(f"note: {len(missing)} class id(s) have no description in {paths['descriptions']}, "
-                  f"e.g. {missing[:3]}; their ids are used as names", file=sys.stderr)
-        extra["label_descriptions"] = {"seen": [desc.get(i, i) for i in seen], "unseen": [desc.get(i, i) for i in unseen]}
-    scene = _scene_fn(scene_head)
-    manifest = None
-    for k, split in enumerate(splits):
-        if split == "train":
-            if not paths.get("train_dir"):
-                raise FileNotFoundError("Open Images: give the training shard folder with --train-dir")
-            reader = released.OpenImagesReader(released.openimages_shard_files(paths["train_dir"]),
-                                               num_seen=len(seen), num_unseen=None, unseen_pad=len(unseen))
-        else:
-            if not paths.get("test_h5"):
-                raise FileNotFoundError("Open Images: give the test feature file with --test-h5")
-            reader = released.OpenImagesReader([paths["test_h5"]], num_seen=len(seen), num_unseen=len(unseen))
-        names = [i for _, ids in reader.index() for i in ids]
-        if len(set(names)) != len(names):
-            raise released.RecordError(f"Open Images {split}: an image id appears in more than one file")
-        writer = PackedWriter(out, split, dataset="openimages", seen_labels=seen, unseen_labels=unseen, unseen_eval=top400,
-                              shard_size=shard_size, dtype=dtype, scene_source=scene_source, resume=not overwrite,
-                              overwrite=overwrite, extra=extra)
-        if k == 0:
-            save_embeddings(out, seen_emb, unseen_emb)  # after the manifest, the folder's record
-        _convert_split(writer, reader.records, names, scene, batch, f"openimages {split}", out)
-        manifest = writer.manifest
-    return manifest
-
-
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -250,6 +193,8 @@ def _positive_int(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from ..datasets import get_dataset, list_datasets
+
     p = argparse.ArgumentParser(prog="biam-convert", description="Convert the released BiAM feature layout to packed shards.")
     sub = p.add_subparsers(dest="dataset", required=True)
 
@@ -277,32 +222,31 @@ def _parser() -> argparse.ArgumentParser:
                              "not the reading, bounds the conversion speed)")
         sp.add_argument("--embeddings", help="label embedding pickle")
 
-    nus = sub.add_parser("nus_wide", help="NUS-WIDE (925 seen tags, 81 unseen concepts)")
-    common(nus)
-    for key, flag in (("train_h5", "--train-h5"), ("test_h5", "--test-h5"), ("train_names", "--train-names"),
-                      ("test_names", "--test-names"), ("tags", "--tags"), ("concepts", "--concepts")):
-        nus.add_argument(flag, dest=key, help=f"default: <src>/{NUS_WIDE_PATHS[key]}")
-    oi = sub.add_parser("openimages", help="Open Images v4 (7186 seen, 2594 unseen, top-400 evaluated)")
-    common(oi)
-    oi.add_argument("--train-dir", help="folder of the training *.h5 shards (the published scripts name it differently)")
-    oi.add_argument("--test-h5", help="the test feature file")
-    for key, flag in (("classes", "--classes"), ("unseen_ids", "--unseen-ids"), ("top400", "--top400"),
-                      ("descriptions", "--descriptions")):
-        oi.add_argument(flag, dest=key, help=f"default: <src>/{OPENIMAGES_PATHS[key]}")
+    for name in list_datasets():
+        layout = get_dataset(name).released
+        if layout is None:  # made by a feature extractor only
+            continue
+        sp = sub.add_parser(name, help=layout.help)
+        common(sp)
+        for key, (flag, text) in layout.extra_flags.items():
+            sp.add_argument(flag, dest=key, help=text)
+        for key, flag in layout.path_flags.items():
+            sp.add_argument(flag, dest=key, help=f"default: <src>/{layout.paths[key]}")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point ``biam-convert``. Returns the exit status."""
+    from ..datasets import get_dataset
+
     args = _parser().parse_args(argv)
     src, out = Path(args.src), Path(args.out)
     if not src.is_dir():
         print(f"biam-convert: error: --src {src}: folder not found (the released datasets/ folder)", file=sys.stderr)
         return 1
-    defaults = NUS_WIDE_PATHS if args.dataset == "nus_wide" else OPENIMAGES_PATHS
-    paths = {k: str(getattr(args, k, None) or (src / v)) for k, v in defaults.items()}
-    if args.dataset == "openimages":
-        paths["train_dir"], paths["test_h5"] = args.train_dir, args.test_h5
+    layout = get_dataset(args.dataset).released
+    paths = {k: str(getattr(args, k, None) or (src / v)) for k, v in layout.paths.items()}
+    paths.update({k: getattr(args, k) for k in layout.extra_flags})
     splits = [s for s in args.splits.split(",") if s]
     bad = [s for s in splits if s not in ("train", "test")]
     if bad:
@@ -321,7 +265,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 2
         use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
         head = head.to("cuda" if use_cuda else "cpu")
-    fn = convert_nus_wide if args.dataset == "nus_wide" else convert_openimages
+    fn = layout.convert
     try:
         # One writer per folder for the whole run; then the folder must be ours (its manifest) or
         # empty, unless --overwrite. Both stop here, before anything is read or written.

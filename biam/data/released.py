@@ -4,7 +4,8 @@ The released feature files hold one gzip-compressed HDF5 dataset per image and f
 (``<name>-features``, ``<name>-labels``, ...). These readers turn them into records
 ``(name, features (512, 196) float32, labels (S+U,) int8)`` in the order the converter writes
 them, and raise :class:`RecordError` naming the file, the image and the field for anything
-missing or malformed. They are an input for :mod:`biam.data.convert`, not a training format.
+missing or malformed. They are the inputs of the converters in the dataset files
+(``biam/datasets/nus_wide.py``, ``openimages.py``) that ``biam-convert`` runs, not a training format.
 """
 
 from __future__ import annotations

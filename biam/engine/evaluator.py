@@ -1,4 +1,4 @@
-"""``biam-evaluate``: the NUS-WIDE or Open Images protocol on the test split.
+"""``biam-evaluate``: the protocol of ``DATA.DATASET`` (:mod:`biam.datasets`) on the test split.
 
 Loads a training checkpoint or a published plain ``state_dict`` (``MODEL.WEIGHTS``), scores the
 test split in batches (each rank its own part under torchrun), prints the paper's table and
@@ -24,7 +24,8 @@ from torch import nn
 
 from ..config import ConfigError, add_config_arguments, dump_cfg, load_cfg
 from ..data.packed import PackedDataset, PackedFormatError
-from ..evaluation import chance_level, evaluate_nus_wide, evaluate_openimages
+from ..datasets import check_manifest_dataset, get_dataset
+from ..evaluation import chance_level, evaluate
 from ..modeling import build_model
 from ..utils import comm
 from ..utils.io import write_json
@@ -76,11 +77,12 @@ def prepare_evaluation_folder(cfg, overwrite: bool = False) -> "tuple[str, Folde
 
 
 def protocol_for(cfg) -> Callable[..., Any]:
-    """The metric protocol function of ``DATA.DATASET`` with the config's options bound."""
-    if cfg.DATA.DATASET == "openimages":
-        return lambda scores, labels, num_seen: evaluate_openimages(
-            scores, labels, num_seen=num_seen, published_ap=cfg.EVAL.PUBLISHED_OPENIMAGES_AP)
-    return lambda scores, labels, num_seen: evaluate_nus_wide(scores, labels, num_seen=num_seen)
+    """``fn(scores, labels, num_seen) -> EvalResult``: the protocol of ``DATA.DATASET``'s registry
+    entry with the config's options bound (``EVAL.PUBLISHED_OPENIMAGES_AP`` for a protocol with a
+    published pooled AP)."""
+    protocol = get_dataset(cfg.DATA.DATASET).protocol
+    return lambda scores, labels, num_seen: evaluate(
+        scores, labels, protocol, num_seen=num_seen, published_ap=cfg.EVAL.PUBLISHED_OPENIMAGES_AP)
 
 
 def evaluate_split(
@@ -96,7 +98,9 @@ def evaluate_split(
     """Score ``dataset`` with ``model`` over the GZSL label list and run the protocol.
 
     Returns the protocol's result object (``.to_dict()`` gives the metrics.json structure).
+    Raises ValueError when the packed data's manifest names another dataset than ``DATA.DATASET``.
     """
+    check_manifest_dataset(cfg.DATA.DATASET, dataset.manifest, os.path.join(str(dataset.root), "manifest.json"))
     loader = loader_fn(dataset, cfg.EVAL.BATCH_SIZE)
     bar = None
     if comm.is_main_process():
@@ -115,8 +119,7 @@ def evaluate_split(
     result = protocol(scores.to(metric_device), label_matrix.to(metric_device), labels.num_seen)
     if cfg.EVAL.REPORT_CHANCE:
         # Expected metrics of random scores, computed exactly from the labels (no sampling noise).
-        dataset = "openimages" if cfg.DATA.DATASET == "openimages" else "nus_wide"
-        result.chance = chance_level(label_matrix, dataset=dataset, num_seen=labels.num_seen, ks=result.ks)
+        result.chance = chance_level(label_matrix, dataset=cfg.DATA.DATASET, num_seen=labels.num_seen, ks=result.ks)
     return result
 
 

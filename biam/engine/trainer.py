@@ -29,6 +29,7 @@ from torch import nn
 from ..config import ConfigError, add_config_arguments, dump_cfg, load_cfg
 from ..data.loader import build_loader
 from ..data.packed import PackedDataset, PackedFormatError
+from ..datasets import check_manifest_dataset, get_dataset
 from ..evaluation import average_precision, f1_at_k
 from ..modeling import build_model, ranking_loss
 from ..utils import comm
@@ -264,16 +265,21 @@ class Trainer:
         )
 
     def check_label_counts(self) -> None:
-        """Fail before training, not after an epoch, when a reported K exceeds a label count."""
+        """Fail before training, not after an epoch, when the packed data is not ``DATA.DATASET``'s
+        (the manifest's dataset name) or a K of its protocol exceeds a label count."""
         cfg = self.cfg
-        ks = (1, 3, 5, 10, 20) if cfg.DATA.DATASET == "openimages" else (3, 5)
+        protocol = check_manifest_dataset(cfg.DATA.DATASET, self.train_set.manifest,
+                                          os.path.join(cfg.DATA.ROOT, "manifest.json")).protocol
+        ks = protocol.ks
         unseen = self.labels.unseen_eval.shape[0]
         if unseen < max(ks):
             raise ValueError(f"{cfg.DATA.ROOT}: {unseen} evaluated unseen labels, but the {cfg.DATA.DATASET} protocol "
                              f"reports P/R/F1 at K = {', '.join(map(str, ks))}, which needs at least {max(ks)}")
-        if len(self.val_idx) and self.labels.num_seen < 5:
-            raise ValueError(f"{cfg.DATA.ROOT}: validation reports F1@3 and F1@5 on the seen labels, which needs "
-                             f"at least 5 of them (the manifest lists {self.labels.num_seen})")
+        vks = protocol.validation_ks
+        if len(self.val_idx) and self.labels.num_seen < max(vks):
+            raise ValueError(f"{cfg.DATA.ROOT}: validation reports {' and '.join(f'F1@{k}' for k in vks)} on the "
+                             f"seen labels, which needs at least {max(vks)} of them (the manifest lists "
+                             f"{self.labels.num_seen})")
 
     def check_positive_labels(self, positives: Optional[np.ndarray] = None) -> None:
         """Fail before training when no training image has a positive seen label.
@@ -748,7 +754,7 @@ class Trainer:
             _unwrap(self.model), loader, self.labels.seen, columns, self.device, self.amp_dtype, self.scene_head,
         )
         result = {"mAP": float(average_precision(scores, labels).mean())}
-        for k in (3, 5):
+        for k in get_dataset(self.cfg.DATA.DATASET).protocol.validation_ks:
             f1, p, r = f1_at_k(scores, labels, k)
             result.update({f"P@{k}": p, f"R@{k}": r, f"F1@{k}": f1})
         return result

@@ -1,4 +1,5 @@
-"""Metrics (AP, F1@K, weighted mAP, the published pooled AP) and the two evaluation protocols.
+"""Metrics (AP, F1@K, weighted mAP, the published pooled AP) and the evaluation protocols
+(:class:`Protocol`, applied by :func:`evaluate`; each dataset's own is in :mod:`biam.datasets`).
 
 See docs/metrics.md for the definitions, the tie rule and the published Open Images flaw.
 """
@@ -6,7 +7,9 @@ See docs/metrics.md for the definitions, the tie rule and the published Open Ima
 from .metrics import average_precision, f1_at_k, f1_at_ks, openimages_published_ap, weighted_map
 from .protocols import (
     EvalResult,
+    Protocol,
     chance_level,
+    evaluate,
     evaluate_nus_wide,
     evaluate_openimages,
     evaluate_random_baseline,
@@ -15,8 +18,10 @@ from .protocols import (
 
 __all__ = [
     "EvalResult",
+    "Protocol",
     "average_precision",
     "chance_level",
+    "evaluate",
     "evaluate_nus_wide",
     "evaluate_openimages",
     "evaluate_random_baseline",

@@ -1,6 +1,11 @@
-"""The NUS-WIDE and Open Images evaluation protocols of the paper (docs/metrics.md).
+"""Evaluation protocols (docs/metrics.md): a :class:`Protocol` says how a dataset is scored.
 
-Both take the full score and label matrices over the GZSL label list, seen columns first, then
+A dataset's protocol (held by its entry in :mod:`biam.datasets`) fixes the K of P/R/F1@K,
+which test images count (all, or per task those with a positive) and which mAP variants are
+reported. :func:`evaluate` applies one; :func:`evaluate_nus_wide` and
+:func:`evaluate_openimages` are the paper's two, with their published defaults.
+
+All take the full score and label matrices over the GZSL label list, seen columns first, then
 the evaluated unseen columns: (N, S + U), torch (CPU or CUDA; computed where the scores are) or
 numpy. ZSL evaluates the U unseen columns alone (top-K among them), GZSL all S + U columns.
 """
@@ -9,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -25,18 +30,52 @@ from .metrics import (
 
 __all__ = [
     "EvalResult",
+    "Protocol",
     "chance_level",
+    "evaluate",
     "evaluate_nus_wide",
     "evaluate_openimages",
     "evaluate_random_baseline",
     "expected_random_ap",
 ]
 
-NUS_WIDE_SEEN = 925
-OPENIMAGES_SEEN = 7186
-NUS_WIDE_KS = (3, 5)
-OPENIMAGES_KS = (1, 3, 5, 10, 20)
 TASKS = ("zsl", "gzsl")
+ROW_RULES = ("all", "with_positive")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a dataset's test split is scored (one per dataset, see :mod:`biam.datasets`).
+
+    Attributes:
+        name: the name results carry (``EvalResult.dataset``), the dataset's registry name.
+        ks: the K of the P/R/F1@K columns, for ZSL and GZSL.
+        num_seen: S, the default seen-column count when the caller gives none (None: required).
+        rows: which test images count, per task: "all" (NUS-WIDE: every image; a label without
+            a positive has AP 0) or "with_positive" (Open Images: the images with at least one
+            +1 among the task's columns; labels are mostly unannotated there).
+        annotated_metrics: also report "mAP_annotated" (mean over the columns with an annotated
+            image), "wmAP" (AP weighted by +1 images) and "num_ap_labels"; a column without an
+            annotated image then counts 0 in "mAP" and is NaN in ``per_label_ap``.
+        pooled_ap: the original's evaluation of this dataset used its pooled AP
+            (``openimages_published_ap``); ``EVAL.PUBLISHED_OPENIMAGES_AP`` then reports it.
+        validation_ks: the K of the validation metrics on the seen labels (model selection;
+            ``EVAL.SELECT_METRIC`` names one of them).
+    """
+
+    name: str
+    ks: Tuple[int, ...]
+    num_seen: Optional[int] = None
+    rows: str = "all"
+    annotated_metrics: bool = False
+    pooled_ap: bool = False
+    validation_ks: Tuple[int, ...] = (3, 5)
+
+    def __post_init__(self):
+        if self.rows not in ROW_RULES:
+            raise ValueError(f"Protocol {self.name!r}: rows={self.rows!r}; allowed: {', '.join(ROW_RULES)}")
+        if not self.ks or not self.validation_ks:
+            raise ValueError(f"Protocol {self.name!r}: ks and validation_ks must not be empty")
 
 # Column headers of the table for the metric keys that are not per-K.
 _EXTRA_COLUMNS = (("mAP", "mAP"), ("mAP_annotated", "mAP annot."), ("wmAP", "wmAP"),
@@ -48,15 +87,15 @@ class EvalResult:
     """Metrics of one protocol run.
 
     Attributes:
-        dataset: "nus_wide" or "openimages".
+        dataset: the protocol's name (the registered dataset, e.g. "nus_wide", "openimages").
         ks: the K of the F1/P/R columns.
         metrics: {"zsl": {...}, "gzsl": {...}}; per task "P@K", "R@K", "F1@K" for each K,
-            "mAP" (and for Open Images "mAP_annotated", "wmAP", optionally
+            "mAP" (and for a protocol with annotated metrics, as Open Images, "mAP_annotated", "wmAP", optionally
             "published_pooled_mAP") as fractions in [0, 1], plus counts "num_images",
             "num_labels" (columns evaluated) and for Open Images "num_ap_labels" (columns with
             an annotated image).
         per_label_ap: per task a (columns,) float64 numpy array of per-label AP; NaN for an
-            Open Images column without an annotated image (it counts 0 in "mAP").
+            annotated-metrics (Open Images) column without an annotated image (it counts 0 in "mAP").
         chance: optionally the same protocol on random scores (set by the caller).
     """
 
@@ -175,21 +214,81 @@ def _rows_with_positive(y: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------- protocols
+def evaluate(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    protocol: Protocol,
+    num_seen: Optional[int] = None,
+    ks: Optional[Sequence[int]] = None,
+    published_ap: bool = False,
+) -> EvalResult:
+    """Apply ``protocol`` to one score matrix.
+
+    Args:
+        scores: (N, S + U) scores, seen columns first. labels: (N, S + U) in {-1, 0, +1}.
+        protocol: the dataset's :class:`Protocol`.
+        num_seen: S (the protocol's ``num_seen`` when None).
+        ks: the K of F1@K (the protocol's ``ks`` when None).
+        published_ap: also report "published_pooled_mAP" (the original's pooled AP; only for a
+            protocol with ``pooled_ap``, else ignored).
+    Returns:
+        EvalResult with tasks "zsl" (the U unseen columns) and "gzsl" (all columns).
+    """
+    num_seen, ks = _protocol_defaults(protocol, num_seen, ks)
+    if protocol.rows == "all" and not protocol.annotated_metrics:
+        return _evaluate_all_rows(scores, labels, num_seen, ks, protocol.name)
+    return _evaluate_kept_rows(scores, labels, num_seen, ks, protocol, published_ap and protocol.pooled_ap)
+
+
 def evaluate_nus_wide(
     scores: ArrayLike,
     labels: ArrayLike,
-    num_seen: int = NUS_WIDE_SEEN,
-    ks: Sequence[int] = NUS_WIDE_KS,
+    num_seen: Optional[int] = None,
+    ks: Optional[Sequence[int]] = None,
 ) -> EvalResult:
     """NUS-WIDE protocol: all images; mAP over every evaluated label (no positive counts as 0).
 
     Args:
         scores: (N, S + U) scores, seen columns first. labels: (N, S + U) in {-1, 0, +1}.
-        num_seen: S (925 for NUS-WIDE).
-        ks: the K of F1@K (3 and 5 in the paper).
+        num_seen: S (default 925, NUS-WIDE's).
+        ks: the K of F1@K (default 3 and 5, the paper's).
     Returns:
         EvalResult with tasks "zsl" (the U unseen columns) and "gzsl" (all columns).
     """
+    return evaluate(scores, labels, _registered("nus_wide"), num_seen=num_seen, ks=ks)
+
+
+def evaluate_openimages(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    num_seen: Optional[int] = None,
+    ks: Optional[Sequence[int]] = None,
+    published_ap: bool = False,
+) -> EvalResult:
+    """Open Images protocol.
+
+    Per task: keep the images with at least one +1 among the task's columns; per-label AP on
+    those images; "mAP" is the mean over all the task's columns, a column without an annotated
+    image counting 0, as the original's evaluation averages (400 columns for ZSL);
+    "mAP_annotated" is the mean over the columns with an annotated image only; "wmAP" weights
+    each label's AP by its +1 images; F1/P/R@K over the kept images and all the task's columns.
+
+    Args:
+        scores: (N, S + U) scores, seen columns first. labels: (N, S + U) in {-1, 0, +1}.
+        num_seen: S (default 7186, Open Images v4's).
+        ks: the K of F1@K (default 1, 3, 5, 10, 20: 10 and 20 in the paper, 1, 3, 5 also logged).
+        published_ap: also report "published_pooled_mAP", the mean over all the task's columns
+            (0 for a column without an annotated image) of the original's pooled, flawed AP
+            function; costs sum over images of (annotations per image)^2 work.
+    Returns:
+        EvalResult with tasks "zsl" and "gzsl".
+    """
+    return evaluate(scores, labels, _registered("openimages"), num_seen=num_seen, ks=ks, published_ap=published_ap)
+
+
+def _evaluate_all_rows(scores: ArrayLike, labels: ArrayLike, num_seen: int, ks: Tuple[int, ...],
+                       name: str) -> EvalResult:
+    """Every image counts; mAP the plain mean over the task's columns (rows "all")."""
     s, y = _check_pair(scores, labels)
     n, c = s.shape
     cols = _split(c, num_seen)
@@ -205,34 +304,12 @@ def evaluate_nus_wide(
         m["num_labels"] = sl.stop - sl.start
         metrics[task] = m
         per_label[task] = ap[sl].copy()
-    return EvalResult("nus_wide", tuple(int(k) for k in ks), metrics, per_label)
+    return EvalResult(name, ks, metrics, per_label)
 
 
-def evaluate_openimages(
-    scores: ArrayLike,
-    labels: ArrayLike,
-    num_seen: int = OPENIMAGES_SEEN,
-    ks: Sequence[int] = OPENIMAGES_KS,
-    published_ap: bool = False,
-) -> EvalResult:
-    """Open Images protocol.
-
-    Per task: keep the images with at least one +1 among the task's columns; per-label AP on
-    those images; "mAP" is the mean over all the task's columns, a column without an annotated
-    image counting 0, as the original's evaluation averages (400 columns for ZSL);
-    "mAP_annotated" is the mean over the columns with an annotated image only; "wmAP" weights
-    each label's AP by its +1 images; F1/P/R@K over the kept images and all the task's columns.
-
-    Args:
-        scores: (N, S + U) scores, seen columns first. labels: (N, S + U) in {-1, 0, +1}.
-        num_seen: S (7186 for Open Images v4).
-        ks: the K of F1@K (10 and 20 in the paper; 1, 3, 5 also logged).
-        published_ap: also report "published_pooled_mAP", the mean over all the task's columns
-            (0 for a column without an annotated image) of the original's pooled, flawed AP
-            function; costs sum over images of (annotations per image)^2 work.
-    Returns:
-        EvalResult with tasks "zsl" and "gzsl".
-    """
+def _evaluate_kept_rows(scores: ArrayLike, labels: ArrayLike, num_seen: int, ks: Tuple[int, ...],
+                        protocol: Protocol, published_ap: bool) -> EvalResult:
+    """Per task the protocol's rows; annotated-column metrics (see :class:`Protocol`)."""
     s, y = _check_pair(scores, labels)
     n, c = s.shape
     cols = _split(c, num_seen)
@@ -241,7 +318,8 @@ def evaluate_openimages(
     metrics, per_label = {}, {}
     for task, sl in cols.items():
         ts, ty = s[:, sl], y[:, sl]
-        rows = _rows_with_positive(ty)
+        rows = _rows_with_positive(ty) if protocol.rows == "with_positive" else torch.ones(
+            n, dtype=torch.bool, device=ty.device)
         annotated, positives = _column_counts(ty, rows)
         kept = annotated > 0
         ap = average_precision(ts, ty, row_mask=rows).double()
@@ -262,7 +340,7 @@ def evaluate_openimages(
         per = ap.cpu().numpy().copy()
         per[~kept.cpu().numpy()] = np.nan
         per_label[task] = per
-    return EvalResult("openimages", tuple(int(k) for k in ks), metrics, per_label)
+    return EvalResult(protocol.name, ks, metrics, per_label)
 
 
 # ------------------------------------------------------------------------------ chance level
@@ -294,7 +372,7 @@ def expected_random_ap(num_pos, num_counted):
 
 def chance_level(
     labels: ArrayLike,
-    dataset: str = "nus_wide",
+    dataset: Union[str, Protocol] = "nus_wide",
     num_seen: Optional[int] = None,
     ks: Optional[Sequence[int]] = None,
 ) -> EvalResult:
@@ -305,12 +383,14 @@ def chance_level(
     (images x C) and R = K / C (F1 is formed from these expectations).
 
     Args:
-        labels: (N, S + U) in {-1, 0, +1}. dataset: "nus_wide" or "openimages".
+        labels: (N, S + U) in {-1, 0, +1}.
+        dataset: a registered dataset name (``biam.datasets.list_datasets()``) or a Protocol.
         num_seen, ks: as in the protocol (its defaults when None).
     Returns:
         EvalResult (no per-label AP).
     """
-    nus, num_seen, ks = _protocol_defaults(dataset, num_seen, ks)
+    protocol = _as_protocol(dataset)
+    num_seen, ks = _protocol_defaults(protocol, num_seen, ks)
     y = labels if isinstance(labels, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(labels))
     if y.dim() != 2:
         raise ValueError(f"labels must be 2-d (images, labels), got shape {tuple(y.shape)}")
@@ -320,7 +400,7 @@ def chance_level(
         width = sl.stop - sl.start
         _check_ks(ks, width, task.upper())
         ty = y[:, sl]
-        rows = None if nus else _rows_with_positive(ty)
+        rows = _rows_with_positive(ty) if protocol.rows == "with_positive" else None
         annotated, positives = _column_counts(ty, rows)
         num_img = ty.shape[0] if rows is None else int(rows.sum())
         total_pos = int(positives.sum())
@@ -330,7 +410,7 @@ def chance_level(
             p = total_pos / (num_img * width) if num_img else 0.0
             r = k / width if total_pos else 0.0
             m.update({f"P@{k}": p, f"R@{k}": r, f"F1@{k}": 2 * p * r / (p + r) if p + r > 0 else 0.0})
-        if nus:
+        if not protocol.annotated_metrics:
             m["mAP"] = float(e_ap.mean())
         else:
             kept = annotated.cpu().numpy() > 0
@@ -342,12 +422,12 @@ def chance_level(
         m["num_images"] = num_img
         m["num_labels"] = width
         metrics[task] = m
-    return EvalResult("nus_wide" if nus else "openimages", tuple(ks), metrics)
+    return EvalResult(protocol.name, ks, metrics)
 
 
 def evaluate_random_baseline(
     labels: ArrayLike,
-    dataset: str = "nus_wide",
+    dataset: Union[str, Protocol] = "nus_wide",
     seed: int = 0,
     num_seen: Optional[int] = None,
     ks: Optional[Sequence[int]] = None,
@@ -357,27 +437,35 @@ def evaluate_random_baseline(
 
     Args:
         labels: (N, S + U) in {-1, 0, +1}; the scores are made on its device.
-        dataset: "nus_wide" or "openimages". seed: random seed (CPU generator, so the result
-            does not depend on the device).
-        num_seen, ks, published_ap: as in the protocol.
+        dataset: a registered dataset name or a Protocol. seed: random seed (CPU generator,
+            so the result does not depend on the device).
+        num_seen, ks, published_ap: as in :func:`evaluate`.
     Returns:
         EvalResult.
     """
-    nus, num_seen, ks = _protocol_defaults(dataset, num_seen, ks)
+    protocol = _as_protocol(dataset)
     y = labels if isinstance(labels, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(labels))
     gen = torch.Generator().manual_seed(int(seed))
     scores = torch.rand(tuple(y.shape), generator=gen).to(y.device)
-    if nus:
-        return evaluate_nus_wide(scores, y, num_seen=num_seen, ks=ks)
-    return evaluate_openimages(scores, y, num_seen=num_seen, ks=ks, published_ap=published_ap)
+    return evaluate(scores, y, protocol, num_seen=num_seen, ks=ks, published_ap=published_ap)
 
 
-def _protocol_defaults(dataset: str, num_seen: Optional[int], ks: Optional[Sequence[int]]):
-    if dataset not in ("nus_wide", "openimages"):
-        raise ValueError(f"dataset must be 'nus_wide' or 'openimages', got {dataset!r}")
-    nus = dataset == "nus_wide"
+def _registered(name: str) -> Protocol:
+    """The protocol of a registered dataset (ValueError naming the registered ones if unknown)."""
+    from ..datasets import get_dataset  # the registry imports this module for Protocol
+
+    return get_dataset(name).protocol
+
+
+def _as_protocol(dataset: Union[str, Protocol]) -> Protocol:
+    return dataset if isinstance(dataset, Protocol) else _registered(dataset)
+
+
+def _protocol_defaults(protocol: Protocol, num_seen: Optional[int], ks: Optional[Sequence[int]]):
     if num_seen is None:
-        num_seen = NUS_WIDE_SEEN if nus else OPENIMAGES_SEEN
+        if protocol.num_seen is None:
+            raise ValueError(f"the {protocol.name} protocol has no fixed seen-label count: give num_seen")
+        num_seen = protocol.num_seen
     if ks is None:
-        ks = NUS_WIDE_KS if nus else OPENIMAGES_KS
-    return nus, int(num_seen), tuple(int(k) for k in ks)
+        ks = protocol.ks
+    return int(num_seen), tuple(int(k) for k in ks)

@@ -170,3 +170,26 @@ def test_openimages_chance_level_averages_columns_like_the_protocol():
     ch = chance_level(labels, "openimages", num_seen=3, ks=(1,)).metrics["zsl"]
     # Two of the three unseen columns are annotated; the third counts 0 in mAP.
     assert ch["mAP"] == pytest.approx(ch["mAP_annotated"] * 2 / 3)
+
+
+def test_protocols_come_from_the_dataset_registry():
+    from biam.datasets import get_dataset
+    from biam.evaluation import Protocol, evaluate
+
+    scores, labels = _nus_data(seed=3)
+    nus = get_dataset("nus_wide").protocol
+    assert evaluate(scores, labels, nus, num_seen=12).to_dict() == evaluate_nus_wide(scores, labels, num_seen=12).to_dict()
+    # "own" is scored as NUS-WIDE, under its own name and with the data's seen count.
+    own = evaluate(scores, labels, get_dataset("own").protocol, num_seen=12)
+    assert own.dataset == "own" and own.to_dict() == evaluate_nus_wide(scores, labels, num_seen=12).to_dict()
+    with pytest.raises(ValueError, match="no fixed seen-label count"):
+        chance_level(labels, "own")
+    # Every image kept, annotated-column metrics: a column without annotations counts 0.
+    y = labels.clone()
+    y[:, 13] = 0
+    p = Protocol(name="custom", ks=(2,), rows="all", annotated_metrics=True)
+    zsl = evaluate(scores, y, p, num_seen=12).metrics["zsl"]
+    assert zsl["num_images"] == 400 and zsl["num_ap_labels"] == 4
+    assert zsl["mAP"] == pytest.approx(zsl["mAP_annotated"] * 4 / 5)
+    with pytest.raises(ValueError, match="rows='some'"):
+        Protocol(name="bad", ks=(3,), rows="some")

@@ -1,0 +1,97 @@
+"""Open Images v4 (2018_04) as the paper uses it: 7186 seen labels, 400 evaluated unseen ones.
+
+Protocol (docs/metrics.md): per task the images with at least one +1 among its columns; P/R/F1
+at K = 1, 3, 5, 10, 20 (10 and 20 in the paper); "mAP" the mean over all the task's columns, a
+column without an annotated image counting 0, as the original's evaluation averages; also
+"mAP_annotated" and "wmAP", and the original's pooled AP with ``EVAL.PUBLISHED_OPENIMAGES_AP``.
+``biam-convert openimages`` reads the released layout (datasets/OpenImages/README.md).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..data import released
+from ..data.embeddings import read_openimages_embeddings
+from ..data.packed import PackedWriter, save_embeddings
+from ..evaluation.protocols import Protocol
+from .catalog import DatasetInfo, ReleasedLayout, register_dataset
+
+__all__ = ["NAME", "OPENIMAGES", "OPENIMAGES_PATHS", "convert_openimages"]
+
+NAME = "openimages"
+# Default locations relative to --src (the released ``datasets/`` folder).
+OPENIMAGES_PATHS = {
+    "classes": "OpenImages/2018_04/classes-trainable.txt",
+    "unseen_ids": "OpenImages/2018_04/unseen_labels.pkl",
+    "top400": "OpenImages/2018_04/top_400_unseen.csv",
+    "descriptions": "OpenImages/2018_04/class-descriptions.csv",
+    "embeddings": "OpenImages/wiki_contexts/OpenImage_w2v_context_window_10_glove-wiki-gigaword-300.pkl",
+}
+
+
+def convert_openimages(src: Path, out: Path, *, paths: dict, splits: Sequence[str] = ("train", "test"),
+                       shard_size: int = 1024, dtype: str = "float16", scene_head=None, scene_source: Optional[str] = None,
+                       overwrite: bool = False, batch: int = 64) -> dict:
+    """Convert Open Images. ``paths``: keys of :data:`OPENIMAGES_PATHS` plus ``train_dir``, ``test_h5``."""
+    from ..data.convert import _convert_split, _scene_fn
+
+    seen = released.read_classes_trainable(paths["classes"])
+    unseen = released.read_unseen_ids(paths["unseen_ids"])
+    top400 = released.read_top400(paths["top400"], num_unseen=len(unseen))
+    seen_emb, unseen_emb = read_openimages_embeddings(paths["embeddings"], len(seen), len(unseen))
+    extra = {}
+    if paths.get("descriptions") and Path(paths["descriptions"]).is_file():
+        desc = released.read_class_descriptions(paths["descriptions"])
+        # An id without a description keeps its id as its name (listed, never silent).
+        missing = [i for i in seen + unseen if i not in desc]
+        if missing:
+            print(f"note: {len(missing)} class id(s) have no description in {paths['descriptions']}, "
+                  f"e.g. {missing[:3]}; their ids are used as names", file=sys.stderr)
+        extra["label_descriptions"] = {"seen": [desc.get(i, i) for i in seen], "unseen": [desc.get(i, i) for i in unseen]}
+    scene = _scene_fn(scene_head)
+    manifest = None
+    for k, split in enumerate(splits):
+        if split == "train":
+            if not paths.get("train_dir"):
+                raise FileNotFoundError("Open Images: give the training shard folder with --train-dir")
+            reader = released.OpenImagesReader(released.openimages_shard_files(paths["train_dir"]),
+                                               num_seen=len(seen), num_unseen=None, unseen_pad=len(unseen))
+        else:
+            if not paths.get("test_h5"):
+                raise FileNotFoundError("Open Images: give the test feature file with --test-h5")
+            reader = released.OpenImagesReader([paths["test_h5"]], num_seen=len(seen), num_unseen=len(unseen))
+        names = [i for _, ids in reader.index() for i in ids]
+        if len(set(names)) != len(names):
+            raise released.RecordError(f"Open Images {split}: an image id appears in more than one file")
+        writer = PackedWriter(out, split, dataset=NAME, seen_labels=seen, unseen_labels=unseen, unseen_eval=top400,
+                              shard_size=shard_size, dtype=dtype, scene_source=scene_source, resume=not overwrite,
+                              overwrite=overwrite, extra=extra)
+        if k == 0:
+            save_embeddings(out, seen_emb, unseen_emb)  # after the manifest, the folder's record
+        _convert_split(writer, reader.records, names, scene, batch, f"openimages {split}", out)
+        manifest = writer.manifest
+    return manifest
+
+
+OPENIMAGES = register_dataset(DatasetInfo(
+    name=NAME,
+    description="Open Images v4 (7186 seen, 2594 unseen labels, the top 400 evaluated)",
+    num_seen=7186,
+    num_unseen_eval=400,
+    protocol=Protocol(name=NAME, ks=(1, 3, 5, 10, 20), num_seen=7186, rows="with_positive",
+                      annotated_metrics=True, pooled_ap=True),
+    released=ReleasedLayout(
+        help="Open Images v4 (7186 seen, 2594 unseen, top-400 evaluated)",
+        paths=OPENIMAGES_PATHS,
+        convert=convert_openimages,
+        path_flags={"classes": "--classes", "unseen_ids": "--unseen-ids", "top400": "--top400",
+                    "descriptions": "--descriptions"},
+        extra_flags={
+            "train_dir": ("--train-dir", "folder of the training *.h5 shards (the published scripts name it differently)"),
+            "test_h5": ("--test-h5", "the test feature file"),
+        },
+    ),
+))
