@@ -1,13 +1,19 @@
 """A small generated dataset of coloured shapes, for the worked example of docs/own_data.md.
 
-    python -m biam.data.shapes_demo --out demo/shapes [--num-images 240] [--size 96] [--seed 0]
+    python -m biam.data.shapes_demo --out demo/shapes [--num-images 100] [--num-test 30] [--size 96] [--seed 0]
 
-Each image has a grey background (``plain``, ``stripes`` or ``dots``) and one to three shapes,
-each in its own quarter of the image, of a colour (red, green, blue, yellow, purple) and a kind
-(circle, square, triangle, star, cross). Its tags are ``<colour>_<kind>`` of every shape drawn,
-plus the background's name. Ten of the 25 colour-kind pairs are unseen (:data:`UNSEEN`), two per
-colour and two per kind, so every unseen tag combines a colour and a kind that three seen tags
-each teach.
+Each image has a grey background (``plain``, ``stripes`` or ``dots``, of a random grey level and
+pattern size) and one or two shapes, each in its own quarter of the image, of a colour (red,
+green, blue, yellow, purple) and a kind (circle, square, triangle, star, cross). Its tags are
+``<colour>_<kind>`` of every shape drawn, plus the background's name. Ten of the 25 colour-kind
+pairs are unseen (:data:`UNSEEN`), two per colour and two per kind, so every unseen tag combines
+a colour and a kind that three seen tags each teach.
+
+The images are split as a zero-shot benchmark is meant to be: the first ``num_images -
+num_test`` (``train.txt``) show seen pairs only, their first shape cycling through the 15 seen
+pairs; the last ``num_test`` (``test.txt``) have a first shape cycling through the 10 unseen
+pairs and a second one (if any) of any pair, so every unseen tag has test images once
+``num_test >= 10`` and the GZSL table mixes seen and unseen tags.
 
 The word-vector file (GloVe format) holds one vector per word -- each colour, kind and
 background word -- plus unrelated filler words, as a real file would. A word's vector is a
@@ -19,6 +25,7 @@ noise; the two-word tags get the mean of their words' vectors when the dataset i
 Written into ``--out``: ``images/shape_00000.png`` ..., ``tags.csv`` (``image,tags``; tags
 separated by ``;``), ``shapes.jsonl`` (what was drawn where: colour, kind, centre, radius, RGB --
 the ground truth for attention maps), ``seen.txt``, ``unseen.txt``, ``word_vectors.txt`` and
+``train.txt`` and ``test.txt`` (the image split, for ``extract_own.py --train-list/--test-list``) and
 ``shapes_demo.json`` (the settings and the list of files written). Everything follows from the
 seed. The command writes into an empty or new folder, or into one it wrote before (replacing
 only the files listed in its ``shapes_demo.json``).
@@ -97,11 +104,13 @@ def _background(rng: np.random.Generator, size: int, kind: str):
     return img
 
 
-def draw_image(rng: np.random.Generator, size: int, first: Optional[tuple] = None):
+def draw_image(rng: np.random.Generator, size: int, first: Optional[tuple] = None,
+               pairs: Optional[Sequence[tuple]] = None, max_shapes: int = 2):
     """One image: ``(PIL image, background name, [shape dicts])``.
 
-    Shapes sit in distinct quarters (so they never overlap); ``first`` forces (colour, kind) of
-    the first shape. A shape dict holds colour, kind, centre (x, y) and radius in pixels, rgb.
+    One to ``max_shapes`` shapes sit in distinct quarters (so they never overlap); ``first``
+    forces (colour, kind) of the first shape, the others are drawn from ``pairs`` (default: all
+    25). A shape dict holds colour, kind, centre (x, y) and radius in pixels, rgb.
     """
     from PIL import ImageDraw
 
@@ -109,12 +118,13 @@ def draw_image(rng: np.random.Generator, size: int, first: Optional[tuple] = Non
     img = _background(rng, size, background)
     draw = ImageDraw.Draw(img)
     cell = size / 2
-    count = int(rng.integers(1, 4))
+    pairs = list(pairs) if pairs is not None else [(c, k) for c in COLOURS for k in KINDS]
+    count = int(rng.integers(1, max_shapes + 1))
     shapes = []
     for n, q in enumerate(rng.permutation(4)[:count]):
-        colour, kind = first if (n == 0 and first) else (list(COLOURS)[int(rng.integers(len(COLOURS)))],
-                                                          KINDS[int(rng.integers(len(KINDS)))])
-        r = float(rng.uniform(0.3, 0.42)) * cell
+        colour, kind = first if (n == 0 and first) else pairs[int(rng.integers(len(pairs)))]
+        # Large shapes: each covers several of the 14 x 14 feature regions the model attends over.
+        r = float(rng.uniform(0.36, 0.46)) * cell
         cx = (q % 2) * cell + cell / 2 + float(rng.uniform(-1, 1)) * (cell / 2 - r)
         cy = (q // 2) * cell + cell / 2 + float(rng.uniform(-1, 1)) * (cell / 2 - r)
         rgb = tuple(int(np.clip(v + rng.integers(-15, 16), 0, 255)) for v in COLOURS[colour])
@@ -166,12 +176,16 @@ def _prepare_out(out: Path) -> None:
     marker.unlink()
 
 
-def generate(out: os.PathLike, *, num_images: int = 240, size: int = 96, seed: int = 0, image_format: str = "png",
-             dim: int = 300) -> dict:
-    """Write the demo dataset into ``out`` (see the module docstring). Returns the settings and
-    the relative paths written (what ``shapes_demo.json`` holds)."""
-    if num_images < 1 or size < 32 or dim < 1:
-        raise ValueError(f"need num_images >= 1, size >= 32, dim >= 1; got {num_images}, {size}, {dim}")
+def generate(out: os.PathLike, *, num_images: int = 100, num_test: Optional[int] = None, size: int = 96, seed: int = 0,
+             image_format: str = "png", dim: int = 300) -> dict:
+    """Write the demo dataset into ``out`` (see the module docstring). ``num_test`` images
+    (default ``round(0.3 * num_images)``, at least 1) form the test split. Returns the settings
+    and the relative paths written (what ``shapes_demo.json`` holds)."""
+    if num_test is None:
+        num_test = max(1, round(0.3 * num_images))
+    if num_images < 2 or not 1 <= num_test < num_images or size < 32 or dim < 1:
+        raise ValueError(f"need num_images >= 2, 1 <= num_test < num_images, size >= 32, dim >= 1; "
+                         f"got {num_images}, {num_test}, {size}, {dim}")
     if image_format not in ("png", "jpg"):
         raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
     out = Path(out)
@@ -179,11 +193,20 @@ def generate(out: os.PathLike, *, num_images: int = 240, size: int = 96, seed: i
     (out / "images").mkdir(exist_ok=True)
     rng = np.random.default_rng(seed)
     pairs = [(c, k) for c in COLOURS for k in KINDS]
-    files, csv_rows, drawn = [], ["image,tags\n"], []
+    seen_pairs = [p for p in pairs if f"{p[0]}_{p[1]}" not in UNSEEN]
+    unseen_pairs = [p for p in pairs if f"{p[0]}_{p[1]}" in UNSEEN]
+    num_train = num_images - num_test
+    files, csv_rows, drawn, split_rows = [], ["image,tags\n"], [], {"train": [], "test": []}
     for i in range(num_images):
-        # The first shape cycles through all pairs, so every tag occurs once there are 25+ images.
-        img, background, shapes = draw_image(rng, size, first=pairs[i % len(pairs)])
+        # Train images show seen pairs only, the first shape cycling through all 15 of them; a
+        # test image's first shape cycles through the unseen pairs, its second is any pair.
+        if i < num_train:
+            img, background, shapes = draw_image(rng, size, first=seen_pairs[i % len(seen_pairs)], pairs=seen_pairs)
+        else:
+            img, background, shapes = draw_image(rng, size, first=unseen_pairs[(i - num_train) % len(unseen_pairs)],
+                                                 pairs=pairs)
         rel = f"shape_{i:05d}.{image_format}"
+        split_rows["train" if i < num_train else "test"].append(rel + "\n")
         if image_format == "jpg":
             img.save(out / "images" / rel, quality=95)
         else:
@@ -201,11 +224,13 @@ def generate(out: os.PathLike, *, num_images: int = 240, size: int = 96, seed: i
         "seen.txt": "".join(t + "\n" for t in seen),
         "unseen.txt": "".join(t + "\n" for t in UNSEEN),
         "word_vectors.txt": "".join(w + " " + " ".join(f"{x:.6f}" for x in v) + "\n" for w, v in vectors.items()),
+        "train.txt": "".join(split_rows["train"]),
+        "test.txt": "".join(split_rows["test"]),
     }
     for name, text in texts.items():
         (out / name).write_text(text, encoding="utf-8")
         files.append(name)
-    info = {"num_images": num_images, "size": size, "seed": seed, "image_format": image_format, "dim": dim,
+    info = {"num_images": num_images, "num_test": num_test, "size": size, "seed": seed, "image_format": image_format, "dim": dim,
             "seen": seen, "unseen": list(UNSEEN), "files": files}
     (out / MARKER).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     return info
@@ -218,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "a GloVe-format word-vector file) for the worked example of docs/own_data.md.")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="new or empty folder (or one this command wrote before: its files are replaced)")
-    parser.add_argument("--num-images", type=int, default=240, metavar="N", help="images to draw (default 240)")
+    parser.add_argument("--num-images", type=int, default=100, metavar="N", help="images to draw (default 100)")
+    parser.add_argument("--num-test", type=int, default=None, metavar="N",
+                        help="of which test images, listed in test.txt (default 30%%); the others go to train.txt")
     parser.add_argument("--size", type=int, default=96, metavar="PX", help="image side in pixels (default 96, >= 32)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files (default 0)")
     parser.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format (default png)")
@@ -230,12 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        info = generate(args.out, num_images=args.num_images, size=args.size, seed=args.seed,
+        info = generate(args.out, num_images=args.num_images, num_test=args.num_test, size=args.size, seed=args.seed,
                         image_format=args.format, dim=args.dim)
     except (FileExistsError, ValueError) as err:
         print(f"shapes_demo: error: {err}", file=sys.stderr)
         return 2
-    print(f"shapes_demo: wrote {info['num_images']} images, {len(info['seen'])} seen and {len(info['unseen'])} "
+    print(f"shapes_demo: wrote {info['num_images']} images ({info['num_test']} test), {len(info['seen'])} seen and {len(info['unseen'])} "
           f"unseen tags to {args.out}")
     return 0
 

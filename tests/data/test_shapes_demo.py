@@ -33,7 +33,7 @@ def kind_of(img: np.ndarray, shape: dict) -> str:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "shapes"
-    info = shapes_demo.generate(out, num_images=28, size=96, seed=5, dim=64)
+    info = shapes_demo.generate(out, num_images=28, num_test=10, size=96, seed=5, dim=64)
     return out, info
 
 
@@ -52,9 +52,16 @@ def test_files_and_tags_are_consistent(demo):
         assert image == d["image"]
         expect = {f"{s['colour']}_{s['kind']}" for s in d["shapes"]} | {d["background"]}
         assert set(tags.split(";")) == expect and expect <= set(seen) | set(unseen)
-    # 28 images >= 25 pairs: every tag occurs.
+    # 18 train images cycle through the 15 seen pairs, 10 test images through the 10 unseen ones:
+    # every tag occurs, and the train images show no unseen pair.
     used = {t for row in rows[1:] for t in row.split(",")[1].split(";")}
     assert used == set(seen) | set(unseen)
+    train = (out / "train.txt").read_text().split()
+    test = (out / "test.txt").read_text().split()
+    assert train + test == [row.split(",")[0] for row in rows[1:]] and len(test) == 10
+    tags = {row.split(",")[0]: set(row.split(",")[1].split(";")) for row in rows[1:]}
+    assert not any(tags[image] & set(unseen) for image in train)
+    assert all(tags[image] & set(unseen) for image in test)
 
 
 def test_pixels_show_the_tagged_shapes(demo):
@@ -75,7 +82,7 @@ def test_pixels_show_the_tagged_shapes(demo):
 def test_same_seed_same_bytes_other_seed_differs(demo, tmp_path):
     out, _ = demo
     again = tmp_path / "again"
-    shapes_demo.generate(again, num_images=28, size=96, seed=5, dim=64)
+    shapes_demo.generate(again, num_images=28, num_test=10, size=96, seed=5, dim=64)
     for name in ("tags.csv", "word_vectors.txt", "images/shape_00007.png"):
         assert (again / name).read_bytes() == (out / name).read_bytes()
     other = tmp_path / "other"
@@ -103,6 +110,21 @@ def test_the_outputs_feed_own_data(demo):
                              unseen_file=out / "unseen.txt", test_fraction=0.25, seed=0)
     assert data.unseen == list(shapes_demo.UNSEEN)
     assert len(data.splits["train"].images) == 21 and len(data.splits["test"].images) == 7
+
+
+def test_the_image_lists_feed_own_data(demo):
+    out, _ = demo
+    data = build_own_dataset(out / "tags.csv", out / "images", seen_file=out / "seen.txt",
+                             unseen_file=out / "unseen.txt", train_list=out / "train.txt", test_list=out / "test.txt")
+    test = data.splits["test"].labels[:, len(data.seen):]
+    # Every unseen tag is on a test image: no unseen label without positives in the ZSL table.
+    assert ((test == 1).sum(axis=0) >= 1).all() and len(data.splits["train"].images) == 18
+
+
+def test_bad_sizes_are_refused(tmp_path):
+    for kwargs in ({"num_images": 5, "num_test": 5}, {"num_images": 5, "num_test": 0}, {"num_images": 1}):
+        with pytest.raises(ValueError, match="num_test"):
+            shapes_demo.generate(tmp_path / "x", **kwargs)
 
 
 def test_refuses_a_foreign_folder_and_replaces_only_its_own_files(tmp_path):
