@@ -4,10 +4,14 @@ Everything that turns pixels into features goes through here, so that the featur
 (``feature_extraction/``) and ``biam-predict`` compute exactly what the released features hold
 (see docs/data_format.md):
 
-* resize to 224x224 (no crop), ImageNet mean/std normalisation;
-* VGG19 ``features[:-1]`` (conv5_4 after ReLU, before the last max-pool) -> (B, 512, 14, 14),
-  stored channel-major as (B, 512, 196), region index = row * 14 + col;
-* the scene feature (B, 4096) through :class:`biam.modeling.SceneHead` built from the same VGG19.
+* resize to the backbone's input size (no crop), ImageNet mean/std normalisation;
+* the backbone's region extractor -> (B, C, rows, cols), stored channel-major as
+  (B, C, rows * cols), region index = row * cols + col;
+* the scene feature (B, scene_dim) through the backbone's frozen scene head.
+
+The backbone comes from the registry :mod:`biam.backbones` (``--backbone``; default VGG19 conv5_4:
+224x224 input, 512 x 14 x 14 regions, fc7 scene feature of 4096 through
+:class:`biam.modeling.SceneHead`, as the released features were made).
 
 Images are read in DataLoader workers by :class:`ImageFileDataset`; an image that cannot be read
 comes back as an :class:`Unreadable` marker so that the main process records it (path + reason)
@@ -26,17 +30,16 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .modeling import SceneHead
-from .modeling.scene_head import vgg19_head_state_dict
+from .backbones import DEFAULT_BACKBONE, Backbone, get_backbone, list_backbones
 
 __all__ = [
     "IMAGE_SIZE", "IMAGENET_MEAN", "IMAGENET_STD", "VGG19_FILENAME", "VGG19_SHA256_PREFIX",
     "WeightsNotFoundError", "Unreadable", "ImageFileDataset", "collate_images", "image_transform",
-    "load_image", "torchvision_cache_file", "load_vgg19", "FeatureExtractor", "add_weight_arguments",
-    "vgg19_from_args",
+    "load_image", "torchvision_cache_file", "load_vgg19", "load_backbone", "FeatureExtractor",
+    "add_weight_arguments", "add_backbone_argument", "vgg19_from_args", "backbone_from_args",
 ]
 
-IMAGE_SIZE = 224
+IMAGE_SIZE = 224  # VGG19's; other backbones state theirs (biam.backbones)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision's file name for the ImageNet VGG19 weights; "dcbb9e9d" = first hex digits of its SHA-256.
@@ -47,14 +50,14 @@ PathLike = Union[str, os.PathLike]
 
 
 class WeightsNotFoundError(RuntimeError):
-    """No VGG19 weights were given and torchvision's cache holds none (message says what to do)."""
+    """No backbone weights were given and torchvision's cache holds none (message says what to do)."""
 
 
 # --------------------------------------------------------------------------------------------- #
 # Images
 # --------------------------------------------------------------------------------------------- #
-def image_transform():
-    """PIL RGB image (any size) -> float32 tensor (3, 224, 224), ImageNet-normalised.
+def image_transform(size: int = IMAGE_SIZE):
+    """PIL RGB image (any size) -> float32 tensor (3, size, size), ImageNet-normalised.
 
     Resized to 224x224 without keeping the aspect ratio and without a crop, as the released
     features were made.
@@ -62,7 +65,7 @@ def image_transform():
     from torchvision import transforms
 
     return transforms.Compose([
-        transforms.Resize((IMAGE_SIZE, IMAGE_SIZE)),
+        transforms.Resize((size, size)),
         transforms.ToTensor(),
         transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
@@ -145,22 +148,46 @@ def collate_images(items) -> Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, U
 
 
 # --------------------------------------------------------------------------------------------- #
-# VGG19 weights
+# Backbone weights
 # --------------------------------------------------------------------------------------------- #
-def torchvision_cache_file() -> Path:
-    """Where torchvision keeps (and looks for) the ImageNet VGG19 weights on this machine."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / VGG19_FILENAME
+def torchvision_cache_file(filename: str = VGG19_FILENAME) -> Path:
+    """Where torchvision keeps (and looks for) an ImageNet weights file (default VGG19's) here."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
-def _missing_weights_message(what: str) -> str:
+def _missing_weights_message(what: str, backbone: Backbone = None) -> str:
+    bb = backbone or get_backbone(DEFAULT_BACKBONE)
+    label = "VGG19" if bb.name == "vgg19" else bb.name
     return (
-        f"{what}: no VGG19 ImageNet weights available. Provide them in one of two ways:\n"
+        f"{what}: no {label} ImageNet weights available. Provide them in one of two ways:\n"
         f"  * pass --weights FILE (or --vgg-weights FILE for biam-predict), FILE being torchvision's\n"
-        f"    {VGG19_FILENAME} (e.g. pretrained_weights/{VGG19_FILENAME}), or\n"
-        f"  * put that file where torchvision's cache expects it: {torchvision_cache_file()}\n"
+        f"    {bb.weights_file} (e.g. pretrained_weights/{bb.weights_file}), or\n"
+        f"  * put that file where torchvision's cache expects it: {torchvision_cache_file(bb.weights_file)}\n"
         f"How to obtain and verify the file on a machine with network: pretrained_weights/README.md.\n"
-        f"For tests and smoke runs only, --random-weights SEED (--random-vgg SEED) uses a seeded random VGG19."
+        f"For tests and smoke runs only, --random-weights SEED (--random-vgg SEED) uses a seeded random {label}."
     )
+
+
+def load_backbone(name: str = DEFAULT_BACKBONE, weights: Optional[PathLike] = None,
+                  random_seed: Optional[int] = None, what: str = "feature extraction") -> Tuple[nn.Module, str]:
+    """Build backbone ``name``'s torchvision network (eval mode, frozen) and say where its weights came from.
+
+    Same contract as :func:`load_vgg19` for any registered backbone: ``weights`` None means
+    torchvision's cache file of the backbone's usual name, if present; ``random_seed`` asks for a
+    seeded random network. Returns ``(net, source)``, source e.g.
+    ``"resnet101-state-dict:resnet101-cd907fc2.pth:sha256:..."`` or ``"random-seed-0"``.
+    """
+    bb = get_backbone(name)
+    if name == "vgg19":
+        return load_vgg19(weights, random_seed, what=what)
+    if weights is None and random_seed is not None:
+        return bb.load_net(None, int(random_seed)), f"random-seed-{int(random_seed)}"
+    check_weights_available(weights, random_seed, what, backbone=name)
+    path = Path(weights) if weights is not None else torchvision_cache_file(bb.weights_file)
+    net = bb.load_net(path, None)
+    from .data.packed import sha256_file
+
+    return net, f"{name}-state-dict:{path.name}:sha256:{sha256_file(path)[:16]}"
 
 
 def load_vgg19(weights: Optional[PathLike] = None, random_seed: Optional[int] = None,
@@ -215,7 +242,8 @@ def load_vgg19(weights: Optional[PathLike] = None, random_seed: Optional[int] = 
     return vgg.eval(), source
 
 
-def weights_error_message(path: PathLike, err: BaseException, what: str = "VGG19") -> str:
+def weights_error_message(path: PathLike, err: BaseException, what: str = "VGG19",
+                          filename: str = VGG19_FILENAME) -> str:
     """One line for a weights file that ``torch.load(weights_only=True)`` or the model refused.
 
     Names the file and says it is not a plain state dict. torch's own advice to retry with
@@ -234,58 +262,65 @@ def weights_error_message(path: PathLike, err: BaseException, what: str = "VGG19
         for prefix in (f"{path}: ", f"{os.fspath(path)}: "):
             detail = detail[len(prefix):] if detail.startswith(prefix) else detail
         kind = detail if len(detail) <= 240 else detail[:237] + "..."
-    return (f"{path}: not a plain {what} state dict ({kind}); use torchvision's {VGG19_FILENAME} "
+    return (f"{path}: not a plain {what} state dict ({kind}); use torchvision's {filename} "
             "(see pretrained_weights/README.md)")
 
 
-def check_weights_available(weights: Optional[PathLike], random_seed: Optional[int], what: str) -> None:
-    """Fail early (before hours of work) when :func:`load_vgg19` would find no weights.
+def check_weights_available(weights: Optional[PathLike], random_seed: Optional[int], what: str,
+                            backbone: str = DEFAULT_BACKBONE) -> None:
+    """Fail early (before hours of work) when :func:`load_backbone` would find no weights.
 
     Raises WeightsNotFoundError / FileNotFoundError with the instructions of :func:`load_vgg19`.
     """
     if weights is None and random_seed is not None:
         return
-    path = Path(weights) if weights is not None else torchvision_cache_file()
+    bb = get_backbone(backbone)
+    label = "VGG19" if bb.name == "vgg19" else bb.name
+    path = Path(weights) if weights is not None else torchvision_cache_file(bb.weights_file)
     if not path.is_file():
         if weights is not None:
-            raise FileNotFoundError(f"VGG19 weights file not found: {path}\n" + _missing_weights_message(what))
-        raise WeightsNotFoundError(_missing_weights_message(what))
+            raise FileNotFoundError(f"{label} weights file not found: {path}\n" + _missing_weights_message(what, bb))
+        raise WeightsNotFoundError(_missing_weights_message(what, bb))
 
 
 def add_weight_arguments(parser, weights_flag: str = "--weights", random_flag: str = "--random-weights") -> None:
     """Add ``--weights FILE`` and ``--random-weights SEED`` (or other spellings) to an argparse parser."""
     parser.add_argument(weights_flag, default=None, metavar="FILE",
-                        help=f"VGG19 ImageNet state dict ({VGG19_FILENAME}); default: torchvision's cache "
-                             f"({torchvision_cache_file()})")
+                        help=f"the backbone's ImageNet state dict (VGG19: {VGG19_FILENAME}); default: torchvision's "
+                             f"cache ({torchvision_cache_file().parent})")
     parser.add_argument(random_flag, type=int, default=None, metavar="SEED",
-                        help="use a seeded random VGG19 instead (tests and smoke runs only; recorded in the manifest)")
+                        help="use seeded random backbone weights instead (tests and smoke runs only; recorded in the "
+                             "manifest)")
+
+
+def add_backbone_argument(parser) -> None:
+    """Add ``--backbone NAME`` (a registered backbone, default vgg19) to an argparse parser."""
+    parser.add_argument("--backbone", choices=list_backbones(), default=DEFAULT_BACKBONE,
+                        help="feature extractor (default vgg19: conv5_4 at 224x224, 512 x 14 x 14 regions, fc7 scene "
+                             "feature, as the released features; resnet101: layer4 at 448x448, 2048 x 14 x 14, pooled "
+                             "scene feature); recorded in the manifest, see docs/own_data.md")
 
 
 # --------------------------------------------------------------------------------------------- #
 # Features
 # --------------------------------------------------------------------------------------------- #
 class FeatureExtractor(nn.Module):
-    """VGG19 conv5_4 region features and fc7 scene features of normalised images.
+    """Region features and scene features of normalised images, for one registered backbone.
 
-    Built from a torchvision VGG19 (:func:`load_vgg19`): ``body`` = ``vgg.features[:-1]`` and
-    ``scene_head`` = ``SceneHead.from_torchvision(vgg)``, so both come from the same weights.
-    Always in eval mode, no gradients.
+    Built from the backbone's torchvision network (:func:`load_backbone`): ``body`` = its region
+    extractor and ``scene_head`` = its scene head, so both come from the same weights (VGG19:
+    ``vgg.features[:-1]`` and ``SceneHead.from_torchvision(vgg)``). Always in eval mode, no gradients.
 
-    Input: images (B, 3, 224, 224) float32, ImageNet-normalised.
-    Output: ``regions`` (B, 512, 196) float32 channel-major (region = row * 14 + col) and
-    ``scene`` (B, 4096) float32.
+    Input: images (B, 3, S, S) float32, ImageNet-normalised, S = the backbone's input size.
+    Output: ``regions`` (B, C, rows * cols) float32 channel-major (region = row * cols + col) and
+    ``scene`` (B, scene_dim) float32 (VGG19: (B, 512, 196) and (B, 4096)).
     """
 
-    def __init__(self, vgg: nn.Module):
+    def __init__(self, net: nn.Module, backbone: Union[str, Backbone] = DEFAULT_BACKBONE):
         super().__init__()
-        # features[:-1] drops the last max-pool: conv5_4 after its ReLU, 14x14 for a 224 input.
-        self.body = vgg.features[:-1]
-        # Same result as SceneHead.from_torchvision(vgg), minus the seconds of random init of a
-        # 25088x4096 layer that is overwritten anyway: build on meta, then take vgg's fc6/fc7.
-        with torch.device("meta"):
-            head = SceneHead()
-        head.load_state_dict(vgg19_head_state_dict(vgg.state_dict(), "torchvision vgg19"), assign=True)
-        self.scene_head = head
+        self.backbone = get_backbone(backbone) if isinstance(backbone, str) else backbone
+        self.body = self.backbone.region_extractor(net)
+        self.scene_head = self.backbone.scene_head(net)
         self.requires_grad_(False)
         super().train(False)
 
@@ -295,10 +330,15 @@ class FeatureExtractor(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        if images.dim() != 4 or images.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE):
-            raise ValueError(f"FeatureExtractor expects (B, 3, {IMAGE_SIZE}, {IMAGE_SIZE}) images, "
+        bb = self.backbone
+        size = bb.input_size
+        if images.dim() != 4 or images.shape[1:] != (3, size, size):
+            raise ValueError(f"FeatureExtractor ({bb.name}) expects (B, 3, {size}, {size}) images, "
                              f"got {tuple(images.shape)}")
         fmap = self.body(images)
+        if fmap.shape[1:] != (bb.channels, *bb.grid):
+            raise RuntimeError(f"backbone {bb.name}: its region extractor gave {tuple(fmap.shape[1:])}, "
+                               f"its registry entry states {(bb.channels, *bb.grid)}")
         regions = fmap.flatten(2).float()
         scene = self.scene_head(fmap).float()
         return regions, scene
@@ -306,8 +346,14 @@ class FeatureExtractor(nn.Module):
 
 def vgg19_from_args(weights: Optional[str], random_seed: Optional[int], what: str) -> Tuple[FeatureExtractor, str]:
     """:func:`load_vgg19` then :class:`FeatureExtractor`; returns ``(extractor, source)``."""
-    vgg, source = load_vgg19(weights, random_seed, what=what)
-    return FeatureExtractor(vgg), source
+    return backbone_from_args(DEFAULT_BACKBONE, weights, random_seed, what)
+
+
+def backbone_from_args(name: str, weights: Optional[str], random_seed: Optional[int],
+                       what: str) -> Tuple[FeatureExtractor, str]:
+    """:func:`load_backbone` then :class:`FeatureExtractor`; returns ``(extractor, source)``."""
+    net, source = load_backbone(name, weights, random_seed, what=what)
+    return FeatureExtractor(net, name), source
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -421,8 +467,12 @@ def extract_split(
     device: str = "auto",
     overwrite: bool = False,
     tool: str = "feature extraction",
+    backbone: str = DEFAULT_BACKBONE,
 ) -> dict:
     """Compute features of every image of ``spec`` and write them as one packed split.
+
+    ``backbone``: a registered backbone name (:mod:`biam.backbones`); the manifest records it and a
+    resumed run must use the same one. ``weights``/``random_seed`` are that backbone's.
 
     Resumable: complete shards of an earlier run are kept (checksums verified) and extraction
     restarts after the last stored image. Under ``torchrun`` each rank extracts a contiguous
@@ -457,17 +507,17 @@ def extract_split(
                       f"({entry['num_images']} images); nothing to do (--overwrite starts it over)")
             return summary
 
-    extractor, source = vgg19_from_args(weights, random_seed, what=tool)
+    extractor, source = backbone_from_args(backbone, weights, random_seed, what=tool)
     extractor = extractor.to(dev)
     start, stop = _rank_range(len(spec.paths), rank, world)
     root = out_root if world == 1 else out_root / ".parts" / spec.split / f"rank-{rank}-of-{world}"
     writer = PackedWriter(
         root, spec.split, dataset=spec.dataset, seen_labels=spec.seen, unseen_labels=spec.unseen,
         unseen_eval=spec.unseen_eval, shard_size=shard_size, dtype=dtype, scene_source=source,
-        resume=not overwrite, overwrite=overwrite, extra=spec.extra,
+        resume=not overwrite, overwrite=overwrite, extra=spec.extra, backbone=backbone,
     )
     names = list(spec.names[start:stop])
-    dataset = ImageFileDataset(spec.paths[start:stop])
+    dataset = ImageFileDataset(spec.paths[start:stop], image_transform(extractor.backbone.input_size))
     failures: List[Tuple[int, Unreadable]] = []
     resume_at = 0
     if writer.num_images:
@@ -500,7 +550,7 @@ def extract_split(
     if world > 1:
         comm.barrier()
         if rank == 0:
-            _merge_parts(out_root, spec, world, shard_size, dtype, source, overwrite)
+            _merge_parts(out_root, spec, world, shard_size, dtype, source, overwrite, backbone)
         comm.barrier()
     if rank == 0:
         entry = read_manifest(out_root)["splits"][spec.split]
@@ -510,7 +560,7 @@ def extract_split(
         summary.update(written=entry["num_images"], unreadable=unreadable)
         print(f"{tool}: split '{spec.split}': {summary['listed']} images listed, {summary['written']} written, "
               f"{unreadable} unreadable" + (f" (listed with reasons in {report})" if unreadable else "")
-              + f"; VGG19 weights: {source}")
+              + f"; {backbone} weights: {source}")
     return summary
 
 
@@ -538,7 +588,7 @@ def _resume_point(stored: List[str], names: List[str], dataset: "ImageFileDatase
 
 
 def _merge_parts(out_root: Path, spec: SplitSpec, world: int, shard_size: int, dtype: str, source: str,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, backbone: str = DEFAULT_BACKBONE) -> None:
     """Rank 0, after the barrier: move every rank's shards into ``out_root`` in rank order, write
     one manifest listing them (checksums carried over) and one report, then drop ``.parts``.
     A file at a target shard name that the manifest does not list is refused unless ``overwrite``."""
@@ -553,7 +603,8 @@ def _merge_parts(out_root: Path, spec: SplitSpec, world: int, shard_size: int, d
     # earlier run); its manifest dict is the base of the new one.
     base = PackedWriter(out_root, spec.split, dataset=spec.dataset, seen_labels=spec.seen,
                         unseen_labels=spec.unseen, unseen_eval=spec.unseen_eval, shard_size=shard_size,
-                        dtype=dtype, scene_source=source, resume=False, overwrite=overwrite, extra=spec.extra).manifest
+                        dtype=dtype, scene_source=source, resume=False, overwrite=overwrite, extra=spec.extra,
+                        backbone=backbone).manifest
     if not overwrite:
         count = sum(len(read_manifest(part)["splits"][spec.split]["shards"]) for part in parts)
         for k in range(count):
@@ -621,6 +672,7 @@ def add_label_embedding_arguments(parser, embeddings_help: str, glove_help: str)
 def add_extraction_arguments(parser) -> None:
     """Options shared by the feature extractors: output, weights, batching, sharding, device."""
     parser.add_argument("--out", required=True, metavar="DIR", help="packed dataset directory to write (manifest.json, shards)")
+    add_backbone_argument(parser)
     add_weight_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per forward pass (default 32)")
     parser.add_argument("--workers", type=int, default=4, metavar="N",
@@ -652,4 +704,5 @@ def run_split(spec: SplitSpec, args, tool: str) -> dict:
     """:func:`extract_split` with the options of :func:`add_extraction_arguments`."""
     return extract_split(spec, args.out, weights=args.weights, random_seed=args.random_weights,
                          batch_size=args.batch_size, num_workers=args.workers, shard_size=args.shard_size,
-                         dtype=args.dtype, device=args.device, overwrite=args.overwrite, tool=tool)
+                         dtype=args.dtype, device=args.device, overwrite=args.overwrite, tool=tool,
+                         backbone=getattr(args, "backbone", DEFAULT_BACKBONE))

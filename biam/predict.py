@@ -71,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="BiAM weights: our training checkpoint or a published state dict (model_best_nus.pth)")
     vgg = parser.add_mutually_exclusive_group()
     vgg.add_argument("--vgg-weights", metavar="FILE",
-                     help="VGG19 ImageNet state dict (vgg19-dcbb9e9d.pth); default: torchvision's cache")
-    vgg.add_argument("--random-vgg", type=int, metavar="SEED", help="seeded random VGG19 (tests and smoke runs only)")
+                     help="ImageNet state dict of the checkpoint's backbone (VGG19: vgg19-dcbb9e9d.pth; the backbone is "
+                          "the one the checkpoint records, or MODEL.BACKBONE); default: torchvision's cache")
+    vgg.add_argument("--random-vgg", type=int, metavar="SEED",
+                     help="seeded random backbone weights (tests and smoke runs only)")
     parser.add_argument("--top-k", "--topk", dest="top_k", type=int, default=5, metavar="K",
                         help="labels shown per image (default 5)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -257,7 +259,7 @@ def _predict_loop(args, images, names, loader, extractor, model, label_emb, k, r
                 unreadable[i] = {"image": images[i], "reason": u.reason}
             if len(index):
                 regions, scene = extractor(batch.to(device))
-                maps = model.region_scores(regions, label_emb, scene).float()  # (B, 196, C)
+                maps = model.region_scores(regions, label_emb, scene).float()  # (B, R, C), VGG19: R = 196
                 scores = maps.topk(model.topk, dim=1).values.mean(dim=1)  # as BiAM.forward
                 top_scores, top_idx = scores.topk(k, dim=1)
                 for b, i in enumerate(index.tolist()):
@@ -303,12 +305,25 @@ def _run(args) -> int:
             fig_lock.release()
 
 
+def predict_backbone(cfg, checkpoint: str):
+    """The backbone that computes features for ``checkpoint``: ``MODEL.BACKBONE`` when set (a
+    checkpoint of another backbone is then refused when its weights load), else the one the
+    checkpoint records or its widths imply (published files: VGG19), else VGG19."""
+    from .backbones import DEFAULT_BACKBONE, get_backbone
+    from .engine.checkpoint import checkpoint_backbone, load_checkpoint
+
+    if cfg.MODEL.BACKBONE:
+        return get_backbone(cfg.MODEL.BACKBONE)
+    return get_backbone(checkpoint_backbone(load_checkpoint(checkpoint)) or DEFAULT_BACKBONE)
+
+
 def _tag(args, cfg, images, used_names: set, written: set) -> int:
     from torch.utils.data import DataLoader
 
     from .data.released import read_lines
     from .engine.checkpoint import load_model_weights
-    from .features import ImageFileDataset, check_weights_available, collate_images, load_image, vgg19_from_args
+    from .features import (ImageFileDataset, backbone_from_args, check_weights_available, collate_images,
+                           image_transform, load_image)
     from .modeling import build_model
 
     try:
@@ -318,19 +333,21 @@ def _tag(args, cfg, images, used_names: set, written: set) -> int:
                          "save the label list as UTF-8, one label a line") from None
     if len(set(names)) != len(names):
         raise ValueError(f"{args.labels}: a label name appears twice")
-    check_weights_available(args.vgg_weights, args.random_vgg, "biam-predict")
+    backbone = predict_backbone(cfg, args.checkpoint)
+    check_weights_available(args.vgg_weights, args.random_vgg, "biam-predict", backbone=backbone.name)
     label_emb = load_label_embeddings(args, names, cfg.MODEL.EMBED_DIM)
 
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
-    model = build_model(cfg)
+    model = build_model(cfg, backbone)
     load_model_weights(model, args.checkpoint)
     model = model.to(device).eval()
-    extractor, vgg_source = vgg19_from_args(args.vgg_weights, args.random_vgg, "biam-predict")
+    extractor, vgg_source = backbone_from_args(backbone.name, args.vgg_weights, args.random_vgg, "biam-predict")
     extractor = extractor.to(device)
     label_emb = label_emb.to(device)
     k = min(args.top_k, len(names))
 
-    loader = DataLoader(ImageFileDataset(images), batch_size=args.batch_size, num_workers=args.workers,
+    loader = DataLoader(ImageFileDataset(images, image_transform(backbone.input_size)), batch_size=args.batch_size,
+                        num_workers=args.workers,
                         collate_fn=collate_images, shuffle=False)
     results: dict = {}
     unreadable: dict = {}

@@ -168,7 +168,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     features.check_extraction_arguments(parser, args)
     root = Path(args.nus_root)
     try:
-        features.check_weights_available(args.weights, args.random_weights, TOOL)
+        features.check_weights_available(args.weights, args.random_weights, TOOL, backbone=args.backbone)
         # Rank 0 takes --out (lock + ownership check) before joining the others: a refusal exits
         # at once, and torchrun then stops the other ranks.
         with features.claim_output(args.out, args.overwrite, TOOL):

@@ -96,7 +96,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     features.check_extraction_arguments(parser, args)
     try:
-        features.check_weights_available(args.weights, args.random_weights, TOOL)
+        features.check_weights_available(args.weights, args.random_weights, TOOL, backbone=args.backbone)
         # Join torchrun's process group first (long timeout: ranks may finish hours apart on resume).
         comm.init_distributed(args.device, timeout_minutes=24 * 60)
         # Every rank reads and checks the inputs (cheap next to extraction), so a bad file stops

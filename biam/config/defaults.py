@@ -33,14 +33,21 @@ _C.MODEL.TOPK = 6
 # Width of the label embeddings (positive int; GloVe: 300)
 _C.MODEL.EMBED_DIM = 300
 
-# Channels of the region features (positive int; VGG19 conv5_4: 512)
-_C.MODEL.FEATURE_DIM = 512
+# Backbone that made the features (biam.backbones): "" (default) = the one the packed data at
+# DATA.ROOT records in its manifest (data without that field, or no data: "vgg19"); or a
+# registered name ("vgg19", "resnet101"), which must then match the data's
+_C.MODEL.BACKBONE = ""
+
+# Channels of the region features: 0 (default) = the backbone's (VGG19 conv5_4: 512,
+# ResNet-101 layer4: 2048), or a positive int (e.g. synthetic features of another width)
+_C.MODEL.FEATURE_DIM = 0
 
 # Width of the joint visual-semantic space (positive int; published: 512)
 _C.MODEL.JOINT_DIM = 512
 
-# Width of the scene feature (positive int; VGG19 fc7: 4096)
-_C.MODEL.SCENE_DIM = 4096
+# Width of the scene feature: 0 (default) = the backbone's (VGG19 fc7: 4096, ResNet-101 pooled
+# layer4: 2048), or a positive int
+_C.MODEL.SCENE_DIM = 0
 
 # Dropout on attention weights and after w_o (float in [0, 1); published: 0.1)
 _C.MODEL.ATTN_DROPOUT = 0.1
@@ -270,8 +277,7 @@ def check_cfg(cfg: CN) -> None:
     m, s, e, d = cfg.MODEL, cfg.SOLVER, cfg.EVAL, cfg.DATA
     positive = {
         "MODEL.CHANNEL_DIM": m.CHANNEL_DIM, "MODEL.HEADS": m.HEADS, "MODEL.EMBED_DIM": m.EMBED_DIM,
-        "MODEL.FEATURE_DIM": m.FEATURE_DIM, "MODEL.JOINT_DIM": m.JOINT_DIM, "MODEL.SCENE_DIM": m.SCENE_DIM,
-        "SOLVER.BASE_LR": s.BASE_LR, "SOLVER.BATCH_SIZE": s.BATCH_SIZE, "SOLVER.MAX_EPOCHS": s.MAX_EPOCHS,
+        "MODEL.JOINT_DIM": m.JOINT_DIM, "SOLVER.BASE_LR": s.BASE_LR, "SOLVER.BATCH_SIZE": s.BATCH_SIZE, "SOLVER.MAX_EPOCHS": s.MAX_EPOCHS,
         "SOLVER.FINETUNE_LR": s.FINETUNE_LR, "SOLVER.MAX_LOSS": s.MAX_LOSS, "EVAL.PERIOD": e.PERIOD,
         "EVAL.START_EPOCH": e.START_EPOCH, "EVAL.BATCH_SIZE": e.BATCH_SIZE, "DATA.BLOCK_SIZE": d.BLOCK_SIZE,
         "KEEP_CHECKPOINTS": cfg.KEEP_CHECKPOINTS,
@@ -281,7 +287,8 @@ def check_cfg(cfg: CN) -> None:
             raise ConfigError(f"{key} = {value!r}; must be positive")
     non_negative = {
         "SOLVER.WARMUP_EPOCHS": s.WARMUP_EPOCHS, "SOLVER.MIN_LR": s.MIN_LR, "SOLVER.WEIGHT_DECAY": s.WEIGHT_DECAY,
-        "SOLVER.FINETUNE_EPOCHS": s.FINETUNE_EPOCHS, "DATA.NUM_WORKERS": d.NUM_WORKERS,
+        "SOLVER.FINETUNE_EPOCHS": s.FINETUNE_EPOCHS, "MODEL.FEATURE_DIM": m.FEATURE_DIM,
+        "MODEL.SCENE_DIM": m.SCENE_DIM, "DATA.NUM_WORKERS": d.NUM_WORKERS,
         "DATA.MAX_POSITIVES": d.MAX_POSITIVES, "MAX_STEPS_PER_EPOCH": cfg.MAX_STEPS_PER_EPOCH,
     }
     for key, value in non_negative.items():
@@ -294,6 +301,11 @@ def check_cfg(cfg: CN) -> None:
         raise ConfigError(f"MODEL.CHANNEL_DIM = {m.CHANNEL_DIM} is not divisible by MODEL.HEADS = {m.HEADS}")
     if not 1 <= m.TOPK <= 196:
         raise ConfigError(f"MODEL.TOPK = {m.TOPK}; must be in 1..196 (there are 196 regions)")
+    from ..backbones import list_backbones
+
+    if m.BACKBONE and m.BACKBONE not in list_backbones():
+        raise ConfigError(f"MODEL.BACKBONE = {m.BACKBONE!r}; allowed values: '' (the data's), "
+                          + ", ".join(map(repr, list_backbones())))
     for key, value in (("MODEL.ATTN_DROPOUT", m.ATTN_DROPOUT), ("MODEL.SCENE_DROPOUT", m.SCENE_DROPOUT)):
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{key} = {value!r}; must be in [0, 1)")

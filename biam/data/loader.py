@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .packed import NUM_CHANNELS, NUM_REGIONS, SCENE_DIM, PackedDataset, PackedFormatError
+from .packed import PackedDataset, PackedFormatError
 
 __all__ = ["SAMPLING", "epoch_order", "global_batches", "BatchLoader", "build_loader"]
 
@@ -248,11 +248,11 @@ class _BatchSource(Dataset):
         b = len(idx)
         ds = self.dataset
         out = {
-            "regions": np.empty((b, NUM_CHANNELS, NUM_REGIONS), dtype=ds.feature_dtype),
+            "regions": np.empty((b, ds.channels, ds.num_regions), dtype=ds.feature_dtype),
             "labels": np.empty((b, ds.num_labels), dtype=np.int8),
         }
         if ds.has_scene:
-            out["scene"] = np.empty((b, SCENE_DIM), dtype=ds.feature_dtype)
+            out["scene"] = np.empty((b, ds.scene_dim), dtype=ds.feature_dtype)
         if self.memory is not None:
             rows = np.searchsorted(self.memory["index"], idx)
             for f in self.fields:
@@ -382,9 +382,9 @@ class BatchLoader:
     def memory_bytes(self) -> int:
         """Bytes the subset takes in RAM in its stored dtype (what in-memory mode loads)."""
         ds = self.dataset
-        per = NUM_CHANNELS * NUM_REGIONS * ds.feature_dtype.itemsize + ds.num_labels
+        per = ds.channels * ds.num_regions * ds.feature_dtype.itemsize + ds.num_labels
         if ds.has_scene:
-            per += SCENE_DIM * ds.feature_dtype.itemsize
+            per += ds.scene_dim * ds.feature_dtype.itemsize
         return int(per * len(self.indices))
 
     def _load_memory(self) -> dict:
@@ -394,7 +394,7 @@ class BatchLoader:
         fields = ["regions", "scene", "labels"] if ds.has_scene else ["regions", "labels"]
         mem = {"index": self.indices}
         for f in fields:
-            shape = {"regions": (NUM_CHANNELS, NUM_REGIONS), "scene": (SCENE_DIM,), "labels": (ds.num_labels,)}[f]
+            shape = {"regions": (ds.channels, ds.num_regions), "scene": (ds.scene_dim,), "labels": (ds.num_labels,)}[f]
             mem[f] = np.empty((len(self.indices),) + shape, dtype=np.int8 if f == "labels" else ds.feature_dtype)
         # Read in runs of at most 1024 images to keep peak memory at the destination arrays.
         runs = []
@@ -494,7 +494,7 @@ def build_loader(
 ) -> BatchLoader:
     """Batches of ``dataset`` for one rank.
 
-    Each batch is a dict: ``regions`` (B, 512, 196) float32, ``scene`` (B, 4096) float32 (only
+    Each batch is a dict: ``regions`` (B, C, R) float32 (VGG19: (B, 512, 196)), ``scene`` (B, scene_dim) float32 (only
     when the dataset has scene features; with ``float32=False`` both keep the stored dtype, e.g.
     float16, for the consumer to convert on its device), ``labels`` (B, S+U) int8, ``index`` (B,)
     int64 global image index. ``B`` is ``batch_size`` except at the end of an epoch, where a

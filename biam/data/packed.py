@@ -2,7 +2,7 @@
 
 Layout of a packed dataset directory (see ``docs/data_format.md`` for the full description)::
 
-    <root>/manifest.json           what is there: labels, dtype, scene source, shards + sha256
+    <root>/manifest.json           what is there: labels, dtype, backbone, scene source, shards + sha256
     <root>/embeddings.npz          "seen" (S, 300) and "unseen" (U, 300) float32, raw rows
     <root>/<split>-00000.h5, ...   shards; datasets regions, scene (optional), labels, names
 
@@ -42,6 +42,8 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+# Widths of the default backbone (VGG19 conv5_4 and fc7), which data without a manifest 'backbone'
+# field holds. A split's own widths are PackedDataset.channels / num_regions / scene_dim.
 NUM_CHANNELS = 512
 NUM_REGIONS = 196
 SCENE_DIM = 4096
@@ -138,6 +140,15 @@ def _check_manifest(m: dict, source: str) -> None:
     need(m.get("feature_dtype") in FEATURE_DTYPES, "feature_dtype", f"{m.get('feature_dtype')!r} not in {FEATURE_DTYPES}")
     scene = m.get("scene")
     need(isinstance(scene, dict) and isinstance(scene.get("present"), bool), "scene", "expected {'present': bool, 'source': ...}")
+    from ..backbones import BackboneError, backbone_of_manifest
+
+    try:
+        backbone = backbone_of_manifest(m, source)
+    except BackboneError as err:
+        raise PackedFormatError(str(err)) from None
+    need(scene["present"] or backbone.scene_from_regions, "scene.present",
+         f"false, but backbone {backbone.name!r} stores its scene features at extraction (they cannot be "
+         "computed from the regions)")
     splits = m.get("splits")
     need(isinstance(splits, dict), "splits", "expected an object")
     for name, entry in splits.items():
@@ -274,6 +285,9 @@ class PackedWriter:
         overwrite: a file at a shard name this writer is about to write that the manifest does
             not list (someone else's) is replaced; without it that is an error naming the file.
         extra: more manifest fields (e.g. the source files), merged at the top level.
+        backbone: name of the registered backbone (:mod:`biam.backbones`) that made the features
+            (default ``"vgg19"``); it fixes the shapes of ``regions`` and ``scene`` and is
+            recorded in the manifest's ``backbone`` field.
 
     Use :meth:`append` (buffers up to one shard) and :meth:`close` (writes the rest and marks
     the split complete). ``num_images`` tells a resuming caller how many images are already
@@ -302,7 +316,10 @@ class PackedWriter:
         resume: bool = True,
         overwrite: bool = False,
         extra: Optional[dict] = None,
+        backbone: str = "vgg19",
     ):
+        from ..backbones import backbone_of_manifest, get_backbone
+
         if not _valid_split(split):
             raise ValueError(f"split name {split!r}: must be non-empty without '/', '-' or a leading '.'")
         if dtype not in FEATURE_DTYPES:
@@ -320,6 +337,8 @@ class PackedWriter:
         self.has_scene = scene_source is not None
         self.overwrite = bool(overwrite)
         self.dataset = dataset
+        bb = get_backbone(backbone)
+        self.channels, self.num_regions, self.scene_dim = bb.channels, bb.num_regions, bb.scene_dim
         header = {
             "format_version": FORMAT_VERSION,
             "dataset": dataset,
@@ -328,17 +347,21 @@ class PackedWriter:
             "embeddings": EMBEDDINGS,
             "feature_dtype": dtype,
             "scene": {"present": self.has_scene, "source": scene_source},
+            "backbone": bb.manifest_fields(),
         }
         if extra:
             header.update(extra)
         path = self.root / MANIFEST
         if path.is_file():
             manifest = read_manifest(self.root)
-            for key in ("dataset", "labels", "unseen_eval", "feature_dtype", "scene"):
-                if manifest.get(key) != header[key]:
+            # Data written before manifests recorded the backbone is VGG19's.
+            existing_backbone = backbone_of_manifest(manifest, str(path)).manifest_fields()
+            for key in ("dataset", "labels", "unseen_eval", "feature_dtype", "scene", "backbone"):
+                if (existing_backbone if key == "backbone" else manifest.get(key)) != header[key]:
                     raise PackedFormatError(
                         f"{path}: field '{key}' of the existing packed dataset differs from this conversion "
-                        f"(existing {_short(manifest.get(key))}, new {_short(header[key])}); "
+                        f"(existing {_short(existing_backbone if key == 'backbone' else manifest.get(key))}, "
+                        f"new {_short(header[key])}); "
                         "write to a fresh output directory (--overwrite does not mix two datasets in one folder)"
                     )
             manifest.update({k: v for k, v in header.items() if k not in manifest})
@@ -406,9 +429,9 @@ class PackedWriter:
 
     def append(self, regions: np.ndarray, labels: np.ndarray, names: Sequence[str],
                scene: Optional[np.ndarray] = None) -> None:
-        """Add images in order: regions (n, 512, 196), labels (n, S+U) int8 in {-1,0,1}, names (n,),
-        scene (n, 4096) iff the writer was made with a ``scene_source``. Writes full shards as
-        they fill."""
+        """Add images in order: regions (n, C, R) (VGG19: (n, 512, 196)), labels (n, S+U) int8 in
+        {-1,0,1}, names (n,), scene (n, scene_dim) (VGG19: 4096) iff the writer was made with a
+        ``scene_source``; C, R and scene_dim are the backbone's. Writes full shards as they fill."""
         regions = np.asarray(regions)
         labels = np.asarray(labels)
         n = len(names)
@@ -430,14 +453,14 @@ class PackedWriter:
     def _check_batch(self, regions, labels, names, scene) -> None:
         n = len(names)
         where = f"{self.split} (images {self.num_images + self._buffered}..)"
-        if regions.shape != (n, NUM_CHANNELS, NUM_REGIONS):
-            raise ValueError(f"{where}: field 'regions': shape {regions.shape}, expected ({n}, {NUM_CHANNELS}, {NUM_REGIONS})")
+        if regions.shape != (n, self.channels, self.num_regions):
+            raise ValueError(f"{where}: field 'regions': shape {regions.shape}, expected ({n}, {self.channels}, {self.num_regions})")
         if labels.shape != (n, self.num_seen + self.num_unseen):
             raise ValueError(f"{where}: field 'labels': shape {labels.shape}, expected ({n}, {self.num_seen + self.num_unseen})")
         if self.has_scene:
-            if scene is None or np.asarray(scene).shape != (n, SCENE_DIM):
+            if scene is None or np.asarray(scene).shape != (n, self.scene_dim):
                 got = None if scene is None else np.asarray(scene).shape
-                raise ValueError(f"{where}: field 'scene': shape {got}, expected ({n}, {SCENE_DIM})")
+                raise ValueError(f"{where}: field 'scene': shape {got}, expected ({n}, {self.scene_dim})")
         elif scene is not None:
             raise ValueError(f"{where}: field 'scene' given but the writer was made without a scene_source")
         # float16 overflows to inf above 65504: check after the cast the shard will really store.
@@ -489,10 +512,10 @@ class PackedWriter:
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["dataset"] = self.dataset
             f.attrs["split"] = self.split
-            f.create_dataset("regions", data=regions, chunks=(chunk, NUM_CHANNELS, NUM_REGIONS), track_times=False, **kw)
+            f.create_dataset("regions", data=regions, chunks=(chunk, self.channels, self.num_regions), track_times=False, **kw)
             if self.has_scene:
                 scene = np.concatenate(self._buffer["scene"])
-                f.create_dataset("scene", data=scene, chunks=(chunk, SCENE_DIM), track_times=False, **kw)
+                f.create_dataset("scene", data=scene, chunks=(chunk, self.scene_dim), track_times=False, **kw)
             f.create_dataset("labels", data=labels, chunks=(chunk, labels.shape[1]), track_times=False, **kw)
             f.create_dataset("names", data=np.array(names, dtype=object), dtype=h5py.string_dtype("utf-8"),
                              track_times=False)
@@ -525,7 +548,9 @@ def _short(value) -> str:
 class PackedDataset:
     """Read one split of a packed dataset by global image index.
 
-    Attributes: ``manifest``, ``seen_labels``/``unseen_labels`` (lists of names),
+    Attributes: ``manifest``, ``backbone`` (the :class:`biam.backbones.Backbone` that made the
+    features; VGG19 when the manifest has no ``backbone`` field), its ``channels``, ``grid``,
+    ``num_regions`` and ``scene_dim``, ``seen_labels``/``unseen_labels`` (lists of names),
     ``unseen_eval`` (int64 indices into the unseen labels), ``num_seen``, ``num_unseen``,
     ``has_scene``, ``feature_dtype``, ``shard_offsets`` ((num_shards + 1,) int64: shard i holds
     images ``shard_offsets[i]:shard_offsets[i+1]``). ``len()`` is the number of images.
@@ -562,6 +587,11 @@ class PackedDataset:
         ue = self.manifest.get("unseen_eval")
         self.unseen_eval = np.arange(self.num_unseen, dtype=np.int64) if ue is None else np.asarray(ue, dtype=np.int64)
         self.has_scene = bool(self.manifest["scene"]["present"])
+        from ..backbones import backbone_of_manifest
+
+        self.backbone = backbone_of_manifest(self.manifest, str(self.root / MANIFEST))
+        self.channels, self.grid = self.backbone.channels, self.backbone.grid
+        self.num_regions, self.scene_dim = self.backbone.num_regions, self.backbone.scene_dim
         self.feature_dtype = np.dtype(self.manifest["feature_dtype"])
         counts = [s["num_images"] for s in self.shards]
         self.shard_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -665,10 +695,10 @@ class PackedDataset:
                 raise PackedFormatError(
                     f"{path}: this shard was written for {attr} {got!r} but the manifest lists it under "
                     f"{attr} {expected!r} (a shard copied over another?); restore the right file or reconvert")
-        want = {"regions": ((n, NUM_CHANNELS, NUM_REGIONS), self.feature_dtype),
+        want = {"regions": ((n, self.channels, self.num_regions), self.feature_dtype),
                 "labels": ((n, self.num_labels), np.dtype(np.int8)), "names": ((n,), None)}
         if self.has_scene:
-            want["scene"] = ((n, SCENE_DIM), self.feature_dtype)
+            want["scene"] = ((n, self.scene_dim), self.feature_dtype)
         for field, (shape, dtype) in want.items():
             if field not in f:
                 f.close()
@@ -691,7 +721,8 @@ class PackedDataset:
     def read_slice(self, start: int, stop: int, fields: Optional[Iterable[str]] = None) -> Dict[str, np.ndarray]:
         """Images ``start:stop`` (may span shards) as numpy arrays in stored dtypes.
 
-        Output dict: ``regions`` (n, 512, 196), ``scene`` (n, 4096) if present, ``labels``
+        Output dict: ``regions`` (n, channels, num_regions) (VGG19: (n, 512, 196)), ``scene``
+        (n, scene_dim) if present, ``labels``
         (n, S+U) int8, ``names`` (n,) object array of str, ``index`` (n,) int64. ``fields``
         restricts what is read (``index`` is always returned).
         """
@@ -747,7 +778,8 @@ class PackedDataset:
             pos = end
 
     def _empty(self, field: str) -> np.ndarray:
-        shapes = {"regions": ((0, NUM_CHANNELS, NUM_REGIONS), self.feature_dtype), "scene": ((0, SCENE_DIM), self.feature_dtype),
+        shapes = {"regions": ((0, self.channels, self.num_regions), self.feature_dtype),
+                  "scene": ((0, self.scene_dim), self.feature_dtype),
                   "labels": ((0, self.num_labels), np.int8), "names": ((0,), object)}
         shape, dtype = shapes[field]
         return np.empty(shape, dtype=dtype)

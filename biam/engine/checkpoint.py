@@ -2,8 +2,9 @@
 
 A checkpoint holds everything needed to continue a run bit for bit on the CPU: model,
 optimiser, scheduler, grad scaler, RNG states, epoch, best metric and the config, and the
-model's hyperparameters (``model_hparams``; ``model_best.pth`` holds the weights and that record
-too), so that loading it into a model configured otherwise is an error naming both values. It is written
+model's hyperparameters (``model_hparams``, the backbone whose features it read among them;
+``model_best.pth`` holds the weights and that record too), so that loading it into a model
+configured otherwise, or for features of another backbone, is an error naming both values. It is written
 to a temporary file, flushed to disk and renamed, so a crash (or a full disk) at any moment
 leaves the previous checkpoints intact. Names carry zero-padded epochs so they sort.
 """
@@ -27,6 +28,7 @@ __all__ = [
     "checkpoint_path", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
     "rng_state", "set_rng_state", "load_model_weights", "CheckpointError", "atomic_torch_save",
     "latest_owned", "check_training_state", "model_file", "check_hparams", "HPARAMS_KEY",
+    "checkpoint_backbone", "check_backbone",
 ]
 
 # Key of the model's hyperparameter record in our checkpoints and model files.
@@ -183,17 +185,60 @@ def check_hparams(model: nn.Module, recorded: Any, path: str) -> None:
         raise CheckpointError("\n".join(lines))
 
 
+def checkpoint_backbone(obj: Mapping[str, Any]) -> Optional[str]:
+    """The backbone whose features a checkpoint's model read, or None when it cannot be told.
+
+    Our files record it (``model_hparams["backbone"]``). A published or older file does not: its
+    input conv (``conv_3X3.body.weight``, (D_c, channels, 3, 3)) and ``scene_context_block.w_g``
+    ((D_c, scene_dim, 1, 1)) widths name the registered backbone with those widths (published:
+    512 and 4096, VGG19).
+    """
+    from ..backbones import get_backbone, list_backbones
+
+    rec = obj.get(HPARAMS_KEY)
+    if isinstance(rec, Mapping) and isinstance(rec.get("backbone"), str):
+        return rec["backbone"]
+    state = model_state_from(obj)
+    shapes = {}
+    for key in ("conv_3X3.body.weight", "scene_context_block.w_g.weight"):
+        found = [v for k, v in state.items() if k.split(".", 1)[-1] == key or k == key]
+        if not found or not isinstance(found[0], torch.Tensor) or found[0].dim() != 4:
+            return None
+        shapes[key] = int(found[0].shape[1])
+    widths = (shapes["conv_3X3.body.weight"], shapes["scene_context_block.w_g.weight"])
+    for name in list_backbones():
+        bb = get_backbone(name)
+        if (bb.channels, bb.scene_dim) == widths:
+            return name
+    return None
+
+
+def check_backbone(model: nn.Module, obj: Mapping[str, Any], path: str) -> None:
+    """Raise ``CheckpointError`` naming both backbones when ``path`` was trained on features of
+    another backbone than the one ``model`` is built for (the packed data's)."""
+    mine = getattr(model, "backbone", None)
+    theirs = checkpoint_backbone(obj)
+    if mine is None or theirs is None or mine == theirs:
+        return
+    raise CheckpointError(
+        f"{path}: the checkpoint was trained on {theirs} features, but the model is built for {mine} features "
+        f"(the packed data's backbone, or MODEL.BACKBONE); use a checkpoint trained on {mine} features, or "
+        f"features extracted with --backbone {theirs}")
+
+
 def load_model_weights(model: nn.Module, path: str) -> Dict[str, Any]:
     """Load weights into ``model`` from a training checkpoint, a ``model_best.pth`` of ours or a
     published plain state dict.
 
     A file of ours records the model's hyperparameters; one that differs from ``model``'s (e.g.
-    16 heads in the file, 8 configured) raises ``CheckpointError`` naming both values. A plain
+    16 heads in the file, 8 configured) raises ``CheckpointError`` naming both values; so does a
+    file trained on another backbone's features (:func:`check_backbone`, also for published files). A plain
     state dict has no record: its keys and shapes are checked. Keys and shapes must match
     exactly; otherwise ``CheckpointError`` lists the missing, unexpected and mismatched keys
     with their shapes. Returns the loaded object.
     """
     obj = load_checkpoint(path)
+    check_backbone(model, obj, path)
     if HPARAMS_KEY in obj and hasattr(model, "hparams"):
         check_hparams(model, obj[HPARAMS_KEY], path)
     state = dict(model_state_from(obj))

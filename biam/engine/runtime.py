@@ -116,9 +116,15 @@ def build_scene_head(spec: str, dataset: PackedDataset, device: torch.device) ->
     """The frozen scene head, or None when the packed data already holds scene features.
 
     ``spec`` is config ``MODEL.SCENE_HEAD_WEIGHTS``: a VGG19 state-dict file or ``random:<seed>``.
+    Only VGG19 data may lack scene features (its head works on the stored regions); other
+    backbones store theirs at extraction (``biam.backbones``).
     """
     if dataset.has_scene:
         return None
+    if dataset.backbone.name != "vgg19":
+        # Only VGG19's head (pool5 -> fc6 -> fc7) runs on stored regions; the others store their scene.
+        raise ValueError(f"{dataset.root}: the packed data of backbone {dataset.backbone.name!r} has no scene "
+                         "features; extract it again (its scene features are stored at extraction)")
     if not spec:
         raise FileNotFoundError(
             f"{dataset.root}: the packed data has no scene features, so the frozen VGG19 head must run on the fly; "

@@ -1,4 +1,4 @@
-"""The BiAM model: region-level and scene-level attention over VGG19 region features.
+"""The BiAM model: region-level and scene-level attention over backbone region features.
 
 Layer by layer as in the paper and its original release (docs/model.md), with the parameter
 names of the published checkpoints so that ``load_state_dict(published, strict=True)`` works
@@ -8,7 +8,7 @@ unchanged.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Tuple
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 __all__ = ["BiAM", "build_model", "ConvReluBN", "NUM_REGIONS", "load_published_state_dict", "HPARAM_CONFIG_KEYS"]
 
-NUM_REGIONS = 196  # 14 x 14 conv5_4 cells
+NUM_REGIONS = 196  # 14 x 14 conv5_4 cells of VGG19, the default grid
 
 # The hyperparameters a checkpoint of ours records (``BiAM.hparams``), with their config keys:
 # they decide what the weights compute. Heads and top-k do not show in parameter shapes, so
@@ -24,7 +24,7 @@ NUM_REGIONS = 196  # 14 x 14 conv5_4 cells
 HPARAM_CONFIG_KEYS = {
     "channel_dim": "MODEL.CHANNEL_DIM", "heads": "MODEL.HEADS", "topk": "MODEL.TOPK",
     "embed_dim": "MODEL.EMBED_DIM", "feature_dim": "MODEL.FEATURE_DIM", "joint_dim": "MODEL.JOINT_DIM",
-    "scene_dim": "MODEL.SCENE_DIM",
+    "scene_dim": "MODEL.SCENE_DIM", "backbone": "MODEL.BACKBONE",
 }
 
 
@@ -152,9 +152,12 @@ class BiAM(nn.Module):
         heads: attention heads in the region block (published NUS-WIDE: 8).
         topk: number of top region scores averaged into an image score (published: 6).
         embed_dim: width of the label embeddings (GloVe: 300).
-        feature_dim: channels of the input region features (VGG19 conv5_4: 512).
+        feature_dim: channels of the input region features (VGG19 conv5_4: 512; ResNet-101: 2048).
         joint_dim: width of the joint visual-semantic space (512).
-        scene_dim: width of the scene feature (VGG19 fc7: 4096).
+        scene_dim: width of the scene feature (VGG19 fc7: 4096; ResNet-101 pooled: 2048).
+        grid: (rows, cols) of the region grid (both registered backbones: (14, 14)).
+        backbone: name of the backbone whose features the model reads (``biam.backbones``);
+            recorded in our checkpoints so that features of another backbone are refused.
         attn_dropout: dropout on attention weights and after ``w_o`` (0.1).
         scene_dropout: dropout on the scene feature before ``w_g`` (0.2).
         attention: "fused" (scaled_dot_product_attention) or "published" (explicit softmax
@@ -174,13 +177,19 @@ class BiAM(nn.Module):
         attn_dropout: float = 0.1,
         scene_dropout: float = 0.2,
         attention: str = "fused",
+        grid: Tuple[int, int] = (14, 14),
+        backbone: str = "vgg19",
     ):
         super().__init__()
-        if not 1 <= topk <= NUM_REGIONS:
-            raise ValueError(f"topk must be in [1, {NUM_REGIONS}], got {topk}")
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.num_regions = self.grid[0] * self.grid[1]
+        if not 1 <= topk <= self.num_regions:
+            raise ValueError(f"topk must be in [1, {self.num_regions}], got {topk}")
         self.topk = topk
+        self.backbone = str(backbone)
         self._hparams = dict(channel_dim=int(channel_dim), heads=int(heads), topk=int(topk), embed_dim=int(embed_dim),
-                             feature_dim=int(feature_dim), joint_dim=int(joint_dim), scene_dim=int(scene_dim))
+                             feature_dim=int(feature_dim), joint_dim=int(joint_dim), scene_dim=int(scene_dim),
+                             backbone=self.backbone)
         self.feature_dim = feature_dim
         self.embed_dim = embed_dim
         self.scene_dim = scene_dim
@@ -192,30 +201,40 @@ class BiAM(nn.Module):
 
     def hparams(self) -> dict:
         """The hyperparameters that decide what the weights compute (keys of ``HPARAM_CONFIG_KEYS``),
-        as plain ints: recorded in our checkpoints and checked when one is loaded."""
+        as plain ints (the backbone as its name): recorded in our checkpoints and checked when one
+        is loaded."""
         return dict(self._hparams)
 
     @classmethod
-    def from_config(cls, cfg: Any) -> dict:
+    def from_config(cls, cfg: Any, backbone: Any = None) -> dict:
         """Keyword arguments for ``BiAM`` read from ``cfg.MODEL`` (a dict; ``build_model`` builds).
 
         Reads CHANNEL_DIM, HEADS, TOPK, EMBED_DIM, FEATURE_DIM, JOINT_DIM, SCENE_DIM,
-        ATTN_DROPOUT, SCENE_DROPOUT and ATTENTION.
+        ATTN_DROPOUT, SCENE_DROPOUT and ATTENTION. ``backbone`` (a ``biam.backbones.Backbone``)
+        gives the grid, and the widths where FEATURE_DIM / SCENE_DIM are 0.
         """
+        if backbone is None:
+            from ..backbones import get_backbone
+
+            backbone = get_backbone("vgg19")
         m = cfg.MODEL
         return dict(
             channel_dim=m.CHANNEL_DIM, heads=m.HEADS, topk=m.TOPK, embed_dim=m.EMBED_DIM,
-            feature_dim=m.FEATURE_DIM, joint_dim=m.JOINT_DIM, scene_dim=m.SCENE_DIM,
+            feature_dim=m.FEATURE_DIM or backbone.channels, joint_dim=m.JOINT_DIM,
+            scene_dim=m.SCENE_DIM or backbone.scene_dim, grid=backbone.grid, backbone=backbone.name,
             attn_dropout=m.ATTN_DROPOUT, scene_dropout=m.SCENE_DROPOUT, attention=m.ATTENTION,
         )
 
     def _check_inputs(self, regions: torch.Tensor, labels: torch.Tensor, scene: torch.Tensor) -> torch.Tensor:
+        rows, cols = self.grid
         if regions.dim() == 3:
-            if regions.shape[1:] != (self.feature_dim, NUM_REGIONS):
-                raise ValueError(f"regions must be (B, {self.feature_dim}, {NUM_REGIONS}), got {tuple(regions.shape)}")
-            regions = regions.reshape(regions.shape[0], self.feature_dim, 14, 14)
-        elif regions.dim() != 4 or regions.shape[1:] != (self.feature_dim, 14, 14):
-            raise ValueError(f"regions must be (B, {self.feature_dim}, 14, 14), got {tuple(regions.shape)}")
+            if regions.shape[1:] != (self.feature_dim, self.num_regions):
+                raise ValueError(f"regions must be (B, {self.feature_dim}, {self.num_regions}) ({self.backbone} "
+                                 f"features), got {tuple(regions.shape)}")
+            regions = regions.reshape(regions.shape[0], self.feature_dim, rows, cols)
+        elif regions.dim() != 4 or regions.shape[1:] != (self.feature_dim, rows, cols):
+            raise ValueError(f"regions must be (B, {self.feature_dim}, {rows}, {cols}) ({self.backbone} features), "
+                             f"got {tuple(regions.shape)}")
         if labels.dim() != 2 or labels.shape[1] != self.embed_dim:
             raise ValueError(f"label embeddings must be (C, {self.embed_dim}), got {tuple(labels.shape)}")
         if scene.dim() != 2 or scene.shape != (regions.shape[0], self.scene_dim):
@@ -225,8 +244,8 @@ class BiAM(nn.Module):
     def joint_features(self, regions: torch.Tensor, scene: torch.Tensor) -> torch.Tensor:
         """Region features in the joint space.
 
-        regions (B, feature_dim, 14, 14) and scene (B, scene_dim) -> e_f (B, 196, joint_dim),
-        region index = row * 14 + col. Inputs are not checked here (``region_scores`` does).
+        regions (B, feature_dim, rows, cols) and scene (B, scene_dim) -> e_f (B, rows * cols,
+        joint_dim), region index = row * cols + col (VGG19: 14 x 14 = 196). Inputs are not checked here (``region_scores`` does).
         """
         x = regions.to(self.conv_3X3.body.weight.dtype)
         h_r = self.conv_3X3(x)
@@ -239,11 +258,12 @@ class BiAM(nn.Module):
         """Per-region label scores.
 
         Args:
-            regions: (B, feature_dim, 196) or (B, feature_dim, 14, 14) conv5_4 features.
+            regions: (B, feature_dim, R) or (B, feature_dim, rows, cols) backbone features
+                (VGG19 conv5_4: R = 196, 14 x 14).
             label_embeddings: (C, embed_dim), rows L2-normalised by the caller.
-            scene: (B, scene_dim) fc7 scene features.
+            scene: (B, scene_dim) scene features (VGG19: fc7).
         Returns:
-            m: (B, 196, C), the attention maps of ``biam.predict``; dtype of the computation
+            m: (B, R, C), the attention maps of ``biam.predict``; dtype of the computation
             (float32, or the autocast dtype).
         """
         regions = self._check_inputs(regions, label_embeddings, scene)
@@ -262,9 +282,21 @@ class BiAM(nn.Module):
         return m.topk(self.topk, dim=1).values.float().mean(dim=1)
 
 
-def build_model(cfg: Any) -> BiAM:
-    """Translate a config into a ``BiAM`` (the only place that reads ``cfg.MODEL``)."""
-    return BiAM(**BiAM.from_config(cfg))
+def build_model(cfg: Any, backbone: Any = None) -> BiAM:
+    """Translate a config into a ``BiAM`` (the only place that reads ``cfg.MODEL``).
+
+    ``backbone``: a ``biam.backbones.Backbone`` or its name, or None for the one
+    ``MODEL.BACKBONE`` names, checked against (or, when "", read from) the manifest of the
+    packed data at ``DATA.ROOT`` (VGG19 where there is none). Its grid, and its widths where
+    ``MODEL.FEATURE_DIM`` / ``MODEL.SCENE_DIM`` are 0, shape the model.
+    """
+    from ..backbones import get_backbone, resolve_backbone
+
+    if backbone is None:
+        backbone = resolve_backbone(cfg.MODEL.BACKBONE, cfg.DATA.ROOT)
+    elif isinstance(backbone, str):
+        backbone = get_backbone(backbone)
+    return BiAM(**BiAM.from_config(cfg, backbone))
 
 
 def load_published_state_dict(model: nn.Module, state: Mapping[str, Any], source: str = "<state dict>") -> nn.Module:

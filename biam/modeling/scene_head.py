@@ -4,6 +4,9 @@ The published model computes its scene feature ``x_g`` by running the ImageNet V
 head on the stored region features: last max-pool (2x2, stride 2) -> flatten -> fc6 -> ReLU ->
 fc7 -> ReLU, in eval mode. The head never trains, so it can be run once per image (see
 ``biam.data.convert``) instead of at every step as the original did.
+
+It is the scene head of the ``vgg19`` backbone (``biam/backbones/vgg19.py``); other backbones
+bring their own (ResNet-101: the global average of its regions).
 """
 
 from __future__ import annotations

@@ -79,10 +79,14 @@ def test_build_model_reads_every_model_key():
     cfg = Node()
     cfg.MODEL = Node()
     values = dict(CHANNEL_DIM=32, HEADS=4, TOPK=3, EMBED_DIM=20, FEATURE_DIM=64, JOINT_DIM=48,
-                  SCENE_DIM=40, ATTN_DROPOUT=0.0, SCENE_DROPOUT=0.3, ATTENTION="published")
+                  SCENE_DIM=40, ATTN_DROPOUT=0.0, SCENE_DROPOUT=0.3, ATTENTION="published", BACKBONE="resnet101")
     for k, v in values.items():
         setattr(cfg.MODEL, k, v)
+    # The backbone is checked against the data at DATA.ROOT; "" = no data.
+    cfg.DATA = Node()
+    cfg.DATA.ROOT = ""
     model = build_model(cfg)
+    assert model.backbone == "resnet101" and model.hparams()["backbone"] == "resnet101"
     rcb = model.region_context_block
     assert (rcb.heads, rcb.attention, rcb.dropout, model.topk) == (4, "published", 0.0, 3)
     assert model.scene_context_block.scene_dropout.p == 0.3
