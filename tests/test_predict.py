@@ -177,4 +177,4 @@ def test_label_file_that_is_not_utf8_is_named(tmp_path, capsys):
     (tmp_path / "labels.txt").write_bytes("sky\nca\u00f1on\ndog\nwater\n".encode("latin-1"))
     assert main([str(images[0]), *common]) == 2
     err = capsys.readouterr().err
-    assert "labels.txt: not UTF-8" in err and "Traceback" not in err
+    assert "labels.txt: line 2: byte 0xf1 is not UTF-8" in err and "Traceback" not in err
