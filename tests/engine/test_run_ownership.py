@@ -18,7 +18,8 @@ from biam.config import load_cfg
 from biam.engine import checkpoint as ckpt
 from biam.engine import evaluator
 from biam.engine.run_record import RunMismatchError
-from biam.engine.trainer import Trainer, main
+from biam.cli.train import main
+from biam.engine.trainer import Trainer
 
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
