@@ -26,10 +26,10 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "biam-train=biam.engine.trainer:main",
-            "biam-evaluate=biam.engine.evaluator:main",
-            "biam-convert=biam.data.convert:main",
-            "biam-predict=biam.predict:main",
+            "biam-train=biam.cli.train:main",
+            "biam-evaluate=biam.cli.evaluate:main",
+            "biam-convert=biam.cli.convert:main",
+            "biam-predict=biam.cli.predict:main",
             "biam-benchmark=biam.benchmark:main",
         ]
     },

@@ -1,8 +1,8 @@
-"""``python -m biam.evaluate``: see ``biam.engine.evaluator``."""
+"""``python -m biam.evaluate``: the same command as ``biam-evaluate`` (see :mod:`biam.cli.evaluate`)."""
 
 import sys
 
-from .engine.evaluator import main
+from .cli.evaluate import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,8 +1,8 @@
-"""``python -m biam.train``: see ``biam.engine.trainer``."""
+"""``python -m biam.train``: the same command as ``biam-train`` (see :mod:`biam.cli.train`)."""
 
 import sys
 
-from .engine.trainer import main
+from .cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

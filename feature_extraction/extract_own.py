@@ -1,128 +1,15 @@
-"""Your own tagged images -> packed features, labels and embeddings (see docs/own_data.md).
+"""``python feature_extraction/extract_own.py ...``: the command lives in :mod:`biam.cli.extract_own`
+(run it with ``--help`` for its options). Needs the package installed: ``pip install -e .``."""
 
-    python feature_extraction/extract_own.py --images photos/ --annotations tags.csv \
-        --unseen unseen.txt --test-fraction 0.25 --word-vectors glove.6B.300d.txt \
-        --out datasets/own/packed [--weights pretrained_weights/vgg19-dcbb9e9d.pth]
-
-Several GPUs: ``torchrun --nproc_per_node 4 feature_extraction/extract_own.py ...``. Resumable
-like the NUS-WIDE extractor: rerun the same command after an interruption. The annotation
-formats, the label and image split rules and the checks are described in
-:mod:`biam.data.own_data`; label embeddings in :mod:`biam.data.wordvec`. Labels are +1/-1,
-seen columns then unseen columns; features are VGG19 conv5_4 regions + fc7 scene. Besides
-the packed files, ``<out>/labels.txt`` lists the labels (seen then unseen) in the row order of
-``embeddings.npz``.
-"""
-
-from __future__ import annotations
-
-import argparse
-import os
 import sys
-from pathlib import Path
-from typing import Optional, Sequence
 
 try:
-    import biam  # noqa: F401
-except ImportError:
-    # Run from a checkout without `pip install -e .`: the package lives one folder up.
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from biam import features  # noqa: E402
-from biam.data.own_data import SPLITS, UNSEEN_RULES, OwnDataError, build_own_dataset  # noqa: E402
-from biam.data.packed import PackedFormatError, save_embeddings  # noqa: E402
-from biam.data.wordvec import FORMATS, WordVectorError, label_embeddings  # noqa: E402
-from biam.utils import comm  # noqa: E402
-
-TOOL = "extract_own"
-
-
-LABELS_FILE = "labels.txt"
-
-
-def write_labels(path: Path, labels: Sequence[str]) -> None:
-    """Seen then unseen label names, one a line (UTF-8), written to a temporary name and renamed."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="extract_own.py",
-        description="A folder of images + an annotation file (CSV 'image,tags[,split]' with tags separated by ';', "
-                    "or JSON lines) + a word-vector file (GloVe or fastText .vec) -> a packed dataset: VGG19 "
-                    "conv5_4 regions + fc7 scene, +1/-1 labels (seen then unseen columns) and label embeddings. "
-                    "Resumable; several GPUs through torchrun. See docs/own_data.md.")
-    parser.add_argument("--images", required=True, metavar="DIR", help="image folder; annotation paths are relative to it")
-    parser.add_argument("--annotations", required=True, metavar="FILE",
-                        help="tags.csv (header 'image,tags' [',split'], tags separated by ';') or tags.jsonl "
-                             "({\"image\": ..., \"tags\": [...], \"split\": ...} per line)")
-    labels = parser.add_argument_group("seen/unseen labels (label files, or a fraction chosen by a seeded rule)")
-    labels.add_argument("--seen", metavar="FILE", help="seen labels, one a line (UTF-8)")
-    labels.add_argument("--unseen", metavar="FILE",
-                        help="unseen labels, one a line; with only one of --seen/--unseen the other side is every "
-                             "other tag of the data")
-    labels.add_argument("--unseen-fraction", type=_fraction, metavar="F",
-                        help="instead of label files: this fraction of the tags becomes unseen")
-    labels.add_argument("--unseen-rule", choices=UNSEEN_RULES, default="random",
-                        help="with --unseen-fraction: random (uniform, seeded; default) or rarest (fewest images)")
-    split = parser.add_argument_group("train/test images (a 'split' field, two lists, or a seeded fraction)")
-    split.add_argument("--train-list", metavar="FILE", help="train image paths, one a line (with --test-list)")
-    split.add_argument("--test-list", metavar="FILE", help="test image paths, one a line (with --train-list)")
-    split.add_argument("--test-fraction", type=_fraction, metavar="F",
-                       help="this fraction of the images goes to test (seeded) when the annotations have no split")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fraction rules (default 0)")
-    parser.add_argument("--word-vectors", required=True, metavar="FILE",
-                        help="GloVe .txt or fastText .vec text file; multi-word labels are averaged")
-    parser.add_argument("--word-vector-format", choices=FORMATS, default="auto",
-                        help="auto (default: a 'count dim' first line means .vec), glove or vec")
-    parser.add_argument("--dataset-name", default="own", metavar="NAME",
-                        help="dataset name recorded in the manifest (default 'own'); DATA.DATASET must name the same, registered dataset")
-    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS),
-                        help="splits to extract (default: train test)")
-    features.add_extraction_arguments(parser)
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    features.check_extraction_arguments(parser, args)
-    try:
-        features.check_weights_available(args.weights, args.random_weights, TOOL, backbone=args.backbone)
-        # Join torchrun's process group first (long timeout: ranks may finish hours apart on resume).
-        comm.init_distributed(args.device, timeout_minutes=24 * 60)
-        # Every rank reads and checks the inputs (cheap next to extraction), so a bad file stops
-        # all of them before any image is processed.
-        data = build_own_dataset(
-            args.annotations, args.images, seen_file=args.seen, unseen_file=args.unseen,
-            unseen_fraction=args.unseen_fraction, unseen_rule=args.unseen_rule, train_list=args.train_list,
-            test_list=args.test_list, test_fraction=args.test_fraction, seed=args.seed)
-        vectors = label_embeddings(data.seen + data.unseen, args.word_vectors, fmt=args.word_vector_format,
-                                   progress=comm.is_main_process())
-        if comm.is_main_process():
-            print(f"{TOOL}: {data.summary()}")
-        for split in args.splits:
-            features.run_split(data.split_spec(split, dataset=args.dataset_name), args, TOOL)
-        if comm.is_main_process():
-            save_embeddings(args.out, vectors[: len(data.seen)], vectors[len(data.seen):])
-            # The row order of embeddings.npz, for `biam-predict --labels ... --embeddings ...`.
-            write_labels(Path(args.out) / LABELS_FILE, data.seen + data.unseen)
-    except (features.WeightsNotFoundError, FileNotFoundError, OwnDataError, WordVectorError, PackedFormatError,
-            ValueError) as err:
-        print(f"{TOOL}: error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        comm.destroy()
-    return 0
-
+    from biam.cli.extract_own import main
+except ModuleNotFoundError as err:
+    if err.name != "biam":
+        raise
+    sys.exit("extract_own.py: the biam package is not importable; install it first with "
+             "'pip install -e .' in the repository root (see README.md)")
 
 if __name__ == "__main__":
     sys.exit(main())

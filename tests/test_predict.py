@@ -13,7 +13,8 @@ from PIL import Image
 
 from biam.config import load_cfg
 from biam.modeling import BiAM, SceneHead, build_model
-from biam.predict import main, split_inputs
+from biam.cli.predict import main
+from biam.predict import split_inputs
 from biam.visualize import figure_size
 
 LABELS = ["sky", "red car", "dog", "water"]

@@ -22,12 +22,12 @@ import pytest
 import torch
 
 from biam.config import ConfigError, load_cfg
-from biam.data.convert import main as convert_main
+from biam.cli.convert import main as convert_main
 from biam.data.packed import PackedDataset, PackedFormatError, PackedWriter, save_embeddings
 from biam.data.released import read_img_names
 from biam.data.synthetic import SYNTHETIC_PATHS, write_synthetic_nus_wide
 from biam.engine import checkpoint as ckpt
-from biam.engine.evaluator import main as evaluate_main
+from biam.cli.evaluate import main as evaluate_main
 from biam.engine.trainer import Trainer
 from biam.modeling import build_model
 

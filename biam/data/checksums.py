@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-__all__ = ["KNOWN_FILES", "KnownFile", "sha256_of", "verify_file", "verify_tree", "verify_packed", "main"]
+__all__ = ["KNOWN_FILES", "KnownFile", "sha256_of", "verify_file", "verify_tree", "verify_packed"]
 
 
 @dataclass(frozen=True)
@@ -100,29 +100,8 @@ def verify_packed(root: str) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m biam.data.checksums",
-        description="Verify the release files under a datasets/ folder against their published SHA-256 "
-                    "(exit 1 if any differs; missing files are listed, not errors).",
-    )
-    parser.add_argument("--root", default="datasets", help="the datasets/ folder (default: datasets)")
-    parser.add_argument("--packed", metavar="DIR", default=None,
-                        help="check a packed dataset (biam-convert output) instead: every shard's SHA-256 "
-                             "against its manifest")
-    args = parser.parse_args(argv)
-    if args.packed is not None:
-        return verify_packed(args.packed)
-    report = verify_tree(args.root)
-    for path in report["ok"]:
-        print(f"ok       {path}")
-    for path in report["missing"]:
-        print(f"missing  {path}")
-    for message in report["bad"]:
-        print(f"BAD      {message}", file=sys.stderr)
-    print(f"{len(report['ok'])} ok, {len(report['bad'])} bad, {len(report['missing'])} not present")
-    return 1 if report["bad"] else 0
-
-
 if __name__ == "__main__":
+    # `python -m biam.data.checksums`: the command lives in biam.cli.checksums.
+    from biam.cli.checksums import main
+
     sys.exit(main())

@@ -43,7 +43,7 @@ from ..utils.ownership import FolderBusyError, FolderLock, FolderOwnershipError,
 from .packed import MANIFEST, PackedDataset, PackedFormatError, PackedWriter
 from .safe_pickle import UnsafePickleError
 
-__all__ = ["main", "convert_nus_wide", "convert_openimages", "resolve_scene_head", "NUS_WIDE_PATHS", "OPENIMAGES_PATHS"]
+__all__ = ["convert_nus_wide", "convert_openimages", "resolve_scene_head", "NUS_WIDE_PATHS", "OPENIMAGES_PATHS"]
 
 
 def __getattr__(name: str):
@@ -182,115 +182,10 @@ def _convert_split(writer: PackedWriter, records: Callable[[int], Iterator[relea
     writer.close()
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
-    return value
-
-
-def _parser() -> argparse.ArgumentParser:
-    from ..datasets import get_dataset, list_datasets
-
-    p = argparse.ArgumentParser(prog="biam-convert", description="Convert the released BiAM feature layout to packed shards.")
-    sub = p.add_subparsers(dest="dataset", required=True)
-
-    def common(sp):
-        sp.add_argument("--src", required=True, help="the released datasets/ folder; file defaults are relative to it")
-        sp.add_argument("--out", required=True,
-                        help="output folder of the packed dataset: new, empty, or one this tool wrote (its "
-                             "manifest.json); locked while the conversion runs (a second one there stops at once)")
-        sp.add_argument("--splits", default="train,test", help="comma-separated splits to convert (default train,test)")
-        sp.add_argument("--shard-size", type=_positive_int, default=1024, help="images per shard (default 1024)")
-        sp.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored feature dtype")
-        sp.add_argument("--vgg-weights", help="torchvision VGG19 state dict for the scene features")
-        sp.add_argument("--scene-fallback", choices=("random",), help="seeded random VGG19 head if no weights (recorded)")
-        sp.add_argument("--scene-seed", type=int, default=0, help="seed of --scene-fallback random")
-        sp.add_argument("--no-scene", action="store_true", help="store no scene features (trainer computes them)")
-        sp.add_argument("--overwrite", action="store_true",
-                        help="start the given splits over instead of resuming them, and allow an --out folder "
-                             "that holds files this tool did not record; only the files this command writes "
-                             "(manifest.json, embeddings.npz, <split>-NNNNN.h5) are replaced, nothing else is "
-                             "deleted (see docs/data_format.md)")
-        sp.add_argument("--batch", type=_positive_int, default=64,
-                        help="images per scene-feature batch (default 64; at least 1)")
-        sp.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where the scene head runs (auto: a GPU when present; on a CPU the head, "
-                             "not the reading, bounds the conversion speed)")
-        sp.add_argument("--embeddings", help="label embedding pickle")
-
-    for name in list_datasets():
-        layout = get_dataset(name).released
-        if layout is None:  # made by a feature extractor only
-            continue
-        sp = sub.add_parser(name, help=layout.help)
-        common(sp)
-        for key, (flag, text) in layout.extra_flags.items():
-            sp.add_argument(flag, dest=key, help=text)
-        for key, flag in layout.path_flags.items():
-            sp.add_argument(flag, dest=key, help=f"default: <src>/{layout.paths[key]}")
-    return p
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Console entry point ``biam-convert``. Returns the exit status."""
-    from ..datasets import get_dataset
-
-    args = _parser().parse_args(argv)
-    src, out = Path(args.src), Path(args.out)
-    if not src.is_dir():
-        print(f"biam-convert: error: --src {src}: folder not found (the released datasets/ folder)", file=sys.stderr)
-        return 1
-    layout = get_dataset(args.dataset).released
-    paths = {k: str(getattr(args, k, None) or (src / v)) for k, v in layout.paths.items()}
-    paths.update({k: getattr(args, k) for k in layout.extra_flags})
-    splits = [s for s in args.splits.split(",") if s]
-    bad = [s for s in splits if s not in ("train", "test")]
-    if bad:
-        print(f"biam-convert: unknown split(s) {bad}; use train and/or test", file=sys.stderr)
-        return 2
-    try:
-        head, source = resolve_scene_head(args.vgg_weights, args.scene_fallback, args.no_scene, args.scene_seed)
-    except SceneSetupError as err:
-        print(f"biam-convert: {err}", file=sys.stderr)
-        return 2
-    if head is not None:
-        import torch
-
-        if args.device == "cuda" and not torch.cuda.is_available():
-            print("biam-convert: --device cuda but no CUDA device is available", file=sys.stderr)
-            return 2
-        use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-        head = head.to("cuda" if use_cuda else "cpu")
-    fn = layout.convert
-    try:
-        # One writer per folder for the whole run; then the folder must be ours (its manifest) or
-        # empty, unless --overwrite. Both stop here, before anything is read or written.
-        with FolderLock(str(out), "biam-convert " + " ".join(argv if argv is not None else sys.argv[1:])):
-            check_output_folder(str(out), record=MANIFEST, overwrite=args.overwrite)
-            manifest = fn(src, out, paths=paths, splits=splits, shard_size=args.shard_size, dtype=args.dtype,
-                          scene_head=head, scene_source=source, overwrite=args.overwrite, batch=args.batch)
-    except (FolderBusyError, FolderOwnershipError) as err:
-        print(f"biam-convert: error: {err}", file=sys.stderr)
-        return 1
-    except UnsafePickleError as err:
-        print(f"biam-convert: error: {err} (the file is not loaded)", file=sys.stderr)
-        return 1
-    except (released.RecordError, PackedFormatError, FileNotFoundError, ValueError, KeyError,
-            pickle.UnpicklingError) as err:
-        print(f"biam-convert: error: {err}", file=sys.stderr)
-        return 1
-    except OSError as err:
-        # A disk or permission failure while writing: name the file the system names.
-        print(f"biam-convert: error: {err.filename or out}: {err.strerror or err}", file=sys.stderr)
-        return 1
-    counts = ", ".join(f"{k}: {v['num_images']} images in {len(v['shards'])} shards" for k, v in manifest["splits"].items())
-    print(f"biam-convert: wrote {out} ({counts}; scene: {source or 'none'})")
-    return 0
 
 
 if __name__ == "__main__":
+    # `python -m biam.data.convert`: the same command as biam-convert (biam.cli.convert).
+    from biam.cli.convert import main
+
     raise SystemExit(main())

@@ -42,7 +42,7 @@ import numpy as np
 from .released import NUS_WIDE_LAYOUT
 
 __all__ = ["write_synthetic_nus_wide", "SYNTHETIC_PATHS", "feature_pool", "random_labels", "write_released_keys",
-           "write_released_random", "write_random_packed", "write_learnable_packed", "main"]
+           "write_released_random", "write_random_packed", "write_learnable_packed"]
 
 EMB_DIM = 300
 SYNTHETIC_PATHS = dict(NUS_WIDE_LAYOUT)
@@ -302,22 +302,8 @@ def write_learnable_packed(root, *, num_train: int = 96, num_test: int = 48, num
     return root
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m biam.data.synthetic", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="output folder (gets the released NUS-WIDE/ layout)")
-    p.add_argument("--num-train", type=int, default=1500)
-    p.add_argument("--num-test", type=int, default=500)
-    p.add_argument("--num-tags", type=int, default=60)
-    p.add_argument("--num-concepts", type=int, default=15)
-    p.add_argument("--overlap", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    paths = write_synthetic_nus_wide(a.out, num_train=a.num_train, num_test=a.num_test, num_tags=a.num_tags,
-                                     num_concepts=a.num_concepts, overlap=a.overlap, seed=a.seed)
-    print(f"wrote synthetic NUS-WIDE layout under {a.out} ({len(paths)} files); "
-          f"convert it with: biam-convert nus_wide --src {a.out} --out <packed dir>")
-    return 0
-
-
 if __name__ == "__main__":
+    # `python -m biam.data.synthetic`: the command lives in biam.cli.synthetic.
+    from biam.cli.synthetic import main
+
     raise SystemExit(main())

@@ -148,7 +148,7 @@ def test_config_backbone_must_be_registered():
 def test_resnet101_extract_train_evaluate(tmp_path):
     """4 generated images through ResNet-101 (random weights, 448 x 448), 1 epoch, evaluation."""
     from biam.data import shapes_demo
-    from biam.engine.evaluator import main as evaluate_main
+    from biam.cli.evaluate import main as evaluate_main
     from biam.engine.trainer import Trainer
 
     import importlib.util

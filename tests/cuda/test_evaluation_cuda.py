@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from biam.config import load_cfg
-from biam.engine.evaluator import main as evaluate_main
+from biam.cli.evaluate import main as evaluate_main
 from biam.engine.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from biam.config import ConfigError, load_cfg
-from biam.data.convert import main as convert_main
+from biam.cli.convert import main as convert_main
 from biam.data.packed import PackedDataset, PackedWriter, save_embeddings
 from biam.datasets import (
     DatasetInfo, ReleasedLayout, UnknownDatasetError, get_dataset, list_datasets, register_dataset, unregister_dataset,
 )
-from biam.engine.evaluator import main as evaluate_main
+from biam.cli.evaluate import main as evaluate_main
 from biam.engine.trainer import Trainer
 from biam.evaluation import Protocol
 

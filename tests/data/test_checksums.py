@@ -2,7 +2,8 @@
 
 import shutil
 
-from biam.data.checksums import KNOWN_FILES, main, verify_file, verify_tree
+from biam.cli.checksums import main
+from biam.data.checksums import KNOWN_FILES, verify_file, verify_tree
 
 # Where each known file sits in ../shared/data (flatter than the release layout).
 SHARED_NAMES = {

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from biam.data.convert import main as convert_main
+from biam.cli.convert import main as convert_main
 from biam.data.packed import PackedDataset, load_embeddings
 from biam.data.released import read_img_names
 from biam.data.synthetic import SYNTHETIC_PATHS, write_synthetic_nus_wide

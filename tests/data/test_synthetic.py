@@ -5,7 +5,8 @@ import numpy as np
 from biam.data.embeddings import read_nus_wide_embeddings
 from biam.data.packed import l2_normalize
 from biam.data.released import NusWideReader, nus_wide_label_names, read_img_names
-from biam.data.synthetic import SYNTHETIC_PATHS, main as synthetic_main
+from biam.cli.synthetic import main as synthetic_main
+from biam.data.synthetic import SYNTHETIC_PATHS
 
 
 def _load(root, split, S, U):

@@ -16,9 +16,10 @@ import torch
 
 from biam.config import load_cfg
 from biam.engine import checkpoint as ckpt
-from biam.engine import evaluator
 from biam.engine.run_record import RunMismatchError
-from biam.engine.trainer import Trainer, main
+from biam.cli import evaluate as evaluate_cli
+from biam.cli.train import main
+from biam.engine.trainer import Trainer
 
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
@@ -74,8 +75,8 @@ def test_new_run_refuses_an_earlier_run_and_overwrite_replaces_only_its_own_name
     assert snapshot(out) == before
 
     # biam-evaluate on the run's folder writes its own subfolder, never the run's results or config.
-    assert evaluator.main([*TINY_MODEL_OPTS, "DATA.ROOT", str(tiny_packed), "OUTPUT_DIR", str(out),
-                           "--checkpoint", str(out / "model_best.pth")]) == 0
+    assert evaluate_cli.main([*TINY_MODEL_OPTS, "DATA.ROOT", str(tiny_packed), "OUTPUT_DIR", str(out),
+                              "--checkpoint", str(out / "model_best.pth")]) == 0
     after_eval = snapshot(out)
     assert {k: v for k, v in after_eval.items() if not k.startswith("eval/")} == before
     assert {"eval/test-model_best/metrics.json", "eval/test-model_best/config.yaml",
@@ -150,13 +151,13 @@ def test_second_training_and_evaluation_stop_at_once_naming_the_holder(tiny_pack
                  "--checkpoint", str(weights)]
     holder = _hold_lock(tmp_path / "ev" / "eval" / "test-w")
     try:
-        assert evaluator.main(eval_args) == 4
+        assert evaluate_cli.main(eval_args) == 4
         assert f"PID {holder.pid}" in capsys.readouterr().err
         assert not (tmp_path / "ev" / "eval" / "test-w" / "metrics.json").exists()
     finally:
         holder.kill()
         holder.wait()
-    assert evaluator.main(eval_args) == 0
+    assert evaluate_cli.main(eval_args) == 0
 
 
 def _short_run(tiny_packed, out, *extra):

@@ -14,7 +14,8 @@ import torch
 
 from biam.config import load_cfg
 from biam.engine import checkpoint as ckpt
-from biam.engine.trainer import Trainer, TrainingDiverged, main
+from biam.cli.train import main
+from biam.engine.trainer import Trainer, TrainingDiverged
 
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))

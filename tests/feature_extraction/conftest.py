@@ -3,7 +3,7 @@ no ImageNet weights) saved once per session, generated images and tiny fake rele
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import pickle
 import sys
 from pathlib import Path
@@ -17,13 +17,8 @@ VGG_SEED = 0
 
 
 def load_script(name: str):
-    """Import ``feature_extraction/<name>.py`` (outside the package) from its path."""
-    path = REPO_ROOT / "feature_extraction" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"fe_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The command behind ``feature_extraction/<name>.py`` (the script is a shim over ``biam.cli.<name>``)."""
+    return importlib.import_module(f"biam.cli.{name}")
 
 
 @pytest.fixture

@@ -1,0 +1,85 @@
+"""``python feature_extraction/extract_nus_wide.py``: NUS-WIDE images (official release) -> packed
+features, labels and embeddings.
+
+    python feature_extraction/extract_nus_wide.py --nus-root datasets/NUS-WIDE \
+        --embeddings datasets/NUS-WIDE/wiki_contexts/NUS_WIDE_pretrained_w2v_glove-wiki-gigaword-300 \
+        --out datasets/NUS-WIDE/packed [--splits train test] [--weights pretrained_weights/vgg19-dcbb9e9d.pth]
+
+Several GPUs: ``torchrun --nproc_per_node 4 feature_extraction/extract_nus_wide.py ...``. The
+release readers and the label order are in :mod:`biam.data.nus_wide_images`.
+
+Exit status: 0 done; 2 bad or missing input, missing weights, or a refused/busy --out folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from biam import features
+from biam.cli._errors import ExitOn, run_main
+from biam.data.nus_wide_images import SPLIT_FILES, build_split, load_label_embeddings
+from biam.data.packed import PackedFormatError, save_embeddings
+from biam.data.released import RecordError, nus_wide_label_names, read_lines
+from biam.utils import comm
+from biam.utils.ownership import FolderBusyError, FolderOwnershipError
+
+TOOL = "extract_nus_wide"
+# Bad or missing input, weights or --out folder: one line naming the file, exit status 2.
+EXITS = (
+    ExitOn((features.WeightsNotFoundError, FileNotFoundError, RecordError, PackedFormatError, KeyError,
+            ValueError, FolderBusyError, FolderOwnershipError, pickle.UnpicklingError), 2),
+)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="extract_nus_wide.py",
+        description="NUS-WIDE release (images, image lists, tags, ground truth) -> packed features "
+                    "(VGG19 conv5_4 regions + fc7 scene), +1/-1 labels (925 seen tags, 81 concepts) and embeddings. "
+                    "Resumable; several GPUs through torchrun.")
+    parser.add_argument("--nus-root", required=True, metavar="DIR",
+                        help="the unpacked release (Flickr/, ImageList/, NUS_WID_Tags/, ConceptsList/, Groundtruth/); "
+                             "see datasets/NUS-WIDE/README.md")
+    parser.add_argument("--splits", nargs="+", choices=sorted(SPLIT_FILES), default=["train", "test"],
+                        help="splits to extract (default: train test)")
+    features.add_label_embedding_arguments(
+        parser,
+        embeddings_help="released embedding pickle [tags (1000, 300), concepts (81, 300)] "
+                        "(wiki_contexts/NUS_WIDE_pretrained_w2v_glove-wiki-gigaword-300)",
+        glove_help="GloVe text file; multi-word labels are averaged")
+    features.add_extraction_arguments(parser)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    features.check_extraction_arguments(parser, args)
+    root = Path(args.nus_root)
+
+    def body() -> int:
+        features.check_weights_available(args.weights, args.random_weights, TOOL, backbone=args.backbone)
+        # Rank 0 takes --out (lock + ownership check) before joining the others: a refusal exits
+        # at once, and torchrun then stops the other ranks.
+        with features.claim_output(args.out, args.overwrite, TOOL):
+            # Join torchrun's process group first (long timeout: ranks may finish hours apart on resume).
+            comm.init_distributed(args.device, timeout_minutes=24 * 60)
+            tags_path = root / "NUS_WID_Tags" / "TagList1k.txt"
+            seen, concepts, seen_idx = nus_wide_label_names(tags_path, root / "ConceptsList" / "Concepts81.txt")
+            tags_total = len(read_lines(tags_path))
+            vec_seen, vec_unseen = load_label_embeddings(args, tags_path, seen_idx, seen, concepts)
+            for split in args.splits:
+                spec = build_split(root, split, tags_total, seen_idx, concepts, seen)
+                features.run_split(spec, args, TOOL)
+            if comm.is_main_process():
+                save_embeddings(args.out, vec_seen, vec_unseen)
+        return 0
+
+    return run_main(TOOL, body, EXITS, cleanup=comm.destroy)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""``biam-train`` (also ``python -m biam.train``): train BiAM on a packed dataset.
+
+Exit status: 0 done; 1 bad data, checkpoint or output folder; 2 config error; 3 training
+stopped (diverged); 4 another process is writing the same OUTPUT_DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..config import add_config_arguments
+from ..data.packed import PackedFormatError
+from ..engine import checkpoint as ckpt
+from ..engine.run_record import RunMismatchError
+from ..engine.trainer import Trainer, TrainingDiverged
+from ..utils import comm
+from ..utils.ownership import FolderBusyError, FolderOwnershipError
+from ._errors import ExitOn, load_config, run_main
+
+EXITS = (
+    ExitOn(TrainingDiverged, 3, "training stopped"),
+    ExitOn(FolderBusyError, 4),
+    ExitOn((PackedFormatError, ckpt.CheckpointError, FileNotFoundError, ValueError, MemoryError,
+            FolderOwnershipError, RunMismatchError), 1),
+)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="biam-train",
+        description="Train BiAM with the paper's recipe on a packed dataset (see configs/ and docs/training.md). "
+                    "Run under torchrun for several GPUs or machines. OUTPUT_DIR belongs to one run: its record "
+                    "OUTPUT_DIR/run.json says which, and a second process on the same OUTPUT_DIR stops at once.",
+    )
+    add_config_arguments(parser)
+    parser.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
+                        help="continue this OUTPUT_DIR's run from its last checkpoint, or from CKPT; the config "
+                             "must match the run's except keys that do not change the result (docs/training.md)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in an OUTPUT_DIR that holds an earlier run or other files: files of "
+                             "the run's own names (config.yaml, log.txt, metrics.json[l], model_best.pth, curve.png, "
+                             "checkpoints/checkpoint_epoch_NNNN.pth) are replaced, nothing else is deleted")
+    # Options may come before, between or after the KEY VALUE overrides.
+    return parser.parse_intermixed_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg, status = load_config("biam-train", args.config_file or None, args.opts)
+    if status:
+        return status
+    trainer = None
+
+    def body() -> int:
+        nonlocal trainer
+        trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
+        trainer.run()
+        return 0
+
+    def cleanup() -> None:
+        if trainer is not None:
+            trainer.close()
+        comm.destroy()
+
+    return run_main("biam-train", body, EXITS, cleanup)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

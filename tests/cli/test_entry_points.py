@@ -1,0 +1,113 @@
+"""Every documented command answers --help with exit status 0, from one home: biam/cli/."""
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def console_scripts():
+    """``name=module:function`` entries of setup.py, read from its source (what pip installs)."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values):
+                if isinstance(key, ast.Constant) and key.value == "console_scripts":
+                    return [tuple(re.split(r"\s*=\s*", elt.value)) for elt in value.elts]
+    raise AssertionError("setup.py lists no console_scripts")
+
+
+def run(args):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+SCRIPTS = console_scripts()
+ALIASES = [
+    ("biam.train", "biam-train"),
+    ("biam.evaluate", "biam-evaluate"),
+    ("biam.data.convert", "biam-convert"),
+    ("biam.predict", "biam-predict"),
+    ("biam.data.synthetic", "python -m biam.data.synthetic"),
+    ("biam.data.checksums", "python -m biam.data.checksums"),
+]
+FILES = ["feature_extraction/extract_nus_wide.py", "feature_extraction/extract_openimages.py",
+         "feature_extraction/extract_own.py", "datasets/OpenImages/download_imgs.py"]
+
+
+def script_args(name, target):
+    module, function = target.split(":")
+    # What the installed wrapper does: import the target, call it with argv[0] = the script name.
+    return ["-c", f"import sys; from {module} import {function}; sys.argv[0] = {name!r}; sys.exit({function}())",
+            "--help"]
+
+
+@pytest.fixture(scope="module")
+def helps():
+    """Every command's ``--help`` run once, several at a time (each start imports torch)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = {("script", name): script_args(name, target) for name, target in SCRIPTS}
+    jobs.update({("alias", module): ["-m", module, "--help"] for module, _ in ALIASES})
+    jobs.update({("file", path): [path, "--help"] for path in FILES})
+    with ThreadPoolExecutor(4) as pool:
+        done = dict(zip(jobs, pool.map(run, jobs.values())))
+    return done
+
+
+def test_console_scripts_are_the_documented_ones():
+    names = {name for name, _ in SCRIPTS}
+    assert names == {"biam-train", "biam-evaluate", "biam-convert", "biam-predict", "biam-benchmark"}
+    for name, target in SCRIPTS:
+        if name != "biam-benchmark":  # the benchmark keeps its own module
+            assert target.startswith("biam.cli.") and target.endswith(":main"), (name, target)
+
+
+@pytest.mark.parametrize("name, target", SCRIPTS)
+def test_console_script_answers_help(name, target, helps):
+    done = helps["script", name]
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith(f"usage: {name}"), done.stdout[:200]
+
+
+@pytest.mark.parametrize("module, prog", ALIASES)
+def test_python_m_alias_answers_help(module, prog, helps):
+    done = helps["alias", module]
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith(f"usage: {prog}"), done.stdout[:200]
+    assert "RuntimeWarning" not in done.stderr  # runpy warns when a module is imported twice
+
+
+@pytest.mark.parametrize("script", FILES)
+def test_scripts_answer_help(script, helps):
+    done = helps["file", script]
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith(f"usage: {Path(script).name}"), done.stdout[:200]
+
+
+def test_extraction_script_without_the_package_says_how_to_install_it():
+    # -I: no PYTHONPATH, no script folder on sys.path; -S: no site-packages (so no `pip install -e .`).
+    done = run(["-I", "-S", "feature_extraction/extract_own.py", "--help"])
+    assert done.returncode == 1
+    assert "biam package is not importable" in done.stderr and "pip install -e ." in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_no_entry_point_edits_sys_path():
+    files = [*(ROOT / "biam").rglob("*.py"), *(ROOT / "feature_extraction").glob("*.py")]
+    offenders = [str(p.relative_to(ROOT)) for p in files if "sys.path.insert" in p.read_text(encoding="utf-8")
+                 or "sys.path.append" in p.read_text(encoding="utf-8")]
+    assert offenders == []
+
+
+def test_library_modules_hold_no_command_line_main():
+    # The commands live in biam/cli/; the library modules only forward `python -m` to them.
+    for rel in ("biam/engine/trainer.py", "biam/engine/evaluator.py", "biam/data/convert.py", "biam/data/synthetic.py",
+                "biam/data/checksums.py", "biam/predict.py"):
+        tree = ast.parse((ROOT / rel).read_text(encoding="utf-8"))
+        defs = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        assert not defs & {"main", "parse_args", "build_parser", "_parser"}, (rel, defs)
