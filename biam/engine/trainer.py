@@ -55,17 +55,6 @@ class TrainingDiverged(RuntimeError):
     """A batch's loss was NaN, infinite or above SOLVER.MAX_LOSS and SOLVER.BAD_LOSS is 'stop'."""
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The bare BiAM inside DistributedDataParallel and/or torch.compile wrappers."""
-    while True:
-        inner = model.__dict__.get("_orig_mod") or model.__dict__.get("_modules", {}).get("_orig_mod")
-        if inner is None and isinstance(model, nn.parallel.DistributedDataParallel):
-            inner = model.module
-        if inner is None:
-            return model
-        model = inner
-
-
 def in_memory_mode(setting: str, world_size: int = 1):
     """Config ``DATA.IN_MEMORY`` -> the loader's ``in_memory`` argument.
 
@@ -117,8 +106,12 @@ class Trainer:
         self.build_data()
         self.model = self.build_model()
         self.optimizer, self.scheduler = self.build_optimizer(finetune=False)
-        # A GradScaler only does something for float16 autocast; it is kept (and saved) always.
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        # The public way to skip a step on the device: GradScaler.step hands the fused optimiser
+        # its found_inf flag, so a bad batch costs one skipped update and no host sync. Under
+        # float16 the scale is dynamic (as designed); otherwise it is reset to 1 after every
+        # step (see train_step), so scaling changes no bit of the loss or the gradients.
+        self.fp16 = self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type, init_scale=2.0**16 if self.fp16 else 1.0)
         self.start_epoch = 1
         self.phase = "train"
         self.best = {"metric": -math.inf, "epoch": 0}
@@ -328,6 +321,8 @@ class Trainer:
         return self.train_loader
 
     def build_model(self) -> nn.Module:
+        """The model as trained (maybe inside DDP and torch.compile); sets ``self.raw_model`` to
+        the bare BiAM inside them, the one that is saved, loaded and evaluated."""
         cfg = self.cfg
         model = build_model(cfg)
         if cfg.MODEL.WEIGHTS:
@@ -343,6 +338,8 @@ class Trainer:
                     model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
                 else:
                     model = convert_to_global_bn(model)
+        self.raw_model = model  # the wrappers below share its parameters
+        if self.world > 1:
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
             )
@@ -375,11 +372,12 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def state_dict(self, epoch: int) -> Dict[str, Any]:
         return {
-            "model": _unwrap(self.model).state_dict(),
-            ckpt.HPARAMS_KEY: _unwrap(self.model).hparams(),
+            "model": self.raw_model.state_dict(),
+            ckpt.HPARAMS_KEY: self.raw_model.hparams(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            # At scale 1 the scaler holds nothing worth keeping (as in checkpoints before it was used).
+            "scaler": self.scaler.state_dict() if self.fp16 else {},
             "rng": ckpt.rng_state(),
             "epoch": epoch,
             "phase": self.phase,
@@ -463,14 +461,15 @@ class Trainer:
         if state is None:
             state = ckpt.load_checkpoint(path)
             ckpt.check_training_state(state, path)
-        ckpt.load_model_weights(_unwrap(self.model), path)
+        ckpt.load_model_weights(self.raw_model, path)
         if state["phase"] == "finetune":
             self.phase = "finetune"
             self.optimizer, self.scheduler = self.build_optimizer(finetune=True)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
+            if self.fp16:
+                self.scaler.load_state_dict(state["scaler"])
             if "rng" in state:
                 ckpt.set_rng_state(state["rng"])
         except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as err:
@@ -636,66 +635,39 @@ class Trainer:
             objective = loss
         n = n_kept
         # A bad loss (NaN, inf, or above MAX_LOSS) turns this rank's gradients into NaN through a
-        # constant factor. DDP's all-reduce carries the NaN to every rank, so all of them see
-        # non-finite gradients below and take the same decision without an extra collective.
+        # constant factor, and so does a global batch without images (one process skips it too).
+        # DDP's all-reduce carries the NaN to every rank, so all of them skip the same step.
         bad = (~torch.isfinite(loss)) | (loss > cfg.SOLVER.MAX_LOSS)
-        factor = torch.where(bad, torch.full_like(loss, float("nan")), torch.ones_like(loss))
+        skip = bad if empty is None else bad | empty
+        factor = torch.where(skip, torch.full_like(loss, float("nan")), torch.ones_like(loss))
         self.scaler.scale(objective * factor).backward()
-        if self.scaler.is_enabled():
-            self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if not grads:
             return loss.detach().double(), n
-        found_inf = (~torch.isfinite(torch.nn.utils.get_total_norm(grads))).float()
-        if empty is not None and not self.defer_checks() and bool(empty):
-            # (This path syncs anyway.) No image on any rank: no update, as one process skips.
-            self.optimizer.zero_grad(set_to_none=True)
-            self.skipped_in_epoch += 1
-            return None, 0
-        if empty is not None:
-            found_inf = torch.maximum(found_inf, empty.float())  # the fused step skips on the device
-        if self.defer_checks():
-            # The fused optimiser reads the flag on the device and leaves weights, moments and
-            # step counts untouched when it is set, so no step waits for the device to answer
-            # "was this batch bad?". The answer is read every CHECK_EVERY steps (check_pending),
-            # and a bad batch is reported or stops the run then, naming its images.
-            self.optimizer.found_inf = found_inf
-            try:
-                self.optimizer.step()
-            finally:
-                self.optimizer.found_inf = None
-            self.pending.append({"found_inf": found_inf, "bad": bad, "loss": loss.detach(),
-                                 "empty": empty if empty is not None else torch.zeros_like(bad),
-                                 "index": batch["index"], "epoch": epoch, "step": step})
-            if len(self.pending) >= 4 * self.CHECK_EVERY:
-                self.check_pending()  # bounded, for callers that drive train_step themselves
-            return torch.where(found_inf > 0, torch.zeros_like(loss), loss.detach()).double(), n
-        if not bool(found_inf):
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            return loss.detach().double(), n
-        here = bool(bad)
-        self.skipped_in_epoch += 1
-        if self.scaler.is_enabled() and not here:
-            # float16 overflow (or another rank's bad batch): the scaler skips the step and
-            # lowers its scale, as it is designed to.
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            return None, n
-        self.handle_bad_batch(loss, batch["index"], epoch, step, here=here)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler.is_enabled():
-            self.scaler.update()
-        return None, n
+        self.scaler.unscale_(self.optimizer)
+        # Non-finite gradients, as the scaler sees them: the step below is skipped iff this is set.
+        found_inf = ~torch.isfinite(torch.nn.utils.get_total_norm(grads))
+        # A fused optimiser skips on the device (weights, moments and step counts untouched);
+        # the per-parameter loop makes the scaler read the flag (one sync per step).
+        self.scaler.step(self.optimizer)
+        self.scaler.update(None if self.fp16 else 1.0)  # 1.0: a device fill, no sync
+        self.pending.append({"found_inf": found_inf, "bad": bad, "loss": loss.detach(),
+                             "empty": empty if empty is not None else torch.zeros_like(bad),
+                             "index": batch["index"], "epoch": epoch, "step": step})
+        # The verdicts are read every CHECK_EVERY steps by train_one_epoch (bounded here for
+        # callers that drive train_step themselves), or now when the step synced anyway.
+        if not self.defer_checks() or len(self.pending) >= 4 * self.CHECK_EVERY:
+            self.check_pending()
+        return torch.where(found_inf, torch.zeros_like(loss), loss.detach()).double(), n
 
     # Steps between reads of the deferred bad-batch verdicts (one device sync each).
     CHECK_EVERY = 20
 
     def defer_checks(self) -> bool:
-        """True when the optimiser can skip a bad step on the device itself: a fused optimiser
-        (it honours ``found_inf``) and no float16 GradScaler (which sets that flag itself)."""
+        """True when a bad step is skipped on the device without a sync (a fused optimiser, which
+        takes GradScaler's found_inf flag); otherwise each step's verdict is read at once."""
         group = self.optimizer.param_groups[0]
-        return bool(group.get("fused")) and not self.scaler.is_enabled()
+        return bool(group.get("fused"))
 
     def check_pending(self) -> int:
         """Read the verdicts of deferred steps (one sync); count skipped steps, report bad ones.
@@ -706,14 +678,16 @@ class Trainer:
         if not self.pending:
             return 0
         pending, self.pending = self.pending, []
-        flags = torch.stack([torch.stack([p["found_inf"] > 0, p["bad"], p["empty"]]) for p in pending]).cpu().tolist()
+        flags = torch.stack([torch.stack([p["found_inf"], p["bad"], p["empty"]]) for p in pending]).cpu().tolist()
         skipped = 0
         for p, (found_inf, here, empty) in zip(pending, flags):
             if not found_inf:
                 continue
             skipped += 1
             self.skipped_in_epoch += 1
-            if not empty:  # a step without images on any rank is skipped, not a bad batch
+            # A step without images on any rank is skipped, not a bad batch; under float16 a
+            # non-finite gradient without a bad loss here is an overflow the scaler handles.
+            if not empty and (here or not self.fp16):
                 self.handle_bad_batch(p["loss"], p["index"], p["epoch"], p["step"], here=here)
         return skipped
 
@@ -745,7 +719,7 @@ class Trainer:
         from .runtime import run_inference
 
         scores, labels = run_inference(
-            _unwrap(self.model), loader, self.labels.seen, columns, self.device, self.amp_dtype, self.scene_head,
+            self.raw_model, loader, self.labels.seen, columns, self.device, self.amp_dtype, self.scene_head,
         )
         result = {"mAP": float(average_precision(scores, labels).mean())}
         for k in (3, 5):
@@ -755,7 +729,7 @@ class Trainer:
 
     def test(self) -> Dict[str, Any]:
         result = evaluate_split(
-            _unwrap(self.model), self.test_set, self.labels, self.cfg, self.device, self.amp_dtype, self.scene_head,
+            self.raw_model, self.test_set, self.labels, self.cfg, self.device, self.amp_dtype, self.scene_head,
             loader_fn=lambda ds, bs: self.loader(ds, None, shuffle=False, batch_size=bs),
         )
         self.logger.info("test split:\n" + format_result(result, self.cfg))
@@ -770,9 +744,9 @@ class Trainer:
         best_path = os.path.join(self.out_dir, "model_best.pth")
         if len(self.val_idx) and self.best["epoch"] > 0:
             if comm.is_main_process():
-                ckpt.load_model_weights(_unwrap(self.model), best_path)
+                ckpt.load_model_weights(self.raw_model, best_path)
             # Rank 0 alone wrote the file, maybe on a disk the other machines do not see.
-            comm.broadcast_module_state(_unwrap(self.model))
+            comm.broadcast_module_state(self.raw_model)
             self.logger.info(f"fine-tuning from {best_path} (epoch {self.best['epoch']}, "
                              f"{self.cfg.EVAL.SELECT_METRIC} {self.best['metric']:.4f})")
         self.phase = "finetune"
@@ -800,7 +774,7 @@ class Trainer:
                 if metric >= self.best["metric"]:
                     self.best = {"metric": metric, "epoch": epoch}
                     if comm.is_main_process():
-                        ckpt.atomic_torch_save(ckpt.model_file(_unwrap(self.model)), os.path.join(self.out_dir, "model_best.pth"))
+                        ckpt.atomic_torch_save(ckpt.model_file(self.raw_model), os.path.join(self.out_dir, "model_best.pth"))
             if self.phase == "finetune" and cfg.EVAL.TEST_AFTER_FINETUNE:
                 last_test = record["test"] = self.test()
             self.log_epoch(record)
@@ -860,10 +834,9 @@ def plot_curve(history: List[Dict[str, Any]], path: str, metric: str) -> None:
         ax2.set_ylabel(f"validation {metric} (seen, %)", color="tab:red")
     ax.set_title("BiAM training curve")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def parse_args(argv=None):
