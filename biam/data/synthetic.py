@@ -13,7 +13,7 @@ evaluate) in minutes on a laptop, where zero-shot transfer really works:
 * Labels are +1 (present) / -1 (absent), as NUS-WIDE. Training images also carry unseen
   objects (their ``-labels_81`` columns), as in the release; the trainer must not use them.
 
-Files (relative to ``out_dir``, the released ``datasets/`` layout of SPEC section 3)::
+Files (relative to ``out_dir``, the released ``datasets/`` layout, docs/data_format.md)::
 
     NUS-WIDE/features/nus_wide_train.h5, NUS-WIDE/features/nus_wide_test.h5
     NUS-WIDE/img_names.pkl, NUS-WIDE/test_img_names.pkl
