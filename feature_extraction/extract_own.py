@@ -16,7 +16,6 @@ the packed files, ``<out>/labels.txt`` lists the labels (seen then unseen) in th
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -32,6 +31,7 @@ from biam.data.own_data import SPLITS, UNSEEN_RULES, OwnDataError, build_own_dat
 from biam.data.packed import PackedFormatError, save_embeddings  # noqa: E402
 from biam.data.wordvec import FORMATS, WordVectorError, label_embeddings  # noqa: E402
 from biam.utils import comm  # noqa: E402
+from biam.utils.io import atomic_open  # noqa: E402
 
 TOOL = "extract_own"
 
@@ -41,9 +41,8 @@ LABELS_FILE = "labels.txt"
 
 def write_labels(path: Path, labels: Sequence[str]) -> None:
     """Seen then unseen label names, one a line (UTF-8), written to a temporary name and renamed."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_open(path, "w") as fh:
+        fh.write("".join(f"{label}\n" for label in labels))
 
 
 def _fraction(text: str) -> float:
