@@ -100,6 +100,7 @@ class Trainer:
         for line in notes:
             self.logger.info(line)
         self.jsonl = JsonlWriter(os.path.join(self.out_dir, "metrics.jsonl"))
+        self.tb = self.open_tensorboard()
         self.amp_dtype = resolve_amp(cfg.AMP, self.device)
         seed_everything(derive_seed(cfg.SEED, 0, self.rank))
 
@@ -124,6 +125,32 @@ class Trainer:
         if resume is not None:
             self.resume(resume)
         self.write_record()
+
+    def open_tensorboard(self):
+        """A SummaryWriter for OUTPUT_DIR/tb on rank 0 when ``tensorboard`` is installed, else None."""
+        if not comm.is_main_process():
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+        except ImportError:
+            self.logger.info("tensorboard is not installed: no event files (pip install 'biam[tb]' to get them)")
+            return None
+        path = os.path.join(self.out_dir, "tb")
+        self.logger.info(f"TensorBoard event files in {path}")
+        return SummaryWriter(path)
+
+    def write_tensorboard(self, record: Dict[str, Any]) -> None:
+        """One epoch's loss, learning rate, images/s and validation/test metrics, at step = epoch."""
+        if self.tb is None:
+            return
+        epoch = record["epoch"]
+        for key in ("loss", "lr", "images_per_s"):
+            if key in record:
+                self.tb.add_scalar(f"train/{key}", record[key], epoch)
+        for split in ("val", "test"):
+            for tag, value in _scalars(record.get(split), split):
+                self.tb.add_scalar(tag, value, epoch)
+        self.tb.flush()
 
     def _shared_outcome(self, fn):
         """Run ``fn`` on rank 0 and give every rank its result, or raise its error everywhere
@@ -202,6 +229,10 @@ class Trainer:
 
     def close(self) -> None:
         """Release OUTPUT_DIR's lock (also done when ``run()`` returns)."""
+        tb = self.__dict__.get("tb")
+        if tb is not None:
+            tb.close()
+            self.tb = None
         if self.lock is not None:
             self.lock.release()
             self.lock = None
@@ -778,12 +809,14 @@ class Trainer:
             if self.phase == "finetune" and cfg.EVAL.TEST_AFTER_FINETUNE:
                 last_test = record["test"] = self.test()
             self.log_epoch(record)
+            self.write_tensorboard(record)
             self.history.append({k: v for k, v in record.items() if k in ("epoch", "phase", "loss", "lr", "val", "images_per_s")})
             self.save(epoch)
             if comm.is_main_process() and cfg.PLOT_CURVE:
                 plot_curve(self.history, os.path.join(self.out_dir, "curve.png"), cfg.EVAL.SELECT_METRIC)
         if last_test is None:
             last_test = self.test()
+            self.write_tensorboard({"epoch": E + F, "test": last_test})
         if comm.is_main_process():
             write_json(os.path.join(self.out_dir, "metrics.json"), last_test)
         self.close()
@@ -805,6 +838,15 @@ class Trainer:
             msg += " | val (seen) " + " ".join(f"{k} {100 * v:.2f}" for k, v in record["val"].items())
         self.logger.info(msg)
         self.jsonl.write(record)
+
+
+def _scalars(tree: Any, prefix: str):
+    """(tag, number) for every number in a nested dict of metrics, tags joined with '/'."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _scalars(value, f"{prefix}/{key}")
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool) and math.isfinite(tree):
+        yield prefix, float(tree)
 
 
 def _progress(total: int, desc: str):
