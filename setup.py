@@ -23,6 +23,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "scikit-learn>=1.0"],
+        # Training writes TensorBoard event files to OUTPUT_DIR/tb when this is installed.
+        "tb": ["tensorboard>=2.10"],
     },
     entry_points={
         "console_scripts": [

@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .backbones import DEFAULT_BACKBONE, Backbone, get_backbone, list_backbones
+from .utils.io import atomic_open, sha256_file
 
 __all__ = [
     "IMAGE_SIZE", "IMAGENET_MEAN", "IMAGENET_STD", "VGG19_FILENAME", "VGG19_SHA256_PREFIX",
@@ -235,7 +236,6 @@ def load_vgg19(weights: Optional[PathLike] = None, random_seed: Optional[int] = 
         except RuntimeError as err:
             raise ValueError(f"{path}: not a torchvision VGG19 state dict ({err})") from err
         # Content, not path: a resumed run on another machine must record the same source.
-        from .data.packed import sha256_file
 
         source = f"vgg19-state-dict:{path.name}:sha256:{sha256_file(path)[:16]}"
     vgg.requires_grad_(False)
@@ -368,12 +368,8 @@ def report_path(out_root: PathLike, split: str) -> Path:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_open(path, "w", fsync=True) as fh:
         fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _report_lines(rows) -> str:

@@ -24,23 +24,18 @@ or a refused output path; 4 another biam-predict is writing the same --visualize
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from .config import ConfigError
-from .data.released import RecordError
-from .engine.checkpoint import CheckpointError
-from .features import WeightsNotFoundError
 from .utils.io import atomic_open, write_json
-from .utils.ownership import FolderBusyError, FolderLock, FolderOwnershipError, check_output_folder
+from .utils.ownership import FolderLock, FolderOwnershipError, check_output_folder
 
 __all__ = ["run", "split_inputs", "collect_images", "load_label_embeddings", "IMAGE_EXTENSIONS",
            "FIGURE_RECORD", "FIGURE_SUFFIX"]

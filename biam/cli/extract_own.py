@@ -18,7 +18,6 @@ Exit status: 0 done; 2 bad or missing input or missing weights.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -29,6 +28,7 @@ from biam.data.own_data import SPLITS, UNSEEN_RULES, OwnDataError, build_own_dat
 from biam.data.packed import PackedFormatError, save_embeddings
 from biam.data.wordvec import FORMATS, WordVectorError, label_embeddings
 from biam.utils import comm
+from biam.utils.io import atomic_open
 
 TOOL = "extract_own"
 # Bad or missing input, weights or --out folder: one line naming the file, exit status 2.
@@ -43,9 +43,8 @@ LABELS_FILE = "labels.txt"
 
 def write_labels(path: Path, labels: Sequence[str]) -> None:
     """Seen then unseen label names, one a line (UTF-8), written to a temporary name and renamed."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_open(path, "w") as fh:
+        fh.write("".join(f"{label}\n" for label in labels))
 
 
 def _fraction(text: str) -> float:

@@ -380,7 +380,7 @@ def add_config_arguments(parser) -> None:
 
 def dump_cfg(cfg: CN, path: str) -> None:
     """Write the resolved config as YAML (atomically) beside the run's outputs."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    from ..utils.io import atomic_open
+
+    with atomic_open(path, "w") as f:
         f.write(cfg.dump())
-    os.replace(tmp, path)

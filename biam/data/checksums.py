@@ -12,14 +12,14 @@ every split against the SHA-256 its manifest lists (the full check behind
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import os
 import sys
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
-__all__ = ["KNOWN_FILES", "KnownFile", "sha256_of", "verify_file", "verify_tree", "verify_packed"]
+from ..utils.io import sha256_file
+
+__all__ = ["KNOWN_FILES", "KnownFile", "verify_file", "verify_tree", "verify_packed"]
 
 
 @dataclass(frozen=True)
@@ -50,21 +50,13 @@ KNOWN_FILES: Dict[str, KnownFile] = {
 }
 
 
-def sha256_of(path: str, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_file(path: str, key: str) -> Optional[str]:
     """None if ``path`` matches the known file ``key``; otherwise a message naming the file."""
     known = KNOWN_FILES[key]
     size = os.path.getsize(path)
     if size != known.size:
         return f"{path}: size {size} bytes, the release's {key} has {known.size} (truncated or a different file)"
-    digest = sha256_of(path)
+    digest = sha256_file(path)
     if digest != known.sha256:
         return f"{path}: sha256 {digest} differs from the release's {known.sha256} for {key}"
     return None

@@ -28,10 +28,7 @@ random head, recorded as such) or ``--no-scene`` (the trainer computes them on t
 
 from __future__ import annotations
 
-import argparse
 import os
-import pickle
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence
@@ -39,9 +36,7 @@ from typing import Callable, Iterator, List, Optional, Sequence
 import numpy as np
 
 from . import released
-from ..utils.ownership import FolderBusyError, FolderLock, FolderOwnershipError, check_output_folder
-from .packed import MANIFEST, PackedDataset, PackedFormatError, PackedWriter
-from .safe_pickle import UnsafePickleError
+from .packed import PackedDataset, PackedFormatError, PackedWriter
 
 __all__ = ["convert_nus_wide", "convert_openimages", "resolve_scene_head", "NUS_WIDE_PATHS", "OPENIMAGES_PATHS"]
 

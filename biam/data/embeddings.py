@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..utils.io import atomic_open
 from .safe_pickle import safe_load
 
 __all__ = [
@@ -165,8 +166,7 @@ def build_from_glove(label_names: Sequence[str], glove_txt_path: os.PathLike, *,
 def save_embedding_array(path: os.PathLike, arrays) -> Path:
     """Save one array (``.npy``) or a dict of named arrays (``.npz``) of float32; never a pickle."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_open(path, "wb") as fh:
         if path.suffix == ".npy":
             np.save(fh, np.asarray(arrays, dtype=np.float32), allow_pickle=False)
         elif path.suffix == ".npz":
@@ -175,7 +175,6 @@ def save_embedding_array(path: os.PathLike, arrays) -> Path:
             np.savez(fh, **{k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
         else:
             raise ValueError(f"{path}: use a .npy or .npz file name")
-    os.replace(tmp, path)
     return path
 
 

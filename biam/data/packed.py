@@ -15,7 +15,6 @@ continues after the last listed shard. :class:`PackedDataset` reads a split by g
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import warnings
@@ -24,6 +23,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import h5py
 import numpy as np
+
+from ..utils.io import atomic_open, sha256_file
 
 __all__ = [
     "FORMAT_VERSION",
@@ -69,18 +70,6 @@ def shard_filename(split: str, index: int) -> str:
     return f"{split}-{index:05d}.h5"
 
 
-def sha256_file(path: PathLike, chunk: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file, read in 4 MB pieces (bounded memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            block = fh.read(chunk)
-            if not block:
-                break
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _fsync_dir(path: Path) -> None:
     # The rename is durable only once the directory entry itself is flushed.
     fd = os.open(str(path), os.O_RDONLY)
@@ -91,12 +80,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_open(path, "wb", fsync=True) as fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
     _fsync_dir(path.parent)
 
 
@@ -201,12 +186,8 @@ def save_embeddings(root: PathLike, seen: np.ndarray, unseen: np.ndarray) -> Pat
     if seen.shape[1] != unseen.shape[1]:
         raise ValueError(f"embeddings: seen dim {seen.shape[1]} != unseen dim {unseen.shape[1]}")
     path = root / EMBEDDINGS
-    tmp = root / (EMBEDDINGS + ".tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_open(path, "wb", fsync=True) as fh:
         _write_npz(fh, {"seen": seen, "unseen": unseen})
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
     return path
 
 

@@ -13,7 +13,7 @@ evaluate) in minutes on a laptop, where zero-shot transfer really works:
 * Labels are +1 (present) / -1 (absent), as NUS-WIDE. Training images also carry unseen
   objects (their ``-labels_81`` columns), as in the release; the trainer must not use them.
 
-Files (relative to ``out_dir``, the ``datasets/`` layout of the original release)::
+Files (relative to ``out_dir``, the released ``datasets/`` layout, docs/data_format.md)::
 
     NUS-WIDE/features/nus_wide_train.h5, NUS-WIDE/features/nus_wide_test.h5
     NUS-WIDE/img_names.pkl, NUS-WIDE/test_img_names.pkl
@@ -31,7 +31,6 @@ CLI: ``python -m biam.data.synthetic --out DIR [--num-train N --num-test N ...]`
 
 from __future__ import annotations
 
-import argparse
 import pickle
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..modeling.biam import HPARAM_CONFIG_KEYS, load_published_state_dict
+from ..utils.io import atomic_open
 
 __all__ = [
     "checkpoint_path", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
@@ -47,17 +48,11 @@ def checkpoint_path(ckpt_dir: str, epoch: int) -> str:
 
 def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save`` to ``path.tmp``, fsync, rename: the file is complete or absent."""
-    tmp = f"{path}.tmp"
     try:
-        with open(tmp, "wb") as f:
+        # A failed write (disk full, interrupt) leaves no half file that looks usable.
+        with atomic_open(path, "wb", fsync=True) as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException as err:
-        # A failed write (disk full, interrupt) must not leave a half file that looks usable.
-        if os.path.exists(tmp):
-            os.remove(tmp)
         if isinstance(err, (OSError, RuntimeError)):
             # torch's zip writer reports a full disk as "unexpected pos ..."; say what it means.
             raise CheckpointError(f"{path}: write failed (disk full or file-size limit?): {err}; "

@@ -13,7 +13,6 @@ original Open Images evaluation takes ZSL from ``model_best_zsl.pth`` and GZSL f
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import os
 import sys
@@ -22,17 +21,13 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from ..config import ConfigError, add_config_arguments, dump_cfg, load_cfg
-from ..data.packed import PackedDataset, PackedFormatError
+from ..data.packed import PackedDataset
 from ..datasets import check_manifest_dataset, get_dataset
 from ..evaluation import chance_level, evaluate
-from ..modeling import build_model
 from ..utils import comm
 from ..utils.io import write_json
-from ..utils.ownership import FolderBusyError, FolderLock, FolderOwnershipError, check_output_folder
-from ..utils.logging import setup_logger
-from . import checkpoint as ckpt
-from .runtime import LabelSpace, build_label_space, build_scene_head, resolve_amp, run_inference
+from ..utils.ownership import FolderLock, FolderOwnershipError, check_output_folder
+from .runtime import LabelSpace, run_inference
 
 __all__ = [
     "evaluate_split", "format_result", "protocol_for", "combine_tasks", "evaluation_folder", "EVAL_RECORD",

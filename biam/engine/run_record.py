@@ -34,7 +34,7 @@ RECORD = "run.json"
 # Names a training run writes in its OUTPUT_DIR (checkpoints/ is a folder of its own files;
 # eval/ holds biam-evaluate's folders, which a run never touches).
 RUN_FILES = ("config.yaml", "log.txt", "metrics.jsonl", "metrics.json", "model_best.pth", "curve.png",
-             "checkpoints", "eval")
+             "checkpoints", "eval", "tb")
 
 # Keys a resumed run may change: none of them changes the weights a run ends with (on one
 # device type), so the resumed run is still the same run. Each change is logged.

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.packed import PackedDataset, load_embeddings
+from ..data.packed import PackedDataset, l2_normalize, load_embeddings
 from ..modeling import SceneHead
 from ..utils import comm
 
@@ -48,11 +48,6 @@ def autocast_context(device: torch.device, dtype: Optional[torch.dtype]):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _l2_normalize(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
 
 
 @dataclass
@@ -106,8 +101,8 @@ def build_label_space(dataset: PackedDataset, device: torch.device, embed_dim: i
     return LabelSpace(
         seen_names=seen_names,
         unseen_names=[unseen_names[i] for i in unseen_eval],
-        seen=torch.from_numpy(_l2_normalize(seen.astype(np.float32))).to(device),
-        unseen_eval=torch.from_numpy(_l2_normalize(unseen[unseen_eval].astype(np.float32))).to(device),
+        seen=torch.from_numpy(l2_normalize(seen.astype(np.float32))).to(device),
+        unseen_eval=torch.from_numpy(l2_normalize(unseen[unseen_eval].astype(np.float32))).to(device),
         eval_columns=torch.from_numpy(columns),
     )
 

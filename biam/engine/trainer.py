@@ -13,7 +13,6 @@ Launch: ``python -m biam.train --config-file configs/nus_wide.yaml`` or
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -26,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import ConfigError, add_config_arguments, dump_cfg, load_cfg
+from ..config import dump_cfg
 from ..data.loader import build_loader
-from ..data.packed import PackedDataset, PackedFormatError
+from ..data.packed import PackedDataset
 from ..datasets import check_manifest_dataset, get_dataset
 from ..evaluation import average_precision, f1_at_k
 from ..modeling import build_model, ranking_loss
@@ -49,22 +48,11 @@ from .runtime import (
 )
 from .schedule import build_scheduler
 
-__all__ = ["Trainer", "main", "TrainingDiverged"]
+__all__ = ["Trainer", "TrainingDiverged"]
 
 
 class TrainingDiverged(RuntimeError):
     """A batch's loss was NaN, infinite or above SOLVER.MAX_LOSS and SOLVER.BAD_LOSS is 'stop'."""
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The bare BiAM inside DistributedDataParallel and/or torch.compile wrappers."""
-    while True:
-        inner = model.__dict__.get("_orig_mod") or model.__dict__.get("_modules", {}).get("_orig_mod")
-        if inner is None and isinstance(model, nn.parallel.DistributedDataParallel):
-            inner = model.module
-        if inner is None:
-            return model
-        model = inner
 
 
 def in_memory_mode(setting: str, world_size: int = 1):
@@ -112,14 +100,19 @@ class Trainer:
         for line in notes:
             self.logger.info(line)
         self.jsonl = JsonlWriter(os.path.join(self.out_dir, "metrics.jsonl"))
+        self.tb = self.open_tensorboard()
         self.amp_dtype = resolve_amp(cfg.AMP, self.device)
         seed_everything(derive_seed(cfg.SEED, 0, self.rank))
 
         self.build_data()
         self.model = self.build_model()
         self.optimizer, self.scheduler = self.build_optimizer(finetune=False)
-        # A GradScaler only does something for float16 autocast; it is kept (and saved) always.
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        # The public way to skip a step on the device: GradScaler.step hands the fused optimiser
+        # its found_inf flag, so a bad batch costs one skipped update and no host sync. Under
+        # float16 the scale is dynamic (as designed); otherwise it is reset to 1 after every
+        # step (see train_step), so scaling changes no bit of the loss or the gradients.
+        self.fp16 = self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type, init_scale=2.0**16 if self.fp16 else 1.0)
         self.start_epoch = 1
         self.phase = "train"
         self.best = {"metric": -math.inf, "epoch": 0}
@@ -132,6 +125,32 @@ class Trainer:
         if resume is not None:
             self.resume(resume)
         self.write_record()
+
+    def open_tensorboard(self):
+        """A SummaryWriter for OUTPUT_DIR/tb on rank 0 when ``tensorboard`` is installed, else None."""
+        if not comm.is_main_process():
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+        except ImportError:
+            self.logger.info("tensorboard is not installed: no event files (pip install 'biam[tb]' to get them)")
+            return None
+        path = os.path.join(self.out_dir, "tb")
+        self.logger.info(f"TensorBoard event files in {path}")
+        return SummaryWriter(path)
+
+    def write_tensorboard(self, record: Dict[str, Any]) -> None:
+        """One epoch's loss, learning rate, images/s and validation/test metrics, at step = epoch."""
+        if self.tb is None:
+            return
+        epoch = record["epoch"]
+        for key in ("loss", "lr", "images_per_s"):
+            if key in record:
+                self.tb.add_scalar(f"train/{key}", record[key], epoch)
+        for split in ("val", "test"):
+            for tag, value in _scalars(record.get(split), split):
+                self.tb.add_scalar(tag, value, epoch)
+        self.tb.flush()
 
     def _shared_outcome(self, fn):
         """Run ``fn`` on rank 0 and give every rank its result, or raise its error everywhere
@@ -210,6 +229,10 @@ class Trainer:
 
     def close(self) -> None:
         """Release OUTPUT_DIR's lock (also done when ``run()`` returns)."""
+        tb = self.__dict__.get("tb")
+        if tb is not None:
+            tb.close()
+            self.tb = None
         if self.lock is not None:
             self.lock.release()
             self.lock = None
@@ -334,6 +357,8 @@ class Trainer:
         return self.train_loader
 
     def build_model(self) -> nn.Module:
+        """The model as trained (maybe inside DDP and torch.compile); sets ``self.raw_model`` to
+        the bare BiAM inside them, the one that is saved, loaded and evaluated."""
         cfg = self.cfg
         model = build_model(cfg)
         if cfg.MODEL.WEIGHTS:
@@ -349,6 +374,8 @@ class Trainer:
                     model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
                 else:
                     model = convert_to_global_bn(model)
+        self.raw_model = model  # the wrappers below share its parameters
+        if self.world > 1:
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
             )
@@ -381,11 +408,12 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def state_dict(self, epoch: int) -> Dict[str, Any]:
         return {
-            "model": _unwrap(self.model).state_dict(),
-            ckpt.HPARAMS_KEY: _unwrap(self.model).hparams(),
+            "model": self.raw_model.state_dict(),
+            ckpt.HPARAMS_KEY: self.raw_model.hparams(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            # At scale 1 the scaler holds nothing worth keeping (as in checkpoints before it was used).
+            "scaler": self.scaler.state_dict() if self.fp16 else {},
             "rng": ckpt.rng_state(),
             "epoch": epoch,
             "phase": self.phase,
@@ -469,14 +497,15 @@ class Trainer:
         if state is None:
             state = ckpt.load_checkpoint(path)
             ckpt.check_training_state(state, path)
-        ckpt.load_model_weights(_unwrap(self.model), path)
+        ckpt.load_model_weights(self.raw_model, path)
         if state["phase"] == "finetune":
             self.phase = "finetune"
             self.optimizer, self.scheduler = self.build_optimizer(finetune=True)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
+            if self.fp16:
+                self.scaler.load_state_dict(state["scaler"])
             if "rng" in state:
                 ckpt.set_rng_state(state["rng"])
         except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as err:
@@ -642,66 +671,39 @@ class Trainer:
             objective = loss
         n = n_kept
         # A bad loss (NaN, inf, or above MAX_LOSS) turns this rank's gradients into NaN through a
-        # constant factor. DDP's all-reduce carries the NaN to every rank, so all of them see
-        # non-finite gradients below and take the same decision without an extra collective.
+        # constant factor, and so does a global batch without images (one process skips it too).
+        # DDP's all-reduce carries the NaN to every rank, so all of them skip the same step.
         bad = (~torch.isfinite(loss)) | (loss > cfg.SOLVER.MAX_LOSS)
-        factor = torch.where(bad, torch.full_like(loss, float("nan")), torch.ones_like(loss))
+        skip = bad if empty is None else bad | empty
+        factor = torch.where(skip, torch.full_like(loss, float("nan")), torch.ones_like(loss))
         self.scaler.scale(objective * factor).backward()
-        if self.scaler.is_enabled():
-            self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if not grads:
             return loss.detach().double(), n
-        found_inf = (~torch.isfinite(torch.nn.utils.get_total_norm(grads))).float()
-        if empty is not None and not self.defer_checks() and bool(empty):
-            # (This path syncs anyway.) No image on any rank: no update, as one process skips.
-            self.optimizer.zero_grad(set_to_none=True)
-            self.skipped_in_epoch += 1
-            return None, 0
-        if empty is not None:
-            found_inf = torch.maximum(found_inf, empty.float())  # the fused step skips on the device
-        if self.defer_checks():
-            # The fused optimiser reads the flag on the device and leaves weights, moments and
-            # step counts untouched when it is set, so no step waits for the device to answer
-            # "was this batch bad?". The answer is read every CHECK_EVERY steps (check_pending),
-            # and a bad batch is reported or stops the run then, naming its images.
-            self.optimizer.found_inf = found_inf
-            try:
-                self.optimizer.step()
-            finally:
-                self.optimizer.found_inf = None
-            self.pending.append({"found_inf": found_inf, "bad": bad, "loss": loss.detach(),
-                                 "empty": empty if empty is not None else torch.zeros_like(bad),
-                                 "index": batch["index"], "epoch": epoch, "step": step})
-            if len(self.pending) >= 4 * self.CHECK_EVERY:
-                self.check_pending()  # bounded, for callers that drive train_step themselves
-            return torch.where(found_inf > 0, torch.zeros_like(loss), loss.detach()).double(), n
-        if not bool(found_inf):
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            return loss.detach().double(), n
-        here = bool(bad)
-        self.skipped_in_epoch += 1
-        if self.scaler.is_enabled() and not here:
-            # float16 overflow (or another rank's bad batch): the scaler skips the step and
-            # lowers its scale, as it is designed to.
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            return None, n
-        self.handle_bad_batch(loss, batch["index"], epoch, step, here=here)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler.is_enabled():
-            self.scaler.update()
-        return None, n
+        self.scaler.unscale_(self.optimizer)
+        # Non-finite gradients, as the scaler sees them: the step below is skipped iff this is set.
+        found_inf = ~torch.isfinite(torch.nn.utils.get_total_norm(grads))
+        # A fused optimiser skips on the device (weights, moments and step counts untouched);
+        # the per-parameter loop makes the scaler read the flag (one sync per step).
+        self.scaler.step(self.optimizer)
+        self.scaler.update(None if self.fp16 else 1.0)  # 1.0: a device fill, no sync
+        self.pending.append({"found_inf": found_inf, "bad": bad, "loss": loss.detach(),
+                             "empty": empty if empty is not None else torch.zeros_like(bad),
+                             "index": batch["index"], "epoch": epoch, "step": step})
+        # The verdicts are read every CHECK_EVERY steps by train_one_epoch (bounded here for
+        # callers that drive train_step themselves), or now when the step synced anyway.
+        if not self.defer_checks() or len(self.pending) >= 4 * self.CHECK_EVERY:
+            self.check_pending()
+        return torch.where(found_inf, torch.zeros_like(loss), loss.detach()).double(), n
 
     # Steps between reads of the deferred bad-batch verdicts (one device sync each).
     CHECK_EVERY = 20
 
     def defer_checks(self) -> bool:
-        """True when the optimiser can skip a bad step on the device itself: a fused optimiser
-        (it honours ``found_inf``) and no float16 GradScaler (which sets that flag itself)."""
+        """True when a bad step is skipped on the device without a sync (a fused optimiser, which
+        takes GradScaler's found_inf flag); otherwise each step's verdict is read at once."""
         group = self.optimizer.param_groups[0]
-        return bool(group.get("fused")) and not self.scaler.is_enabled()
+        return bool(group.get("fused"))
 
     def check_pending(self) -> int:
         """Read the verdicts of deferred steps (one sync); count skipped steps, report bad ones.
@@ -712,14 +714,16 @@ class Trainer:
         if not self.pending:
             return 0
         pending, self.pending = self.pending, []
-        flags = torch.stack([torch.stack([p["found_inf"] > 0, p["bad"], p["empty"]]) for p in pending]).cpu().tolist()
+        flags = torch.stack([torch.stack([p["found_inf"], p["bad"], p["empty"]]) for p in pending]).cpu().tolist()
         skipped = 0
         for p, (found_inf, here, empty) in zip(pending, flags):
             if not found_inf:
                 continue
             skipped += 1
             self.skipped_in_epoch += 1
-            if not empty:  # a step without images on any rank is skipped, not a bad batch
+            # A step without images on any rank is skipped, not a bad batch; under float16 a
+            # non-finite gradient without a bad loss here is an overflow the scaler handles.
+            if not empty and (here or not self.fp16):
                 self.handle_bad_batch(p["loss"], p["index"], p["epoch"], p["step"], here=here)
         return skipped
 
@@ -751,7 +755,7 @@ class Trainer:
         from .runtime import run_inference
 
         scores, labels = run_inference(
-            _unwrap(self.model), loader, self.labels.seen, columns, self.device, self.amp_dtype, self.scene_head,
+            self.raw_model, loader, self.labels.seen, columns, self.device, self.amp_dtype, self.scene_head,
         )
         result = {"mAP": float(average_precision(scores, labels).mean())}
         for k in get_dataset(self.cfg.DATA.DATASET).protocol.validation_ks:
@@ -761,7 +765,7 @@ class Trainer:
 
     def test(self) -> Dict[str, Any]:
         result = evaluate_split(
-            _unwrap(self.model), self.test_set, self.labels, self.cfg, self.device, self.amp_dtype, self.scene_head,
+            self.raw_model, self.test_set, self.labels, self.cfg, self.device, self.amp_dtype, self.scene_head,
             loader_fn=lambda ds, bs: self.loader(ds, None, shuffle=False, batch_size=bs),
         )
         self.logger.info("test split:\n" + format_result(result, self.cfg))
@@ -776,9 +780,9 @@ class Trainer:
         best_path = os.path.join(self.out_dir, "model_best.pth")
         if len(self.val_idx) and self.best["epoch"] > 0:
             if comm.is_main_process():
-                ckpt.load_model_weights(_unwrap(self.model), best_path)
+                ckpt.load_model_weights(self.raw_model, best_path)
             # Rank 0 alone wrote the file, maybe on a disk the other machines do not see.
-            comm.broadcast_module_state(_unwrap(self.model))
+            comm.broadcast_module_state(self.raw_model)
             self.logger.info(f"fine-tuning from {best_path} (epoch {self.best['epoch']}, "
                              f"{self.cfg.EVAL.SELECT_METRIC} {self.best['metric']:.4f})")
         self.phase = "finetune"
@@ -806,16 +810,18 @@ class Trainer:
                 if metric >= self.best["metric"]:
                     self.best = {"metric": metric, "epoch": epoch}
                     if comm.is_main_process():
-                        ckpt.atomic_torch_save(ckpt.model_file(_unwrap(self.model)), os.path.join(self.out_dir, "model_best.pth"))
+                        ckpt.atomic_torch_save(ckpt.model_file(self.raw_model), os.path.join(self.out_dir, "model_best.pth"))
             if self.phase == "finetune" and cfg.EVAL.TEST_AFTER_FINETUNE:
                 last_test = record["test"] = self.test()
             self.log_epoch(record)
+            self.write_tensorboard(record)
             self.history.append({k: v for k, v in record.items() if k in ("epoch", "phase", "loss", "lr", "val", "images_per_s")})
             self.save(epoch)
             if comm.is_main_process() and cfg.PLOT_CURVE:
                 plot_curve(self.history, os.path.join(self.out_dir, "curve.png"), cfg.EVAL.SELECT_METRIC)
         if last_test is None:
             last_test = self.test()
+            self.write_tensorboard({"epoch": E + F, "test": last_test})
         if comm.is_main_process():
             write_json(os.path.join(self.out_dir, "metrics.json"), last_test)
         self.close()
@@ -837,6 +843,15 @@ class Trainer:
             msg += " | val (seen) " + " ".join(f"{k} {100 * v:.2f}" for k, v in record["val"].items())
         self.logger.info(msg)
         self.jsonl.write(record)
+
+
+def _scalars(tree: Any, prefix: str):
+    """(tag, number) for every number in a nested dict of metrics, tags joined with '/'."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _scalars(value, f"{prefix}/{key}")
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool) and math.isfinite(tree):
+        yield prefix, float(tree)
 
 
 def _progress(total: int, desc: str):
@@ -866,7 +881,6 @@ def plot_curve(history: List[Dict[str, Any]], path: str, metric: str) -> None:
         ax2.set_ylabel(f"validation {metric} (seen, %)", color="tab:red")
     ax.set_title("BiAM training curve")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png")
     plt.close(fig)
-    os.replace(tmp, path)

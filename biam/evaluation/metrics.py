@@ -1,4 +1,4 @@
-"""Ranking metrics of SPEC section 6: per-label AP, overall F1@K, weighted mAP, pooled AP.
+"""Ranking metrics of the paper (docs/metrics.md): per-label AP, overall F1@K, weighted mAP, pooled AP.
 
 Labels are in {-1, 0, +1}: +1 present, -1 verified absent, 0 unknown (never counted).
 
@@ -395,7 +395,7 @@ def average_precision(
     chunk_size: Optional[int] = None,
     row_mask: Optional[ArrayLike] = None,
 ):
-    """Per-label average precision (SPEC section 6), no interpolation.
+    """Per-label average precision (docs/metrics.md), no interpolation.
 
     Only entries labelled +1 or -1 count; entries labelled 0 are ignored. Ties: a -1 entry with
     the same score as a +1 entry ranks above it, and tied +1 entries all get the precision at
@@ -535,7 +535,7 @@ def f1_at_ks(
 
 
 def f1_at_k(scores: ArrayLike, labels: ArrayLike, k: int, chunk_size: Optional[int] = None) -> Tuple[float, float, float]:
-    """Overall F1@K (SPEC section 6).
+    """Overall F1@K (docs/metrics.md).
 
     Args:
         scores, labels: (N, C); k: labels taken per image, 1 <= k <= C.
@@ -552,7 +552,7 @@ def openimages_published_ap(
     max_pooled_entries: int = 1 << 24,
     row_mask: Optional[ArrayLike] = None,
 ):
-    """Per-label value of the published (flawed) Open Images AP function (SPEC section 6).
+    """Per-label value of the published (flawed) Open Images AP function (docs/metrics.md).
 
     For label c: take the rows annotated (non-zero) for c, pool *every* non-zero entry of those
     rows (all labels), rank the pool by score and return its AP. Ties as in

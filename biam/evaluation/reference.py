@@ -83,7 +83,7 @@ def published_loop_f1_at_k(scores, labels, k: int) -> Tuple[float, float, float]
 
 
 def published_loop_pooled_openimages_ap(scores, labels) -> np.ndarray:
-    """The published Open Images AP function, label by label (SPEC section 6).
+    """The published Open Images AP function, label by label (docs/metrics.md).
 
     For label c: the rows annotated for c; every annotated entry of those rows, all labels
     pooled, ranked together; the AP of that pooled list is returned as label c's AP.

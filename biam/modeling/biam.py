@@ -77,7 +77,7 @@ class RegionContextBlock(nn.Module):
     computes the softmax explicitly and reproduces the published quirk of replacing any score
     that is exactly 0 by -1e9. The two agree whenever no query/key product is exactly 0.0, and
     also when a whole query row is 0 (every score masked gives the same uniform softmax as
-    every score 0); see ``docs/model.md`` and ``tests/modeling/test_biam.py``.
+    every score 0); see ``docs/model.md`` and ``tests/modeling/test_biam_reference.py``.
     """
 
     def __init__(self, channels: int, heads: int, dropout: float, attention: str):

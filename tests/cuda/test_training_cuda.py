@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from biam.config import load_cfg
-from biam.engine.trainer import Trainer, _unwrap
+from biam.engine.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import TINY_MODEL_OPTS  # noqa: E402
@@ -42,7 +42,7 @@ def train(root, out, device, amp, compile_):
     trainer = Trainer(cfg)
     result = trainer.run()
     losses = [h["loss"] for h in trainer.history]
-    weights = {k: v.detach().float().cpu() for k, v in _unwrap(trainer.model).state_dict().items()
+    weights = {k: v.detach().float().cpu() for k, v in trainer.raw_model.state_dict().items()
                if v.is_floating_point()}
     return losses, result, weights
 
