@@ -107,12 +107,8 @@ class Trainer:
         self.build_data()
         self.model = self.build_model()
         self.optimizer, self.scheduler = self.build_optimizer(finetune=False)
-        # The public way to skip a step on the device: GradScaler.step hands the fused optimiser
-        # its found_inf flag, so a bad batch costs one skipped update and no host sync. Under
-        # float16 the scale is dynamic (as designed); otherwise it is reset to 1 after every
-        # step (see train_step), so scaling changes no bit of the loss or the gradients.
-        self.fp16 = self.amp_dtype == torch.float16
-        self.scaler = torch.amp.GradScaler(self.device.type, init_scale=2.0**16 if self.fp16 else 1.0)
+        # A GradScaler only does something for float16 autocast; it is kept (and saved) always.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.start_epoch = 1
         self.phase = "train"
         self.best = {"metric": -math.inf, "epoch": 0}
@@ -412,8 +408,7 @@ class Trainer:
             ckpt.HPARAMS_KEY: self.raw_model.hparams(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            # At scale 1 the scaler holds nothing worth keeping (as in checkpoints before it was used).
-            "scaler": self.scaler.state_dict() if self.fp16 else {},
+            "scaler": self.scaler.state_dict(),
             "rng": ckpt.rng_state(),
             "epoch": epoch,
             "phase": self.phase,
@@ -504,8 +499,7 @@ class Trainer:
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            if self.fp16:
-                self.scaler.load_state_dict(state["scaler"])
+            self.scaler.load_state_dict(state["scaler"])
             if "rng" in state:
                 ckpt.set_rng_state(state["rng"])
         except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as err:
@@ -671,39 +665,66 @@ class Trainer:
             objective = loss
         n = n_kept
         # A bad loss (NaN, inf, or above MAX_LOSS) turns this rank's gradients into NaN through a
-        # constant factor, and so does a global batch without images (one process skips it too).
-        # DDP's all-reduce carries the NaN to every rank, so all of them skip the same step.
+        # constant factor. DDP's all-reduce carries the NaN to every rank, so all of them see
+        # non-finite gradients below and take the same decision without an extra collective.
         bad = (~torch.isfinite(loss)) | (loss > cfg.SOLVER.MAX_LOSS)
-        skip = bad if empty is None else bad | empty
-        factor = torch.where(skip, torch.full_like(loss, float("nan")), torch.ones_like(loss))
+        factor = torch.where(bad, torch.full_like(loss, float("nan")), torch.ones_like(loss))
         self.scaler.scale(objective * factor).backward()
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if not grads:
             return loss.detach().double(), n
-        self.scaler.unscale_(self.optimizer)
-        # Non-finite gradients, as the scaler sees them: the step below is skipped iff this is set.
-        found_inf = ~torch.isfinite(torch.nn.utils.get_total_norm(grads))
-        # A fused optimiser skips on the device (weights, moments and step counts untouched);
-        # the per-parameter loop makes the scaler read the flag (one sync per step).
-        self.scaler.step(self.optimizer)
-        self.scaler.update(None if self.fp16 else 1.0)  # 1.0: a device fill, no sync
-        self.pending.append({"found_inf": found_inf, "bad": bad, "loss": loss.detach(),
-                             "empty": empty if empty is not None else torch.zeros_like(bad),
-                             "index": batch["index"], "epoch": epoch, "step": step})
-        # The verdicts are read every CHECK_EVERY steps by train_one_epoch (bounded here for
-        # callers that drive train_step themselves), or now when the step synced anyway.
-        if not self.defer_checks() or len(self.pending) >= 4 * self.CHECK_EVERY:
-            self.check_pending()
-        return torch.where(found_inf, torch.zeros_like(loss), loss.detach()).double(), n
+        found_inf = (~torch.isfinite(torch.nn.utils.get_total_norm(grads))).float()
+        if empty is not None and not self.defer_checks() and bool(empty):
+            # (This path syncs anyway.) No image on any rank: no update, as one process skips.
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_in_epoch += 1
+            return None, 0
+        if empty is not None:
+            found_inf = torch.maximum(found_inf, empty.float())  # the fused step skips on the device
+        if self.defer_checks():
+            # The fused optimiser reads the flag on the device and leaves weights, moments and
+            # step counts untouched when it is set, so no step waits for the device to answer
+            # "was this batch bad?". The answer is read every CHECK_EVERY steps (check_pending),
+            # and a bad batch is reported or stops the run then, naming its images.
+            self.optimizer.found_inf = found_inf
+            try:
+                self.optimizer.step()
+            finally:
+                self.optimizer.found_inf = None
+            self.pending.append({"found_inf": found_inf, "bad": bad, "loss": loss.detach(),
+                                 "empty": empty if empty is not None else torch.zeros_like(bad),
+                                 "index": batch["index"], "epoch": epoch, "step": step})
+            if len(self.pending) >= 4 * self.CHECK_EVERY:
+                self.check_pending()  # bounded, for callers that drive train_step themselves
+            return torch.where(found_inf > 0, torch.zeros_like(loss), loss.detach()).double(), n
+        if not bool(found_inf):
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return loss.detach().double(), n
+        here = bool(bad)
+        self.skipped_in_epoch += 1
+        if self.scaler.is_enabled() and not here:
+            # float16 overflow (or another rank's bad batch): the scaler skips the step and
+            # lowers its scale, as it is designed to.
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return None, n
+        self.handle_bad_batch(loss, batch["index"], epoch, step, here=here)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler.is_enabled():
+            self.scaler.update()
+        return None, n
 
     # Steps between reads of the deferred bad-batch verdicts (one device sync each).
     CHECK_EVERY = 20
 
     def defer_checks(self) -> bool:
-        """True when a bad step is skipped on the device without a sync (a fused optimiser, which
-        takes GradScaler's found_inf flag); otherwise each step's verdict is read at once."""
+        """True when the optimiser can skip a bad step on the device itself: a fused optimiser
+        (it honours ``found_inf``) and no float16 GradScaler (which sets that flag itself)."""
         group = self.optimizer.param_groups[0]
-        return bool(group.get("fused"))
+        return bool(group.get("fused")) and not self.scaler.is_enabled()
 
     def check_pending(self) -> int:
         """Read the verdicts of deferred steps (one sync); count skipped steps, report bad ones.
@@ -714,16 +735,14 @@ class Trainer:
         if not self.pending:
             return 0
         pending, self.pending = self.pending, []
-        flags = torch.stack([torch.stack([p["found_inf"], p["bad"], p["empty"]]) for p in pending]).cpu().tolist()
+        flags = torch.stack([torch.stack([p["found_inf"] > 0, p["bad"], p["empty"]]) for p in pending]).cpu().tolist()
         skipped = 0
         for p, (found_inf, here, empty) in zip(pending, flags):
             if not found_inf:
                 continue
             skipped += 1
             self.skipped_in_epoch += 1
-            # A step without images on any rank is skipped, not a bad batch; under float16 a
-            # non-finite gradient without a bad loss here is an overflow the scaler handles.
-            if not empty and (here or not self.fp16):
+            if not empty:  # a step without images on any rank is skipped, not a bad batch
                 self.handle_bad_batch(p["loss"], p["index"], p["epoch"], p["step"], here=here)
         return skipped
 
