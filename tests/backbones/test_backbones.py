@@ -174,7 +174,7 @@ def test_resnet101_extract_train_evaluate(tmp_path):
     opts = ["MODEL.CHANNEL_DIM", "16", "MODEL.HEADS", "2", "MODEL.JOINT_DIM", "32", "MODEL.EMBED_DIM", "8",
             "DATA.NUM_WORKERS", "0", "SOLVER.BATCH_SIZE", "4", "EVAL.BATCH_SIZE", "4", "SOLVER.MAX_EPOCHS", "1",
             "SOLVER.WARMUP_EPOCHS", "0", "SOLVER.FINETUNE_EPOCHS", "0", "PLOT_CURVE", "False", "DEVICE", "cpu",
-            "DATA.ROOT", str(out)]
+            "DATA.ROOT", str(out), "DATA.DATASET", "own"]  # the dataset extract_own records
     run = tmp_path / "run"
     Trainer(load_cfg(None, opts + ["OUTPUT_DIR", str(run)])).run()
     last = run / "checkpoints" / "checkpoint_epoch_0001.pth"
