@@ -28,13 +28,14 @@ from biam.data.own_data import SPLITS, UNSEEN_RULES, OwnDataError, build_own_dat
 from biam.data.packed import PackedFormatError, save_embeddings
 from biam.data.wordvec import FORMATS, WordVectorError, label_embeddings
 from biam.utils import comm
+from biam.utils.ownership import FolderBusyError, FolderOwnershipError
 from biam.utils.io import atomic_open
 
 TOOL = "extract_own"
 # Bad or missing input, weights or --out folder: one line naming the file, exit status 2.
 EXITS = (
     ExitOn((features.WeightsNotFoundError, FileNotFoundError, OwnDataError, WordVectorError,
-            PackedFormatError, ValueError), 2),
+            PackedFormatError, ValueError, FolderBusyError, FolderOwnershipError), 2),
 )
 
 
@@ -112,12 +113,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                    progress=comm.is_main_process())
         if comm.is_main_process():
             print(f"{TOOL}: {data.summary()}")
-        for split in args.splits:
-            features.run_split(data.split_spec(split, dataset=args.dataset_name), args, TOOL)
-        if comm.is_main_process():
-            save_embeddings(args.out, vectors[: len(data.seen)], vectors[len(data.seen):])
-            # The row order of embeddings.npz, for `biam-predict --labels ... --embeddings ...`.
-            write_labels(Path(args.out) / LABELS_FILE, data.seen + data.unseen)
+        # Inputs are good: take --out now (lock + ownership, rank 0), as the other extractors do;
+        # a bad input above has written nothing at all.
+        with features.claim_output(args.out, args.overwrite, TOOL):
+            for split in args.splits:
+                features.run_split(data.split_spec(split, dataset=args.dataset_name), args, TOOL)
+            if comm.is_main_process():
+                save_embeddings(args.out, vectors[: len(data.seen)], vectors[len(data.seen):])
+                # The row order of embeddings.npz, for `biam-predict --labels ... --embeddings ...`.
+                write_labels(Path(args.out) / LABELS_FILE, data.seen + data.unseen)
         return 0
 
     return run_main(TOOL, body, EXITS, cleanup=comm.destroy)

@@ -78,3 +78,24 @@ def test_bad_inputs_stop_before_extraction(tmp_path, helpers, capsys):
     assert run(helpers, demo, out, "--test-fraction", "0.5") == 2
     assert f"{demo / 'tags.csv'}:4: 'shape_00002.png'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_out_with_other_files_is_refused_and_kept(tmp_path, capsys):
+    """extract_own takes --out like the other extractors: a folder holding files it did not
+    write is refused (exit 2, nothing touched) once the inputs have been checked."""
+    from biam.cli.extract_own import main
+    from biam.data import shapes_demo
+
+    demo = tmp_path / "shapes"
+    shapes_demo.generate(demo, num_images=4, size=32, seed=3, dim=8)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    rc = main(["--images", str(demo / "images"), "--annotations", str(demo / "tags.csv"),
+               "--seen", str(demo / "seen.txt"), "--unseen", str(demo / "unseen.txt"),
+               "--word-vectors", str(demo / "word_vectors.txt"), "--out", str(out),
+               "--random-weights", "0", "--workers", "0", "--device", "cpu", "--test-fraction", "0.5"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "notes.txt" in err and "--overwrite" in err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
