@@ -218,6 +218,12 @@ _C.DEVICE = "auto"
 # Mixed precision: "auto" (bf16 autocast on CUDA, off on CPU), "bf16", "fp16" or "off"
 _C.AMP = "auto"
 
+# Float dtype of the weights and of every training step: "float32", or "float64" (2-4x slower,
+# no autocast: AMP must be "auto" or "off"). float64 is for numerical checks: in float32, rounding
+# amplified by Adam's per-element normalisation hides differences below ~1e-3 between two runs
+# that compute the same steps in another order (docs/distributed.md)
+_C.DTYPE = "float32"
+
 # Compile the model with torch.compile: "auto" (on for CUDA, off on CPU), "on", "off"
 _C.COMPILE = "auto"
 
@@ -245,6 +251,7 @@ _ALLOWED = {
     "SOLVER.BAD_LOSS": ("stop", "skip"),
     "DEVICE": ("auto", "cuda", "cpu"),
     "AMP": ("auto", "bf16", "fp16", "off"),
+    "DTYPE": ("float32", "float64"),
     "COMPILE": ("auto", "on", "off"),
     "DIST_BN": ("per-rank", "sync"),
 }
@@ -297,6 +304,8 @@ def check_cfg(cfg: CN) -> None:
     if not 0 <= cfg.SEED < 2**32:
         # numpy seeds (the loaders' shuffles) are unsigned 32-bit values.
         raise ConfigError(f"SEED = {cfg.SEED!r}; must be an int in 0..{2**32 - 1}")
+    if cfg.DTYPE == "float64" and cfg.AMP not in ("auto", "off"):
+        raise ConfigError(f"DTYPE = 'float64' runs without autocast; AMP = {cfg.AMP!r} must be 'auto' or 'off'")
     if m.CHANNEL_DIM % m.HEADS:
         raise ConfigError(f"MODEL.CHANNEL_DIM = {m.CHANNEL_DIM} is not divisible by MODEL.HEADS = {m.HEADS}")
     if not 1 <= m.TOPK <= 196:

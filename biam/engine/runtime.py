@@ -18,6 +18,7 @@ from torch import nn
 from ..data.packed import PackedDataset, l2_normalize, load_embeddings
 from ..modeling import SceneHead
 from ..utils import comm
+from ..utils.precision import at_least_float32
 
 __all__ = [
     "derive_seed", "seed_everything", "autocast_context", "resolve_amp", "LabelSpace",
@@ -37,8 +38,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype for config ``AMP`` on ``device``; None means float32."""
+def resolve_amp(amp: str, device: torch.device, dtype: str = "float32") -> Optional[torch.dtype]:
+    """The autocast dtype for config ``AMP`` on ``device``; None means none (the weights' dtype,
+    config ``DTYPE``; float64 runs without autocast)."""
+    if dtype == "float64":
+        return None
     if amp == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
@@ -160,7 +164,7 @@ def _scene_head_from_file(path: str) -> SceneHead:
 def scene_features(batch: Dict[str, torch.Tensor], regions: torch.Tensor, head: Optional[SceneHead]) -> torch.Tensor:
     """Stored scene features when present, else the frozen head applied to the regions."""
     if "scene" in batch:
-        return batch["scene"].to(regions.device, non_blocking=True).float()
+        return batch["scene"].to(regions.device, non_blocking=True).to(at_least_float32(regions).dtype)
     with torch.no_grad():
         return head(regions)
 

@@ -101,14 +101,19 @@ class Trainer:
             self.logger.info(line)
         self.jsonl = JsonlWriter(os.path.join(self.out_dir, "metrics.jsonl"))
         self.tb = self.open_tensorboard()
-        self.amp_dtype = resolve_amp(cfg.AMP, self.device)
+        self.amp_dtype = resolve_amp(cfg.AMP, self.device, cfg.DTYPE)
+        self.dtype = torch.float64 if cfg.DTYPE == "float64" else torch.float32  # weights and steps
         seed_everything(derive_seed(cfg.SEED, 0, self.rank))
 
         self.build_data()
         self.model = self.build_model()
         self.optimizer, self.scheduler = self.build_optimizer(finetune=False)
-        # A GradScaler only does something for float16 autocast; it is kept (and saved) always.
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        # Bad steps are skipped through torch.amp.GradScaler, PyTorch's public API for skipping a
+        # step whose gradients are not finite (on the device, for the fused Adam). Under float16
+        # autocast it is the usual dynamic loss scale; otherwise its scale stays 1, and scaling
+        # by 1 changes no bit, so it does nothing but the skip.
+        self.dynamic_scale = self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type, init_scale=2.0 ** 16 if self.dynamic_scale else 1.0)
         self.start_epoch = 1
         self.phase = "train"
         self.best = {"metric": -math.inf, "epoch": 0}
@@ -255,6 +260,8 @@ class Trainer:
             self.test_set.verify()
         self.labels = build_label_space(self.train_set, self.device, cfg.MODEL.EMBED_DIM)
         self.scene_head = build_scene_head(cfg.MODEL.SCENE_HEAD_WEIGHTS, self.train_set, self.device)
+        if self.scene_head is not None:
+            self.scene_head.to(self.dtype)
         n = len(self.train_set)
         if n == 0:
             raise ValueError(f"{cfg.DATA.ROOT}: split '{cfg.DATA.TRAIN_SPLIT}' has no images")
@@ -360,7 +367,7 @@ class Trainer:
         if cfg.MODEL.WEIGHTS:
             ckpt.load_model_weights(model, cfg.MODEL.WEIGHTS)
             self.logger.info(f"initialised from {cfg.MODEL.WEIGHTS}")
-        model.to(self.device)
+        model.to(self.device, self.dtype)
         if cfg.CHANNELS_LAST and self.device.type == "cuda":
             model.to(memory_format=torch.channels_last)
         if self.world > 1:
@@ -499,7 +506,8 @@ class Trainer:
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
+            if state["scaler"] or self.dynamic_scale:  # older checkpoints saved no fixed-scale state
+                self.scaler.load_state_dict(state["scaler"])
             if "rng" in state:
                 ckpt.set_rng_state(state["rng"])
         except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as err:
@@ -619,9 +627,9 @@ class Trainer:
         ``batch`` is this rank's share of a global batch (0 rows allowed under DDP). Returns
         (loss, images): the detached float64 loss (under DDP this rank's part of the global
         batch's mean loss, so the ranks' parts sum to it), or None for a step known to be
-        skipped; ``images`` is the number of images this rank kept. With deferred checks (see
-        ``defer_checks``) a bad step's verdict is read later, and its returned loss is 0;
-        ``skipped_in_epoch`` counts skipped steps once they are known.
+        skipped (one process, no image kept); ``images`` is the number of images this rank kept.
+        A bad step is skipped on the device; its verdict is read later (``check_pending``, every
+        ``CHECK_EVERY`` steps), its returned loss is 0, and ``skipped_in_epoch`` counts it then.
         """
         cfg = self.cfg
         labels = batch["labels"][:, :num_seen]
@@ -644,7 +652,7 @@ class Trainer:
             return None, 0
         # A rank that keeps nothing still runs the (empty) forward and backward: DDP's gradient
         # all-reduce and synchronised batch norm need every rank in every collective.
-        regions = batch["regions"].to(self.device, non_blocking=True).float()
+        regions = batch["regions"].to(self.device, non_blocking=True).to(self.dtype)
         labels = labels.to(self.device, non_blocking=True)
         if cfg.CHANNELS_LAST and self.device.type == "cuda":
             regions = regions.reshape(regions.shape[0], regions.shape[1], 14, 14).contiguous(memory_format=torch.channels_last)
@@ -652,9 +660,9 @@ class Trainer:
         with autocast_context(self.device, self.amp_dtype):
             scores = self.model(regions, seen_emb, scene)
         if n_kept:
-            loss = ranking_loss(scores.float(), labels)
+            loss = ranking_loss(scores, labels)
         else:
-            loss = scores.float().sum() * 0.0  # zero gradients, but through the whole model
+            loss = scores.sum() * 0.0  # zero gradients, but through the whole model
         empty = None
         if global_kept is not None:
             part = n_kept / global_kept.clamp(min=1.0)
@@ -665,92 +673,82 @@ class Trainer:
             objective = loss
         n = n_kept
         # A bad loss (NaN, inf, or above MAX_LOSS) turns this rank's gradients into NaN through a
-        # constant factor. DDP's all-reduce carries the NaN to every rank, so all of them see
-        # non-finite gradients below and take the same decision without an extra collective.
+        # constant factor. DDP's all-reduce carries the NaN to every rank, so every rank's scaler
+        # skips the same step.
         bad = (~torch.isfinite(loss)) | (loss > cfg.SOLVER.MAX_LOSS)
         factor = torch.where(bad, torch.full_like(loss, float("nan")), torch.ones_like(loss))
         self.scaler.scale(objective * factor).backward()
-        if self.scaler.is_enabled():
-            self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if not grads:
             return loss.detach().double(), n
-        found_inf = (~torch.isfinite(torch.nn.utils.get_total_norm(grads))).float()
-        if empty is not None and not self.defer_checks() and bool(empty):
-            # (This path syncs anyway.) No image on any rank: no update, as one process skips.
-            self.optimizer.zero_grad(set_to_none=True)
-            self.skipped_in_epoch += 1
-            return None, 0
         if empty is not None:
-            found_inf = torch.maximum(found_inf, empty.float())  # the fused step skips on the device
-        if self.defer_checks():
-            # The fused optimiser reads the flag on the device and leaves weights, moments and
-            # step counts untouched when it is set, so no step waits for the device to answer
-            # "was this batch bad?". The answer is read every CHECK_EVERY steps (check_pending),
-            # and a bad batch is reported or stops the run then, naming its images.
-            self.optimizer.found_inf = found_inf
-            try:
-                self.optimizer.step()
-            finally:
-                self.optimizer.found_inf = None
-            self.pending.append({"found_inf": found_inf, "bad": bad, "loss": loss.detach(),
-                                 "empty": empty if empty is not None else torch.zeros_like(bad),
-                                 "index": batch["index"], "epoch": epoch, "step": step})
-            if len(self.pending) >= 4 * self.CHECK_EVERY:
-                self.check_pending()  # bounded, for callers that drive train_step themselves
-            return torch.where(found_inf > 0, torch.zeros_like(loss), loss.detach()).double(), n
-        if not bool(found_inf):
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            return loss.detach().double(), n
-        here = bool(bad)
-        self.skipped_in_epoch += 1
-        if self.scaler.is_enabled() and not here:
-            # float16 overflow (or another rank's bad batch): the scaler skips the step and
-            # lowers its scale, as it is designed to.
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            return None, n
-        self.handle_bad_batch(loss, batch["index"], epoch, step, here=here)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler.is_enabled():
-            self.scaler.update()
-        return None, n
+            # With no image on any rank the gradients are sums over no rows, zeros: mark them
+            # (every rank knows) so that the scaler skips the step, as one process skips it.
+            grads[0].add_(torch.where(empty, float("nan"), 0.0))
+        self.scaler.unscale_(self.optimizer)
+        # Our own copy of the verdict, left on the device (the scaler's is private to it).
+        found_inf = ~torch.isfinite(torch.nn.utils.get_total_norm(grads))
+        # With non-finite gradients the scaler leaves weights, Adam moments and step counts as
+        # they were; the fused Adam reads that verdict on the device, so no step waits for it.
+        self.scaler.step(self.optimizer)
+        self.scaler.update(None if self.dynamic_scale else 1.0)
+        self.pending.append({"found_inf": found_inf, "bad": bad,
+                             "empty": empty if empty is not None else torch.zeros_like(bad),
+                             "loss": loss.detach(), "index": batch["index"], "epoch": epoch, "step": step})
+        if len(self.pending) >= 4 * self.CHECK_EVERY:
+            self.check_pending()  # bounded, for callers that drive train_step themselves
+        return torch.where(found_inf, torch.zeros_like(loss), loss.detach()).double(), n
 
-    # Steps between reads of the deferred bad-batch verdicts (one device sync each).
+    # Steps between reads of the bad-step verdicts (one device sync, and under DDP one
+    # all-reduce, each).
     CHECK_EVERY = 20
 
-    def defer_checks(self) -> bool:
-        """True when the optimiser can skip a bad step on the device itself: a fused optimiser
-        (it honours ``found_inf``) and no float16 GradScaler (which sets that flag itself)."""
-        group = self.optimizer.param_groups[0]
-        return bool(group.get("fused")) and not self.scaler.is_enabled()
-
     def check_pending(self) -> int:
-        """Read the verdicts of deferred steps (one sync); count skipped steps, report bad ones.
+        """Read the verdicts of the steps since the last read (one sync); count skipped steps,
+        report bad batches.
 
-        Returns the number of pending steps that were skipped. Raises TrainingDiverged for the
-        first bad batch when SOLVER.BAD_LOSS is "stop", as the immediate check would.
+        Every rank calls it at the same steps. Returns the number of those steps that were
+        skipped. Raises TrainingDiverged for the first bad batch when SOLVER.BAD_LOSS is "stop".
         """
         if not self.pending:
             return 0
         pending, self.pending = self.pending, []
-        flags = torch.stack([torch.stack([p["found_inf"] > 0, p["bad"], p["empty"]]) for p in pending]).cpu().tolist()
+        flags = torch.stack([torch.stack([p["found_inf"], p["bad"], p["empty"]]) for p in pending]).float()
+        if self.world > 1:
+            # Which steps were bad on some rank: every rank then names the same steps, and under
+            # float16 tells another rank's bad batch from an ordinary overflow.
+            anywhere = comm.all_reduce_sum(flags[:, 1].clone()) > 0
+        else:
+            anywhere = flags[:, 1] > 0
+        rows = torch.cat([flags > 0, anywhere[:, None]], dim=1).cpu().tolist()
         skipped = 0
-        for p, (found_inf, here, empty) in zip(pending, flags):
+        for p, (found_inf, here, empty, bad_somewhere) in zip(pending, rows):
             if not found_inf:
                 continue
             skipped += 1
             self.skipped_in_epoch += 1
-            if not empty:  # a step without images on any rank is skipped, not a bad batch
-                self.handle_bad_batch(p["loss"], p["index"], p["epoch"], p["step"], here=here)
+            if empty:  # no image on any rank: skipped as one process skips it, not a bad batch
+                continue
+            if self.dynamic_scale and not bad_somewhere:
+                continue  # float16 overflow: the scaler skipped the step and lowered its scale
+            self.handle_bad_batch(p["loss"], p["index"], p["epoch"], p["step"], here=here,
+                                  elsewhere=bad_somewhere and not here)
         return skipped
 
-    def handle_bad_batch(self, loss: torch.Tensor, index: torch.Tensor, epoch: int, step: int, here: bool) -> None:
-        """Log and go on (SOLVER.BAD_LOSS skip) or raise TrainingDiverged naming the images (stop)."""
-        names = ", ".join(self.image_names(index)) if here else "(the bad batch was on another rank)"
-        what = (f"epoch {epoch} step {step}: loss {loss.item()} is NaN, infinite or above SOLVER.MAX_LOSS "
-                f"{self.cfg.SOLVER.MAX_LOSS}; batch images: {names}")
+    def handle_bad_batch(self, loss: torch.Tensor, index: torch.Tensor, epoch: int, step: int, here: bool,
+                         elsewhere: bool = False) -> None:
+        """Log and go on (SOLVER.BAD_LOSS skip) or raise TrainingDiverged naming the images (stop).
+
+        ``here``: this rank's loss was bad; ``elsewhere``: another rank's was; neither: the loss
+        was fine but the gradients were not finite.
+        """
+        if elsewhere:
+            what = f"epoch {epoch} step {step}: the loss of another rank's batch is NaN, infinite or above SOLVER.MAX_LOSS"
+        else:
+            names = ", ".join(self.image_names(index))
+            problem = ("is NaN, infinite or above SOLVER.MAX_LOSS " f"{self.cfg.SOLVER.MAX_LOSS}" if here
+                       else "is finite but the gradients are not")
+            what = f"epoch {epoch} step {step}: loss {loss.item()} {problem}; batch images: {names}"
         if self.cfg.SOLVER.BAD_LOSS == "skip":
             self.logger.warning(what + " (skipped)")
             return

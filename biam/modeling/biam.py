@@ -14,6 +14,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from ..utils.precision import at_least_float32
+
 __all__ = ["BiAM", "build_model", "ConvReluBN", "NUM_REGIONS", "load_published_state_dict", "HPARAM_CONFIG_KEYS"]
 
 NUM_REGIONS = 196  # 14 x 14 conv5_4 cells of VGG19, the default grid
@@ -111,7 +113,7 @@ class RegionContextBlock(nn.Module):
             # float32 with autocast off: -1e9 does not fit float16, and autocast would otherwise
             # run the matmuls in half precision again whatever dtype they are given.
             with torch.autocast(device_type=q.device.type, enabled=False):
-                qf, kf, vf = q.float(), k.float(), v.float()
+                qf, kf, vf = at_least_float32(q), at_least_float32(k), at_least_float32(v)
                 scores = qf @ kf.transpose(-2, -1) / math.sqrt(qf.shape[-1])
                 scores = scores.masked_fill(scores == 0, -1e9)
                 weights = F.dropout(scores.softmax(dim=-1), p=p, training=self.training)
@@ -273,13 +275,14 @@ class BiAM(nn.Module):
         return e_f @ w_v.t().to(e_f.dtype)
 
     def forward(self, regions: torch.Tensor, label_embeddings: torch.Tensor, scene: torch.Tensor) -> torch.Tensor:
-        """Image scores (B, C) float32: the mean of each label's top-k region scores.
+        """Image scores (B, C) float32 (float64 for float64 weights): the mean of each label's
+        top-k region scores.
 
         Same inputs as ``region_scores``. Under autocast the top-k values are averaged in
-        float32, so the scores handed to the loss and the metrics are always float32.
+        float32, so the scores handed to the loss and the metrics are float32 or wider.
         """
         m = self.region_scores(regions, label_embeddings, scene)
-        return m.topk(self.topk, dim=1).values.float().mean(dim=1)
+        return at_least_float32(m.topk(self.topk, dim=1).values).mean(dim=1)
 
 
 def build_model(cfg: Any, backbone: Any = None) -> BiAM:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from ..utils.precision import at_least_float32
+
 __all__ = ["ranking_loss", "REDUCTIONS"]
 
 
@@ -43,13 +45,14 @@ def ranking_loss(scores: torch.Tensor, labels: torch.Tensor, margin: float = 1.0
             "sum": their sum (for a caller that divides by a count of its own, e.g. across ranks);
             "none": the (B,) per-image losses.
     Returns:
-        A float32 tensor: a scalar, or (B,) for "none"; attached to the graph even when it is 0.
+        A float32 tensor (float64 for float64 scores): a scalar, or (B,) for "none"; attached to
+        the graph even when it is 0.
     """
     if scores.shape != labels.shape or scores.dim() != 2:
         raise ValueError(f"scores {tuple(scores.shape)} and labels {tuple(labels.shape)} must both be (B, C)")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}, got {reduction!r}")
-    s = scores.float()
+    s = at_least_float32(scores)
     pos = labels > 0
     neg = labels < 0
     # Masks instead of boolean indexing: no data-dependent shapes or host syncs, so the loss
@@ -73,9 +76,9 @@ def ranking_loss(scores: torch.Tensor, labels: torch.Tensor, margin: float = 1.0
     pairs = torch.where(pos, count_f, torch.zeros_like(count_f)).sum(dim=1)
     per_image = per_pos.sum(dim=1) / (pairs + 1e-8)
     if reduction == "none":
-        return per_image.float()
+        return per_image.to(s.dtype)
     if reduction == "sum":
-        return per_image.sum().float()
+        return per_image.sum().to(s.dtype)
     if reduction == "mean_positive":
-        return (per_image.sum() / keep.sum().clamp(min=1)).float()
-    return (per_image.sum() / max(per_image.shape[0], 1)).float()
+        return (per_image.sum() / keep.sum().clamp(min=1)).to(s.dtype)
+    return (per_image.sum() / max(per_image.shape[0], 1)).to(s.dtype)

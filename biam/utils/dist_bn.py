@@ -53,7 +53,8 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
                 self.running_var.copy_(torch.where(has, self.running_var * (1 - m) + unbiased_f * m, self.running_var))
                 self.num_batches_tracked.add_(has.long())
         scale = torch.rsqrt(var + self.eps)
-        y = (x.float() - mean.float()[None, :, None, None]) * scale.float()[None, :, None, None]
+        wide = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 under DTYPE float64
+        y = (x.to(wide) - mean.to(wide)[None, :, None, None]) * scale.to(wide)[None, :, None, None]
         if self.affine:
             y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
         return y.to(x.dtype)
@@ -62,10 +63,11 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
 def convert_to_global_bn(module: nn.Module) -> nn.Module:
     """Replace every BatchNorm2d in ``module`` by a GlobalBatchNorm2d with the same state."""
     if isinstance(module, nn.BatchNorm2d) and not isinstance(module, GlobalBatchNorm2d):
+        first = next(iter(module.state_dict().values()))
         new = GlobalBatchNorm2d(module.num_features, eps=module.eps, momentum=module.momentum,
-                                affine=module.affine, track_running_stats=module.track_running_stats)
+                                affine=module.affine, track_running_stats=module.track_running_stats,
+                                device=first.device, dtype=first.dtype)  # float64 stays float64
         new.load_state_dict(module.state_dict())
-        new.to(next(iter(module.state_dict().values())).device)
         new.train(module.training)
         return new
     for name, child in module.named_children():

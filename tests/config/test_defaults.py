@@ -51,6 +51,8 @@ def test_odd_number_of_override_tokens():
         (["MODEL.SCENE_HEAD_WEIGHTS", "random:abc"], "random:<int seed>"),
         (["SEED", "-1"], r"SEED = -1; must be an int in 0\.\."),
         (["SEED", str(2**32)], "SEED = 4294967296"),
+        (["DTYPE", "float16"], "allowed values"),
+        (["DTYPE", "float64", "AMP", "bf16"], "DTYPE = 'float64' runs without autocast"),
     ],
 )
 def test_cross_key_checks(opts, message):

@@ -73,13 +73,14 @@ def test_training_tracks_cpu_float32(cpu_float32, tiny_packed, tmp_path, device,
     pytest.param("cuda", "bf16", "on", marks=CUDA_MARKS, id="cuda-bf16-compile"),
 ])
 def test_bad_step_is_skipped_on_the_device(tiny_packed, tmp_path, device, amp, compile_):
-    """A NaN batch under bf16 (and compile on CUDA): the fused Adam reads the found_inf flag on
-    the device and leaves weights and moments as they were; the verdict is counted when read."""
+    """A NaN batch under bf16 (and compile on CUDA): the GradScaler (scale 1) hands the fused Adam
+    the verdict on the device, which leaves weights and moments as they were; it is counted when read."""
     cfg = load_cfg(None, TINY_MODEL_OPTS + ["DATA.ROOT", str(tiny_packed), "OUTPUT_DIR", str(tmp_path / "run"),
                                             "DEVICE", device, "AMP", amp, "COMPILE", compile_,
                                             "SOLVER.BAD_LOSS", "skip"])
     trainer = Trainer(cfg)
-    assert trainer.defer_checks() and trainer.amp_dtype == torch.bfloat16
+    assert trainer.optimizer.param_groups[0]["fused"] and trainer.amp_dtype == torch.bfloat16
+    assert float(trainer.scaler.get_scale()) == 1.0
     loader = trainer.phase_loader()
     loader.set_epoch(1)
     batches = iter(loader)

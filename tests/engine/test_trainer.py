@@ -1,5 +1,6 @@
 """Training end to end on a tiny packed dataset: smoke run, outputs, resume equality, bad losses."""
 
+import copy
 import json
 import math
 import os
@@ -136,11 +137,13 @@ def test_bad_batches_can_be_skipped_and_counted(tiny_packed, tmp_path):
     assert "skipped" in (out / "log.txt").read_text()
 
 
-def test_bad_step_is_skipped_on_the_device_and_counted_when_read(tiny_packed, tmp_path):
+@pytest.mark.parametrize("fused", [True, False])
+def test_bad_step_is_skipped_on_the_device_and_counted_when_read(tiny_packed, tmp_path, fused):
     """The deferred check: a NaN batch leaves weights, moments and step counts untouched
     without the step reading anything back; the verdict is counted when check_pending reads it."""
-    trainer = Trainer(cfg_for(tiny_packed, tmp_path / "defer", "SOLVER.BAD_LOSS", "skip"))
-    assert trainer.defer_checks()  # fused Adam on the CPU too, so the tests run the CUDA path
+    trainer = Trainer(cfg_for(tiny_packed, tmp_path / "defer", "SOLVER.BAD_LOSS", "skip", "SOLVER.FUSED_ADAM", str(fused)))
+    assert bool(trainer.optimizer.param_groups[0]["fused"]) is fused  # fused Adam on the CPU too: the CUDA path
+    assert not hasattr(trainer.optimizer, "found_inf")  # the trainer sets no optimiser internals
     loader = trainer.phase_loader()
     loader.set_epoch(1)
     batches = iter(loader)
@@ -244,12 +247,46 @@ def test_trainer_loss_is_the_mean_over_images_with_a_positive(tiny_packed, tmp_p
     assert float(loss) == pytest.approx(float(expected), rel=1e-6)
 
 
+def test_the_skip_machinery_leaves_a_good_step_bit_identical_to_a_plain_adam_step(tiny_packed, tmp_path):
+    """Without float16 the GradScaler's scale stays 1: a good step updates the weights exactly as
+    backward() and optimizer.step() alone do."""
+    from biam.engine.runtime import scene_features
+    from biam.modeling import ranking_loss
+
+    trainer = Trainer(cfg_for(tiny_packed, tmp_path / "plain", "MODEL.ATTN_DROPOUT", "0.0", "MODEL.SCENE_DROPOUT", "0.0"))
+    loader = trainer.phase_loader()
+    loader.set_epoch(1)
+    batches = iter(loader)
+    seen, num_seen = trainer.labels.seen, trainer.labels.num_seen
+    trainer.train_step(next(batches), seen, num_seen, 1, 0)  # creates the optimiser state
+    batch = next(batches)
+    model, optimizer = trainer.model, trainer.optimizer
+    start = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+
+    trainer.train_step(batch, seen, num_seen, 1, 1)
+    assert trainer.check_pending() == 0 and float(trainer.scaler.get_scale()) == 1.0
+    ours = {k: v.clone() for k, v in model.state_dict().items()}
+
+    model.load_state_dict(start[0])
+    optimizer.load_state_dict(start[1])
+    labels = batch["labels"][:, :num_seen]
+    keep = (labels > 0).any(dim=1)
+    kept = {k: v[keep] for k, v in batch.items()}
+    regions = kept["regions"].float()
+    optimizer.zero_grad(set_to_none=True)
+    ranking_loss(model(regions, seen, scene_features(kept, regions, trainer.scene_head)), labels[keep]).backward()
+    optimizer.step()
+    plain = model.state_dict()
+    assert any(not torch.equal(plain[k], start[0][k]) for k in plain)  # the step moved the weights
+    for k in plain:
+        assert torch.equal(ours[k], plain[k]), k
+
+
 def test_unfused_adam_restores_the_per_parameter_loop(tiny_packed, tmp_path):
     trainer = Trainer(cfg_for(tiny_packed, tmp_path / "unfused", "SOLVER.FUSED_ADAM", "False",
                               "SOLVER.MAX_EPOCHS", "1", "SOLVER.FINETUNE_EPOCHS", "0"))
     group = trainer.optimizer.param_groups[0]
     assert not group["fused"] and group["foreach"] is False
-    assert not trainer.defer_checks()  # bad batches are checked after each step instead
     trainer.run()
     line = json.loads((tmp_path / "unfused" / "metrics.jsonl").read_text().splitlines()[0])
     assert math.isfinite(line["loss"]) and line["skipped_batches"] == 0

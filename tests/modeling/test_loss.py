@@ -197,3 +197,15 @@ def test_memory_of_a_full_open_images_batch_is_small():
     assert peak < 100, f"ranking_loss grew peak RSS by {peak:.0f} MB"
     # The probe is able to see a (B, C, C) tensor: 32 x 1000 x 1000 is 32 M entries.
     assert pairwise > 150, f"probe failed to see the pairwise tensors ({pairwise:.0f} MB)"
+
+
+def test_float64_scores_keep_float64_and_lower_precision_is_computed_in_float32():
+    """DTYPE float64 runs the loss in float64 (docs/distributed.md); bf16 scores give float32."""
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(4, 9, generator=g, dtype=torch.float64)
+    labels = torch.randint(-1, 2, (4, 9), generator=g)
+    labels[:, 0] = 1
+    exact = ranking_loss(scores, labels)
+    assert exact.dtype == torch.float64
+    assert ranking_loss(scores.to(torch.bfloat16), labels).dtype == torch.float32
+    assert float(ranking_loss(scores.float(), labels)) == pytest.approx(float(exact), rel=1e-6)

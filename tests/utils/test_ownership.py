@@ -3,7 +3,6 @@
 import json
 import multiprocessing as mp
 import os
-import time
 
 import pytest
 
