@@ -14,25 +14,19 @@ Exit status: 0 done; 2 bad or missing input, missing weights, or a refused/busy 
 from __future__ import annotations
 
 import argparse
-import pickle
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from biam import features
-from biam.cli._errors import ExitOn, run_main
+from biam.cli._extract import run_extractor
 from biam.data.nus_wide_images import SPLIT_FILES, build_split, load_label_embeddings
-from biam.data.packed import PackedFormatError, save_embeddings
+from biam.data.packed import save_embeddings
 from biam.data.released import RecordError, nus_wide_label_names, read_lines
 from biam.utils import comm
-from biam.utils.ownership import FolderBusyError, FolderOwnershipError
 
 TOOL = "extract_nus_wide"
-# Bad or missing input, weights or --out folder: one line naming the file, exit status 2.
-EXITS = (
-    ExitOn((features.WeightsNotFoundError, FileNotFoundError, RecordError, PackedFormatError, KeyError,
-            ValueError, FolderBusyError, FolderOwnershipError, pickle.UnpicklingError), 2),
-)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -60,25 +54,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     features.check_extraction_arguments(parser, args)
     root = Path(args.nus_root)
 
-    def body() -> int:
-        features.check_weights_available(args.weights, args.random_weights, TOOL, backbone=args.backbone)
-        # Rank 0 takes --out (lock + ownership check) before joining the others: a refusal exits
-        # at once, and torchrun then stops the other ranks.
-        with features.claim_output(args.out, args.overwrite, TOOL):
-            # Join torchrun's process group first (long timeout: ranks may finish hours apart on resume).
-            comm.init_distributed(args.device, timeout_minutes=24 * 60)
-            tags_path = root / "NUS_WID_Tags" / "TagList1k.txt"
-            seen, concepts, seen_idx = nus_wide_label_names(tags_path, root / "ConceptsList" / "Concepts81.txt")
-            tags_total = len(read_lines(tags_path))
-            vec_seen, vec_unseen = load_label_embeddings(args, tags_path, seen_idx, seen, concepts)
-            for split in args.splits:
-                spec = build_split(root, split, tags_total, seen_idx, concepts, seen)
-                features.run_split(spec, args, TOOL)
-            if comm.is_main_process():
-                save_embeddings(args.out, vec_seen, vec_unseen)
-        return 0
+    def work() -> None:
+        tags_path = root / "NUS_WID_Tags" / "TagList1k.txt"
+        seen, concepts, seen_idx = nus_wide_label_names(tags_path, root / "ConceptsList" / "Concepts81.txt")
+        tags_total = len(read_lines(tags_path))
+        vec_seen, vec_unseen = load_label_embeddings(args, tags_path, seen_idx, seen, concepts)
+        for split in args.splits:
+            features.run_split(build_split(root, split, tags_total, seen_idx, concepts, seen), args, TOOL)
+        if comm.is_main_process():
+            save_embeddings(args.out, vec_seen, vec_unseen)
 
-    return run_main(TOOL, body, EXITS, cleanup=comm.destroy)
+    return run_extractor(TOOL, args, work, errors=(RecordError,))
 
 
 if __name__ == "__main__":

@@ -15,25 +15,19 @@ Exit status: 0 done; 2 bad or missing input, missing weights, or a refused/busy 
 from __future__ import annotations
 
 import argparse
-import pickle
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from biam import features
-from biam.cli._errors import ExitOn, run_main
+from biam.cli._extract import run_extractor
 from biam.data.openimages_images import SPLITS, annotation_csv, load_label_embeddings, read_annotations
-from biam.data.packed import PackedFormatError, save_embeddings
+from biam.data.packed import save_embeddings
 from biam.data.released import RecordError, read_classes_trainable, read_top400, read_unseen_ids
 from biam.utils import comm
-from biam.utils.ownership import FolderBusyError, FolderOwnershipError
 
 TOOL = "extract_openimages"
-# Bad or missing input, weights or --out folder: one line naming the file, exit status 2.
-EXITS = (
-    ExitOn((features.WeightsNotFoundError, FileNotFoundError, RecordError, PackedFormatError, KeyError,
-            ValueError, FolderBusyError, FolderOwnershipError, pickle.UnpicklingError), 2),
-)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -63,41 +57,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     features.check_extraction_arguments(parser, args)
     meta = Path(args.meta_dir)
 
-    def body() -> int:
-        features.check_weights_available(args.weights, args.random_weights, TOOL, backbone=args.backbone)
-        # Rank 0 takes --out (lock + ownership check) before joining the others: a refusal exits
-        # at once, and torchrun then stops the other ranks.
-        with features.claim_output(args.out, args.overwrite, TOOL):
-            # Join torchrun's process group first (long timeout: ranks may finish hours apart on resume).
-            comm.init_distributed(args.device, timeout_minutes=24 * 60)
-            seen = read_classes_trainable(meta / "classes-trainable.txt")
-            unseen = read_unseen_ids(meta / "unseen_labels.pkl")
-            unseen_eval = read_top400(meta / "top_400_unseen.csv", num_unseen=len(unseen))
-            overlap = set(seen) & set(unseen)
-            if overlap:
-                raise ValueError(f"{meta}: {len(overlap)} class id(s) are both seen and unseen, e.g. {sorted(overlap)[:3]}")
-            vec_seen, vec_unseen = load_label_embeddings(args, meta, seen, unseen)
-            csv_path = Path(args.csv) if args.csv else annotation_csv(meta, args.split)
-            columns = {c: i for i, c in enumerate(seen + unseen)}
-            ids, labels, stats = read_annotations(csv_path, columns)
-            if comm.is_main_process():
-                print(f"{TOOL}: {csv_path}: {stats['rows']} rows, {len(ids)} images; {stats['duplicates']} repeated "
-                      f"(image, class) pairs merged, {stats['conflicts']} of them conflicting (positive wins); "
-                      f"{stats['ignored_rows']} rows of {stats['ignored_classes']} classes outside both label lists ignored")
-            images = Path(args.images)
-            spec = features.SplitSpec(
-                split=args.split, dataset="openimages", paths=[str(images / f"{i}.jpg") for i in ids], names=ids,
-                labels=labels, seen=seen, unseen=unseen, unseen_eval=unseen_eval,
-                extra={"source": {"tool": "feature_extraction/extract_openimages.py", "meta_dir": str(meta)}},
-            )
-            summary = features.run_split(spec, args, TOOL)
-            if comm.is_main_process():
-                save_embeddings(args.out, vec_seen, vec_unseen)
-                if not summary["skipped_complete"]:
-                    print(f"{TOOL}: label conflicts (positive kept): {stats['conflicts']}")
-        return 0
+    def work() -> None:
+        seen = read_classes_trainable(meta / "classes-trainable.txt")
+        unseen = read_unseen_ids(meta / "unseen_labels.pkl")
+        unseen_eval = read_top400(meta / "top_400_unseen.csv", num_unseen=len(unseen))
+        overlap = set(seen) & set(unseen)
+        if overlap:
+            raise ValueError(f"{meta}: {len(overlap)} class id(s) are both seen and unseen, e.g. {sorted(overlap)[:3]}")
+        vec_seen, vec_unseen = load_label_embeddings(args, meta, seen, unseen)
+        csv_path = Path(args.csv) if args.csv else annotation_csv(meta, args.split)
+        columns = {c: i for i, c in enumerate(seen + unseen)}
+        ids, labels, stats = read_annotations(csv_path, columns)
+        if comm.is_main_process():
+            print(f"{TOOL}: {csv_path}: {stats['rows']} rows, {len(ids)} images; {stats['duplicates']} repeated "
+                  f"(image, class) pairs merged, {stats['conflicts']} of them conflicting (positive wins); "
+                  f"{stats['ignored_rows']} rows of {stats['ignored_classes']} classes outside both label lists ignored")
+        images = Path(args.images)
+        spec = features.SplitSpec(
+            split=args.split, dataset="openimages", paths=[str(images / f"{i}.jpg") for i in ids], names=ids,
+            labels=labels, seen=seen, unseen=unseen, unseen_eval=unseen_eval,
+            extra={"source": {"tool": "feature_extraction/extract_openimages.py", "meta_dir": str(meta)}},
+        )
+        summary = features.run_split(spec, args, TOOL)
+        if comm.is_main_process():
+            save_embeddings(args.out, vec_seen, vec_unseen)
+            if not summary["skipped_complete"]:
+                print(f"{TOOL}: label conflicts (positive kept): {stats['conflicts']}")
 
-    return run_main(TOOL, body, EXITS, cleanup=comm.destroy)
+    return run_extractor(TOOL, args, work, errors=(RecordError,))
 
 
 if __name__ == "__main__":

@@ -23,20 +23,14 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from biam import features
-from biam.cli._errors import ExitOn, run_main
+from biam.cli._extract import run_extractor
 from biam.data.own_data import SPLITS, UNSEEN_RULES, OwnDataError, build_own_dataset
-from biam.data.packed import PackedFormatError, save_embeddings
+from biam.data.packed import save_embeddings
 from biam.data.wordvec import FORMATS, WordVectorError, label_embeddings
 from biam.utils import comm
-from biam.utils.ownership import FolderBusyError, FolderOwnershipError
 from biam.utils.io import atomic_open
 
 TOOL = "extract_own"
-# Bad or missing input, weights or --out folder: one line naming the file, exit status 2.
-EXITS = (
-    ExitOn((features.WeightsNotFoundError, FileNotFoundError, OwnDataError, WordVectorError,
-            PackedFormatError, ValueError, FolderBusyError, FolderOwnershipError), 2),
-)
 
 
 LABELS_FILE = "labels.txt"
@@ -99,10 +93,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     features.check_extraction_arguments(parser, args)
 
-    def body() -> int:
-        features.check_weights_available(args.weights, args.random_weights, TOOL, backbone=args.backbone)
-        # Join torchrun's process group first (long timeout: ranks may finish hours apart on resume).
-        comm.init_distributed(args.device, timeout_minutes=24 * 60)
+    def work() -> None:
         # Every rank reads and checks the inputs (cheap next to extraction), so a bad file stops
         # all of them before any image is processed.
         data = build_own_dataset(
@@ -122,9 +113,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 save_embeddings(args.out, vectors[: len(data.seen)], vectors[len(data.seen):])
                 # The row order of embeddings.npz, for `biam-predict --labels ... --embeddings ...`.
                 write_labels(Path(args.out) / LABELS_FILE, data.seen + data.unseen)
-        return 0
 
-    return run_main(TOOL, body, EXITS, cleanup=comm.destroy)
+    return run_extractor(TOOL, args, work, errors=(OwnDataError, WordVectorError), claim_before_joining=False)
 
 
 if __name__ == "__main__":
