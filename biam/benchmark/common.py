@@ -67,21 +67,21 @@ class Sizes:
     largest_batch_max: int = 0
     oi_images: int = 256
     oi_steps: int = 2
-    data_windows: int = 15
-    data_window_s: float = 0.3
+    data_windows: int = 21
+    data_window_s: float = 0.2
     data_warmup_s: float = 0.5
     data_steady_images: int = 40_000
 
 
 SIZES = {
     "full": Sizes("full", released_train=2048, released_test=1024, packed_train=2048, packed_test=1024,
-                  data_images=15 * 256, train_steps=12, warmup_steps=2, batch=32,
+                  data_images=21 * 192, train_steps=12, warmup_steps=2, batch=32,
                   eval_nus_rows=NUS_TEST_IMAGES, eval_nus_loop_cols=NUM_SEEN + NUM_UNSEEN,
                   eval_oi_rows=OI_TEST_IMAGES, eval_oi_loop_cols=300, eval_nus_f1_rows=NUS_TEST_IMAGES,
                   eval_oi_f1_rows=10_000, test_images=1024, profile_steps=3, oi_images=512, oi_steps=6,
-                  largest_batch_max=128, data_window_s=0.6, data_warmup_s=1.0, data_steady_images=131_072),
+                  largest_batch_max=128, data_window_s=0.5, data_warmup_s=1.0, data_steady_images=131_072),
     "quick": Sizes("quick", released_train=384, released_test=128, packed_train=384, packed_test=128,
-                   data_images=15 * 128, train_steps=2, warmup_steps=1, batch=32,
+                   data_images=21 * 96, train_steps=2, warmup_steps=1, batch=32,
                    eval_nus_rows=30_000, eval_nus_loop_cols=150,
                    eval_oi_rows=10_000, eval_oi_loop_cols=100, eval_nus_f1_rows=5_000,
                    eval_oi_f1_rows=2_000, test_images=128, profile_steps=1, oi_images=96, oi_steps=1),
@@ -96,7 +96,7 @@ SIZES = {
     # CUDA: a whole NUS-WIDE-sized epoch and test pass for ours; the original on a few hundred
     # steps/batches, extrapolated.
     "cuda": Sizes("cuda", released_train=1024, released_test=1024, packed_train=NUS_TRAIN_IMAGES,
-                  packed_test=NUS_TEST_IMAGES, data_images=15 * 512, train_steps=100, warmup_steps=10, batch=32,
+                  packed_test=NUS_TEST_IMAGES, data_images=21 * 512, train_steps=100, warmup_steps=10, batch=32,
                   eval_nus_rows=NUS_TEST_IMAGES, eval_nus_loop_cols=200,
                   eval_oi_rows=OI_TEST_IMAGES, eval_oi_loop_cols=100, eval_nus_f1_rows=20_000,
                   eval_oi_f1_rows=10_000, test_images=NUS_TEST_IMAGES,

@@ -50,8 +50,9 @@ def steady_rates(sources: Dict[str, Callable[[], Any]], sizes: Sizes, batch: int
     epoch starts (worker start-up happens in the next ``next()``). Each source is warmed up
     untimed: at least ``data_warmup_s`` seconds and ``warmup_batches[name]`` batches (default 2;
     a whole pass over the data gives every way its first reads of every image), worker start-up
-    included. Then ``data_windows`` rounds run the sources one after the other (the first of
-    each round rotates), each timing one window of at least ``data_window_s`` seconds and
+    included. Then ``data_windows`` rounds run the sources one after the other (in the order
+    given, reversed every other round: the first two sources' windows are always next to each
+    other, each first in half the rounds), each timing one window of at least ``data_window_s`` seconds and
     ``data_images / data_windows`` images, after reading untimed 2 batches plus
     ``prefetched[name]`` (what a loader's workers prefetched while another source was timed).
     After a window of ``name``, ``settle_s[name]`` seconds pass untimed (a loader's workers
@@ -82,7 +83,7 @@ def steady_rates(sources: Dict[str, Callable[[], Any]], sizes: Sizes, batch: int
     gc.disable()  # a collection inside a window would land on one source only
     try:
         for r in range(windows):
-            for name in names[r % len(names):] + names[:r % len(names)]:
+            for name in (names if r % 2 == 0 else names[::-1]):
                 it = its[name]
                 while True:
                     if totals[name][2] > 4 * windows:
