@@ -47,5 +47,6 @@ from .report import GOALS, format_table, goal_rows, goal_text
 
 __all__ = ["Sizes", "SIZES", "GOALS", "PART_FUNCS", "published_ranking_loss", "ReleasedBatches", "build_data",
            "write_packed", "write_released", "write_released_openimages", "run_benchmark", "run_part",
-           "steady_rates", "pair_ratios", "goal_rows", "goal_text", "format_table", "parse_args", "main", "Ctx", "PARTS", "WAYS",
+           "steady_rates", "pair_ratios", "goal_rows", "goal_text", "format_table", "parse_args", "main", "Ctx",
+           "PARTS", "WAYS",
            "NUM_SEEN", "NUM_UNSEEN", "OI_SEEN", "OI_UNSEEN"]

@@ -52,8 +52,9 @@ def steady_rates(sources: Dict[str, Callable[[], Any]], sizes: Sizes, batch: int
     a whole pass over the data gives every way its first reads of every image), worker start-up
     included. Then ``data_windows`` rounds run the sources one after the other (in the order
     given, reversed every other round: the first two sources' windows are always next to each
-    other, each first in half the rounds), each timing one window of at least ``data_window_s`` seconds and
-    ``data_images / data_windows`` images, after reading untimed 2 batches plus
+    other, each first in half the rounds), each timing one window of at least
+    ``data_window_s`` seconds and ``data_images / data_windows`` images, after reading untimed
+    2 batches plus
     ``prefetched[name]`` (what a loader's workers prefetched while another source was timed).
     After a window of ``name``, ``settle_s[name]`` seconds pass untimed (a loader's workers
     refill their prefetch queue then, not in the next source's window). Interleaving puts a
