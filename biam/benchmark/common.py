@@ -96,7 +96,7 @@ SIZES = {
     # CUDA: a whole NUS-WIDE-sized epoch and test pass for ours; the original on a few hundred
     # steps/batches, extrapolated.
     "cuda": Sizes("cuda", released_train=1024, released_test=1024, packed_train=NUS_TRAIN_IMAGES,
-                  packed_test=NUS_TEST_IMAGES, data_images=21 * 512, train_steps=100, warmup_steps=10, batch=32,
+                  packed_test=NUS_TEST_IMAGES, data_images=21 * 256, train_steps=100, warmup_steps=10, batch=32,
                   eval_nus_rows=NUS_TEST_IMAGES, eval_nus_loop_cols=200,
                   eval_oi_rows=OI_TEST_IMAGES, eval_oi_loop_cols=100, eval_nus_f1_rows=20_000,
                   eval_oi_f1_rows=10_000, test_images=NUS_TEST_IMAGES,
