@@ -43,6 +43,8 @@ def test_table_ratios_agree_with_ours_and_original(tiny_report):
         assert row["ours"] > 0 and row["original"] > 0
         # Ratios are "times faster for ours": rates divide one way, seconds and bytes the other.
         want = row["ours"] / row["original"] if row["unit"] == "img/s" else row["original"] / row["ours"]
+        if row["section"] == "data":  # the median of per-round ratios, not the ratio of the medians
+            want = tiny_report["data"]["ours"]["ratio_to_original"]["median"]
         assert row["ratio"] == pytest.approx(want)
         if row["goal"].startswith("ratio >= "):
             assert row["met"] == (row["ratio"] >= float(row["goal"].split()[-1]))
@@ -54,7 +56,9 @@ def test_table_ratios_agree_with_ours_and_original(tiny_report):
     data = tiny_report["data"]
     row = next(r for r in tiny_report["table"] if r["section"] == "data")
     assert row["ours"] == data["ours"]["images_per_s"] and row["original"] == data["original"]["images_per_s"]
-    assert data["ours"]["images_per_s"] == max(data["ours"][w]["images_per_s"] for w in ("workers0", "workers2"))
+    best = max(("workers0", "workers2"), key=lambda w: data["ours"][w]["ratio_to_original"]["median"])
+    assert data["ours"]["best"] == best and data["ours"]["images_per_s"] == data["ours"][best]["images_per_s"]
+    assert data["ours"]["ratio_to_original"] == data["ours"][best]["ratio_to_original"]
     ev = tiny_report["evaluation"]["eval_oi"]["original"]
     assert ev["extrapolated"] and ev["loop_columns"] < ev["columns"]
     assert ev["seconds"] == pytest.approx(ev["ap_loop_seconds"] * ev["columns"] / ev["loop_columns"]
@@ -97,18 +101,70 @@ def test_open_images_variant_trains_on_its_own_shapes(tiny_report, tmp_path):
     assert ds.manifest["dataset"] == "openimages" and ds.num_labels == bm.OI_SEEN + bm.OI_UNSEEN
 
 
-def test_data_figure_is_a_median_of_interleaved_windows(tiny_report):
-    """Both ways of the data part are measured in one process, window by window, and report
-    the median window; an epoch start (worker start-up) is never inside a timed window."""
+def test_data_figure_is_a_median_of_per_round_ratios(tiny_report):
+    """Both ways of the data part are measured in one process, window by window; each way's
+    rate is its median window, the ratio the median of the rounds' ratios, and the spread of
+    those ratios is in the report; an epoch start (worker start-up) is never inside a timed window."""
     data = tiny_report["data"]
+    windows = bm.SIZES["tiny"].data_windows
     for res in (data["original"], data["ours"]["workers0"], data["ours"]["workers2"]):
         rates = res["window_rates"]
-        assert len(rates) == bm.SIZES["tiny"].data_windows and all(r > 0 for r in rates)
+        assert len(rates) == windows and all(r > 0 for r in rates)
         assert res["images_per_s"] == pytest.approx(float(np.median(rates)))
         assert res["spread"] == pytest.approx(max(rates) / min(rates))
         assert res["images"] >= len(rates) * (bm.SIZES["tiny"].data_images // len(rates))
+    for w in ("workers0", "workers2"):
+        got = data["ours"][w]["ratio_to_original"]
+        want = bm.pair_ratios(data["ours"][w]["window_rates"], data["original"]["window_rates"])
+        assert got == pytest.approx(want)
+        assert len(got["pair_ratios"]) == windows
+        assert got["min"] <= got["q1"] <= got["median"] <= got["q3"] <= got["max"]
+    assert data["ours"]["torch_threads"] == 1
     row = next(r for r in tiny_report["table"] if r["section"] == "data")
-    assert "median of 3 interleaved windows" in row["note"]
+    assert row["ratio"] == data["ours"]["ratio_to_original"]["median"]
+    assert f"median of {windows} per-round ratios" in row["note"] and "quartiles" in row["note"]
+
+
+def test_pair_ratios_on_given_rates():
+    # Round 4's original window was slowed by a burst of load (a 2x ratio): the median ignores it.
+    ours, original = [100.0, 200.0, 330.0, 90.0, 50.0], [10.0, 20.0, 30.0, 10.0, 25.0]
+    r = bm.pair_ratios(ours, original)
+    assert r["pair_ratios"] == pytest.approx([10, 10, 11, 9, 2])
+    assert r["median"] == pytest.approx(10) and r["min"] == pytest.approx(2) and r["max"] == pytest.approx(11)
+    assert r["q1"] == pytest.approx(9) and r["q3"] == pytest.approx(10)
+    assert r["spread"] == pytest.approx(5.5) and r["iqr_relative"] == pytest.approx(0.1)
+    # The ratio of the two medians (100 / 20 = 5) is what load drift between rounds gives instead.
+    assert float(np.median(ours)) / float(np.median(original)) == pytest.approx(5)
+    # A load change that slows both ways of a round alike leaves the figure where it was.
+    slowed = bm.pair_ratios([x / 3 for x in ours[:2]] + ours[2:], [x / 3 for x in original[:2]] + original[2:])
+    assert slowed["median"] == pytest.approx(r["median"]) and slowed["pair_ratios"] == pytest.approx(r["pair_ratios"])
+    with pytest.raises(ValueError, match="as many windows"):
+        bm.pair_ratios([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="positive"):
+        bm.pair_ratios([1.0, 0.0], [1.0, 1.0])
+
+
+def test_steady_rates_warm_up_untimed_reads_and_gc():
+    """Per source: ``warmup_batches`` untimed first, then per round 2 + ``prefetched`` untimed and
+    the window's batches; the garbage collector is back on afterwards."""
+    import gc
+    from dataclasses import replace
+
+    sizes = replace(bm.SIZES["tiny"], data_windows=4, data_images=12, data_window_s=0.0, data_warmup_s=0.0)
+    served = {"a": 0, "b": 0}
+
+    def counting(name):
+        def make():
+            while True:
+                served[name] += 1
+                yield 1
+        return make
+
+    res = bm.steady_rates({"a": counting("a"), "b": counting("b")}, sizes, batch=1, prefetched={"b": 4},
+                          settle_s={"b": 0.001}, warmup_batches={"a": 7})
+    assert served["a"] == 7 + 4 * (2 + 3) and served["b"] == 2 + 4 * (2 + 4 + 3)
+    assert res["a"]["images"] == res["b"]["images"] == 4 * 3
+    assert gc.isenabled()
 
 
 def test_windows_that_meet_an_epoch_start_are_dropped_and_remeasured():

@@ -57,6 +57,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"\nBiAM benchmark, mode {m['mode']} on {m['machine']['gpu'] or m['machine']['cpu']} "
           f"({m['machine']['cores']} cores), {m['date']}")
     print(format_table(report["table"]))
+    ratio = report["data"].get("ours", {}).get("ratio_to_original")
+    if ratio:
+        # How steady the data figure is: its per-round ratios (windows next to each other in time).
+        print(f"data ratio: median of {len(ratio['pair_ratios'])} per-round ratios {ratio['median']:.3g}x; "
+              f"min {ratio['min']:.3g}, quartiles {ratio['q1']:.3g}-{ratio['q3']:.3g}, max {ratio['max']:.3g}")
     for way in WAYS:
         prof = report["training"].get(way, {}).get("profile")
         if prof:

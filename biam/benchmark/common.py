@@ -28,9 +28,10 @@ class Sizes:
 
     released_train / released_test: images written in the released layout (the original reads
     them, cycling when it needs more). packed_train / packed_test: images of the packed splits.
-    data_images: at least this many images are timed per data measurement (spread over its
-    windows); data_windows / data_window_s / data_warmup_s: the data part's timed windows (the
-    median is reported), the least seconds of each, and the untimed warm-up before them;
+    data_images: at least this many images are timed per way in the data part (data_images /
+    data_windows per window); data_windows / data_window_s / data_warmup_s: the data part's
+    rounds of interleaved windows (the figure is the median of the per-round ratios), the least
+    seconds of each window, and the least seconds of untimed warm-up before them;
     data_steady_images: images our loader's epoch holds in the data part (the train shards
     listed again by hard links), so that no window waits for an epoch's worker start-up. train_steps / warmup_steps: timed and
     untimed training steps per way. batch: training batch. eval_*: matrix sizes of the metric
@@ -66,21 +67,21 @@ class Sizes:
     largest_batch_max: int = 0
     oi_images: int = 256
     oi_steps: int = 2
-    data_windows: int = 7
-    data_window_s: float = 0.5
+    data_windows: int = 21
+    data_window_s: float = 0.2
     data_warmup_s: float = 0.5
     data_steady_images: int = 40_000
 
 
 SIZES = {
     "full": Sizes("full", released_train=2048, released_test=1024, packed_train=2048, packed_test=1024,
-                  data_images=1536, train_steps=12, warmup_steps=2, batch=32,
+                  data_images=21 * 192, train_steps=12, warmup_steps=2, batch=32,
                   eval_nus_rows=NUS_TEST_IMAGES, eval_nus_loop_cols=NUM_SEEN + NUM_UNSEEN,
                   eval_oi_rows=OI_TEST_IMAGES, eval_oi_loop_cols=300, eval_nus_f1_rows=NUS_TEST_IMAGES,
                   eval_oi_f1_rows=10_000, test_images=1024, profile_steps=3, oi_images=512, oi_steps=6,
-                  largest_batch_max=128, data_window_s=1.5, data_warmup_s=1.0, data_steady_images=131_072),
+                  largest_batch_max=128, data_window_s=0.5, data_warmup_s=1.0, data_steady_images=131_072),
     "quick": Sizes("quick", released_train=384, released_test=128, packed_train=384, packed_test=128,
-                   data_images=384, train_steps=2, warmup_steps=1, batch=32,
+                   data_images=21 * 96, train_steps=2, warmup_steps=1, batch=32,
                    eval_nus_rows=30_000, eval_nus_loop_cols=150,
                    eval_oi_rows=10_000, eval_oi_loop_cols=100, eval_nus_f1_rows=5_000,
                    eval_oi_f1_rows=2_000, test_images=128, profile_steps=1, oi_images=96, oi_steps=1),
@@ -95,12 +96,12 @@ SIZES = {
     # CUDA: a whole NUS-WIDE-sized epoch and test pass for ours; the original on a few hundred
     # steps/batches, extrapolated.
     "cuda": Sizes("cuda", released_train=1024, released_test=1024, packed_train=NUS_TRAIN_IMAGES,
-                  packed_test=NUS_TEST_IMAGES, data_images=4096, train_steps=100, warmup_steps=10, batch=32,
+                  packed_test=NUS_TEST_IMAGES, data_images=21 * 256, train_steps=100, warmup_steps=10, batch=32,
                   eval_nus_rows=NUS_TEST_IMAGES, eval_nus_loop_cols=200,
                   eval_oi_rows=OI_TEST_IMAGES, eval_oi_loop_cols=100, eval_nus_f1_rows=20_000,
                   eval_oi_f1_rows=10_000, test_images=NUS_TEST_IMAGES,
                   profile_steps=5, test_batch=256, whole_epoch=True, largest_batch_max=8192,
-                  oi_images=1024, oi_steps=20, data_window_s=1.0, data_warmup_s=2.0, data_steady_images=NUS_TRAIN_IMAGES),
+                  oi_images=1024, oi_steps=20, data_window_s=0.5, data_warmup_s=2.0, data_steady_images=NUS_TRAIN_IMAGES),
 }
 
 

@@ -4,11 +4,12 @@ its function ``(ctx, way) -> result dict``."""
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -20,20 +21,48 @@ from .original import ReleasedBatches, original_metrics, original_testpass, orig
 from .ours import largest_batch, our_testpass, our_trainer, ours_metrics
 
 
+def pair_ratios(ours: Sequence[float], original: Sequence[float]) -> Dict[str, Any]:
+    """Ratios of windows measured next to each other in time, and their summary.
+
+    ``ours[i]`` and ``original[i]`` (images/s, both > 0) are the two ways' windows of round
+    ``i``. Returns {"median": the figure, "pair_ratios": every ours[i] / original[i], "min",
+    "max", "q1", "q3" (quartiles, numpy's linear interpolation), "spread": max / min,
+    "iqr_relative": (q3 - q1) / median}. A load change slower than a round divides out of each
+    pair; the median ignores the few pairs a short burst hit on one side only.
+    """
+    if len(ours) != len(original) or not ours:
+        raise ValueError(f"pair_ratios: need as many windows of ours as of the original, at least one "
+                         f"(got {len(ours)} and {len(original)})")
+    if min(ours) <= 0 or min(original) <= 0:
+        raise ValueError("pair_ratios: every window rate must be positive")
+    ratios = [float(a) / float(b) for a, b in zip(ours, original)]
+    q1, med, q3 = (float(x) for x in np.percentile(ratios, [25, 50, 75]))
+    return {"median": med, "pair_ratios": ratios, "min": min(ratios), "max": max(ratios), "q1": q1, "q3": q3,
+            "spread": max(ratios) / min(ratios), "iqr_relative": (q3 - q1) / med}
+
+
 def steady_rates(sources: Dict[str, Callable[[], Any]], sizes: Sizes, batch: int,
-                 prefetched: Optional[Dict[str, int]] = None) -> Dict[str, Dict[str, Any]]:
+                 prefetched: Optional[Dict[str, int]] = None, settle_s: Optional[Dict[str, float]] = None,
+                 warmup_batches: Optional[Dict[str, int]] = None) -> Dict[str, Dict[str, Any]]:
     """Steady-state images/s of several endless batch sources, measured in interleaved windows.
 
     ``sources[name]()`` returns an iterator yielding a batch's image count, or None where a new
     epoch starts (worker start-up happens in the next ``next()``). Each source is warmed up
-    untimed (at least ``data_warmup_s`` seconds and 2 batches, worker start-up included). Then
-    ``data_windows`` rounds run the sources one after the other (the first of each round
-    rotates), each timing one window of at least ``data_window_s`` seconds and
-    ``data_images / data_windows`` images, after reading untimed 2 batches plus
-    ``prefetched[name]`` (what a loader's workers prefetched while another source was timed). Interleaving puts a change of
-    machine load on every source alike, so their ratio holds still. A window that meets an
-    epoch start is dropped (start-up is never timed) and measured again. Per source: the
-    median window rate, every window's rate, and their spread (max / min).
+    untimed: at least ``data_warmup_s`` seconds and ``warmup_batches[name]`` batches (default 2;
+    a whole pass over the data gives every way its first reads of every image), worker start-up
+    included. Then ``data_windows`` rounds run the sources one after the other (in the order
+    given, reversed every other round: the first two sources' windows are always next to each
+    other, each first in half the rounds), each timing one window of at least
+    ``data_window_s`` seconds and ``data_images / data_windows`` images, after reading untimed
+    2 batches plus
+    ``prefetched[name]`` (what a loader's workers prefetched while another source was timed).
+    After a window of ``name``, ``settle_s[name]`` seconds pass untimed (a loader's workers
+    refill their prefetch queue then, not in the next source's window). Interleaving puts a
+    change of machine load on every source alike, so ratios of windows of one round hold still
+    (see :func:`pair_ratios`). A window that meets an epoch start is dropped (start-up is never
+    timed) and measured again. Python's garbage collector is off during the rounds (collected
+    once before). Per source: the median window rate, every window's rate in round order, and
+    their spread (max / min).
     """
     windows = max(1, sizes.data_windows)
     min_images = max(1, sizes.data_images // windows)
@@ -47,31 +76,40 @@ def steady_rates(sources: Dict[str, Callable[[], Any]], sizes: Sizes, batch: int
             if next(it) is not None:
                 n += 1
 
-    for it in its.values():
-        skip(it, 2, sizes.data_warmup_s)
+    for name, it in its.items():
+        skip(it, (warmup_batches or {}).get(name, 2), sizes.data_warmup_s)
     names = list(sources)
-    for r in range(windows):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            it = its[name]
-            while True:
-                if totals[name][2] > 4 * windows:
-                    raise RuntimeError(f"data part ({name}): {totals[name][2]} timing windows met an epoch start; "
-                                       f"the epoch is too short for windows of {sizes.data_window_s:g} s")
-                skip(it, 2 + (prefetched or {}).get(name, 0))
-                images, t0, crossed = 0, time.perf_counter(), False
-                while images < min_images or time.perf_counter() - t0 < sizes.data_window_s:
-                    n = next(it)
-                    if n is None:
-                        crossed = True
+    gc_was_on = gc.isenabled()
+    gc.collect()
+    gc.disable()  # a collection inside a window would land on one source only
+    try:
+        for r in range(windows):
+            for name in (names if r % 2 == 0 else names[::-1]):
+                it = its[name]
+                while True:
+                    if totals[name][2] > 4 * windows:
+                        raise RuntimeError(f"data part ({name}): {totals[name][2]} timing windows met an epoch "
+                                           f"start; the epoch is too short for windows of {sizes.data_window_s:g} s")
+                    skip(it, 2 + (prefetched or {}).get(name, 0))
+                    images, t0, crossed = 0, time.perf_counter(), False
+                    while images < min_images or time.perf_counter() - t0 < sizes.data_window_s:
+                        n = next(it)
+                        if n is None:
+                            crossed = True
+                            break
+                        images += n
+                    dt = time.perf_counter() - t0
+                    if not crossed:
                         break
-                    images += n
-                dt = time.perf_counter() - t0
-                if not crossed:
-                    break
-                totals[name][2] += 1  # the untimed reads before the next try cover the new epoch's start-up
-            rates[name].append(images / dt)
-            totals[name][0] += images
-            totals[name][1] += dt
+                    totals[name][2] += 1  # the untimed reads before the next try cover the new epoch's start-up
+                rates[name].append(images / dt)
+                totals[name][0] += images
+                totals[name][1] += dt
+                if (settle_s or {}).get(name):
+                    time.sleep(settle_s[name])
+    finally:
+        if gc_was_on:
+            gc.enable()
     return {name: {"images_per_s": float(np.median(rates[name])), "window_rates": rates[name],
                    "spread": max(rates[name]) / min(rates[name]), "images": totals[name][0],
                    "seconds": totals[name][1], "windows_dropped_at_epoch_start": totals[name][2], "batch": batch}
@@ -82,14 +120,19 @@ def part_data(ctx: Ctx, way: str) -> Dict[str, Any]:
     """Steady-state images/s of ready float32 batches of 32, both ways in one process
     (``way`` "both"): the original's per-key reads and our loader with 0 and 2 workers (more on
     CUDA machines), measured in interleaved windows after an untimed warm-up (see
-    :func:`steady_rates`). Returns {"original": {...}, "ours": {"workers0": ..., ...,
-    "images_per_s": best, "best": its key}}."""
+    :func:`steady_rates`), with one torch intra-op thread in this process (the original's reads
+    use none; loader workers use one each). Each of ours' loaders gets the median of its
+    per-round ratios to the original (:func:`pair_ratios`); the best of them is the figure.
+    Returns {"original": {...}, "ours": {"workers0": {..., "ratio_to_original": {...}}, ...,
+    "images_per_s": the best's median rate, "ratio_to_original": the best's, "best": its key,
+    "torch_threads": 1}}."""
     from ..data.loader import build_loader
     from ..data.packed import PackedDataset
 
     s = ctx.sizes
     batch = 32
-    src = ReleasedBatches(Path(ctx.data["released"]) / "nus_wide_train.h5", ctx.data["train_names"], batch, seed=0)
+    names = ctx.data["train_names"]
+    src = ReleasedBatches(Path(ctx.data["released"]) / "nus_wide_train.h5", names, batch, seed=0)
     # The original's loop has no epoch start-up: its random batches follow each other endlessly.
     sources: Dict[str, Callable[[], Any]] = {"original": lambda: (regions.shape[0] for regions, _ in src)}
     root = steady_split(ctx, s.data_steady_images)
@@ -110,16 +153,34 @@ def part_data(ctx: Ctx, way: str) -> Dict[str, Any]:
                 epoch += 1
 
         sources[f"workers{w}"] = endless
+    # Warm-up reads every image of both layouts (the split's shards are hard links of the same
+    # files): first touches of the page cache, HDF5 metadata and file opens are outside the
+    # timing for both ways alike.
+    full_pass = -(-len(names) // batch)
+    steady_pass = -(-int(s.data_steady_images) // batch)
+    # Ours draws from a list of the same images repeated: 8 passes' worth of draws leave about
+    # 384 * e^-8 (0.1) of them unread. At most half its epoch, so that windows follow before it ends.
+    warmup = {"original": full_pass, **{f"workers{w}": max(full_pass, min(steady_pass // 2, 8 * full_pass))
+                                        for w in workers}}
+    threads = torch.get_num_threads()
+    # One intra-op thread: the original's reads are single-threaded, and with two a busy core
+    # elsewhere stalls every parallel float16 -> float32 copy of ours (a load-dependent figure).
+    torch.set_num_threads(1)
     try:
         # A DataLoader holds up to 2 batches per worker ready (its default prefetch_factor).
-        res = steady_rates(sources, s, batch, prefetched={f"workers{w}": 2 * w for w in workers})
+        res = steady_rates(sources, s, batch, prefetched={f"workers{w}": 2 * w for w in workers},
+                           settle_s={f"workers{w}": 0.05 for w in workers if w}, warmup_batches=warmup)
     finally:
+        torch.set_num_threads(threads)
         src.close()
         for ds in datasets:
             ds.close()
-    ours = {k: v for k, v in res.items() if k != "original"}
-    best = max(ours, key=lambda k: ours[k]["images_per_s"])
-    ours.update(images_per_s=ours[best]["images_per_s"], best=best)
+    ours: Dict[str, Any] = {k: v for k, v in res.items() if k != "original"}
+    for rec in ours.values():
+        rec["ratio_to_original"] = pair_ratios(rec["window_rates"], res["original"]["window_rates"])
+    best = max(ours, key=lambda k: ours[k]["ratio_to_original"]["median"])
+    ours.update(images_per_s=ours[best]["images_per_s"], ratio_to_original=ours[best]["ratio_to_original"],
+                best=best, torch_threads=1)
     return {"original": res["original"], "ours": ours}
 
 
