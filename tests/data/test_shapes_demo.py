@@ -46,14 +46,15 @@ def test_files_and_tags_are_consistent(demo):
     assert rows[0] == "image,tags" and len(rows) == 29 and len(drawn) == 28
     seen = (out / "seen.txt").read_text().split()
     unseen = (out / "unseen.txt").read_text().split()
-    assert unseen == list(shapes_demo.UNSEEN) and len(seen) == 18 and not set(seen) & set(unseen)
+    assert unseen == list(shapes_demo.UNSEEN) and len(unseen) == 6 and len(seen) == 8 and not set(seen) & set(unseen)
     for row, d in zip(rows[1:], drawn):
         image, tags = row.split(",")
         assert image == d["image"]
-        expect = {f"{s['colour']}_{s['kind']}" for s in d["shapes"]} | {d["background"]}
+        expect = {s["colour"] for s in d["shapes"]} | {d["background"]}
         assert set(tags.split(";")) == expect and expect <= set(seen) | set(unseen)
-    # 18 train images cycle through the 15 seen pairs, 10 test images through the 10 unseen ones:
-    # every tag occurs, and the train images show no unseen pair.
+        assert all(s["kind"] in shapes_demo.KINDS for s in d["shapes"])
+    # 18 train images cycle through the 5 seen colours, 10 test images through the 6 unseen ones:
+    # every tag occurs, the train images show no unseen colour and the test images no seen one.
     used = {t for row in rows[1:] for t in row.split(",")[1].split(";")}
     assert used == set(seen) | set(unseen)
     train = (out / "train.txt").read_text().split()
@@ -62,6 +63,21 @@ def test_files_and_tags_are_consistent(demo):
     tags = {row.split(",")[0]: set(row.split(",")[1].split(";")) for row in rows[1:]}
     assert not any(tags[image] & set(unseen) for image in train)
     assert all(tags[image] & set(unseen) for image in test)
+    assert not any(tags[image] & set(shapes_demo.SEEN_COLOURS) for image in test)
+    assert [d["shapes"][0]["colour"] for d in drawn[18:]] == (list(shapes_demo.UNSEEN) * 2)[:10]
+
+
+def test_unseen_colours_are_the_means_of_their_parents(demo):
+    out, _ = demo
+    for name, (a, b) in shapes_demo.MIXES.items():
+        assert name in shapes_demo.UNSEEN and a in shapes_demo.SEEN_COLOURS and b in shapes_demo.SEEN_COLOURS
+        mean = (np.array(shapes_demo.SEEN_COLOURS[a]) + np.array(shapes_demo.SEEN_COLOURS[b])) / 2
+        np.testing.assert_allclose(shapes_demo.COLOURS[name], mean)
+    # Drawn pixels: the colour's RGB within the jitter (rounded), background greys darker than any white.
+    for line in (out / "shapes.jsonl").read_text().splitlines():
+        for s in json.loads(line)["shapes"]:
+            assert np.abs(np.array(s["rgb"]) - np.array(shapes_demo.COLOURS[s["colour"]])).max() <= shapes_demo.JITTER + 0.5
+    assert shapes_demo.BACKGROUND_MAX < min(shapes_demo.SEEN_COLOURS["white"]) - shapes_demo.JITTER
 
 
 def test_pixels_show_the_tagged_shapes(demo):
@@ -74,7 +90,7 @@ def test_pixels_show_the_tagged_shapes(demo):
             cx, cy = s["centre"]
             assert list(img[int(cy), int(cx)]) == s["rgb"]
             assert kind_of(img, s) == s["kind"], (d["image"], s)
-        # Backgrounds are grey, shapes saturated: no background pixel looks like a shape colour.
+        # Backgrounds are grey (as white shapes, which are lighter than any background grey).
         grey = (img.max(axis=-1) - img.min(axis=-1)) < 10
         assert grey.mean() > 0.3
 
@@ -90,18 +106,28 @@ def test_same_seed_same_bytes_other_seed_differs(demo, tmp_path):
     assert (other / "tags.csv").read_bytes() != (out / "tags.csv").read_bytes()
 
 
-def test_unseen_tags_are_closer_to_seen_tags_sharing_a_word(demo):
+def test_unseen_word_vectors_sit_by_their_parents(demo):
     out, _ = demo
     seen = (out / "seen.txt").read_text().split()
     unseen = (out / "unseen.txt").read_text().split()
     emb = label_embeddings(seen + unseen, out / "word_vectors.txt", progress=False)
-    assert emb.shape == (28, 64)
-    sim = emb[len(seen):] @ emb[: len(seen)].T
-    for u, row in zip(unseen, sim):
-        colour, kind = u.split("_")
-        share = [j for j, t in enumerate(seen) if colour in t.split("_") or kind in t.split("_")]
-        other = [j for j in range(len(seen)) if j not in share]
-        assert row[share].min() > row[other].max(), u
+    assert emb.shape == (14, 64)
+    words = {}
+    for line in (out / "word_vectors.txt").read_text().splitlines():
+        word, *values = line.split()
+        words[word] = np.array(values, dtype=float)
+    for u in unseen:
+        a, b = shapes_demo.MIXES[u]
+        # The mean of the parents' vectors plus a smaller own part: closer to that mean than to
+        # either parent, and each parent closer to it than any seen word other than the parents.
+        mean = (words[a] + words[b]) / 2
+        own = np.linalg.norm(words[u] - mean)
+        assert own < np.linalg.norm(words[u] - words[a]) and own < np.linalg.norm(words[u] - words[b])
+        # Its nearest seen word is a parent and the other parent is in the top 3 (a third colour
+        # that looks like a parent -- yellow and white are both light -- may come between).
+        cos = {t: words[u] @ words[t] / np.linalg.norm(words[u]) / np.linalg.norm(words[t]) for t in seen}
+        nearest = sorted(seen, key=lambda t: -cos[t])[:3]
+        assert nearest[0] in (a, b) and {a, b} <= set(nearest), (u, cos)
 
 
 def test_the_outputs_feed_own_data(demo):

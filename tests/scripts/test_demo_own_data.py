@@ -29,10 +29,12 @@ def test_tiny_demo_runs_end_to_end_and_beats_chance_on_unseen_tags(tmp_path):
     assert manifest["splits"]["train"]["num_images"] == 20 and manifest["splits"]["test"]["num_images"] == 10
 
     # biam-evaluate wrote its own folder beside the run, with the chance levels.
-    evaluation = out / "run" / "eval" / "test-checkpoint_epoch_0010" / "metrics.json"
+    evaluation = out / "run" / "eval" / "test-checkpoint_epoch_0030" / "metrics.json"
     metrics = json.loads(evaluation.read_text())
     zsl, chance = metrics["zsl"], metrics["chance"]["zsl"]
-    assert zsl["mAP"] > chance["mAP"], (zsl, chance)
+    # Measured at this size: 48.1 against a chance level of 39.8 (seed 0; seeds 1, 2: 52.5, 45.3):
+    # 10 test images and 6 tags make the chance level high and noisy, so the bar is 3 points above.
+    assert zsl["mAP"] >= chance["mAP"] + 0.03, (zsl, chance)
     assert metrics["gzsl"]["mAP"] > metrics["chance"]["gzsl"]["mAP"]
 
     # Two attention figures, one per predicted test image, each a real picture.
