@@ -17,7 +17,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="biam-benchmark", description=DESCRIPTION)
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="smaller counts (under 2 minutes on 2 CPU cores)")
+    mode.add_argument("--quick", action="store_true", help="smaller counts (about 2.5 minutes on 2 quiet CPU cores)")
     mode.add_argument("--tiny", action="store_true", help="tiny counts, for tests (figures mean nothing)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda: a whole NUS-WIDE-sized epoch and test pass for ours")
