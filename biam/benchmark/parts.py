@@ -54,8 +54,8 @@ def steady_rates(sources: Dict[str, Callable[[], Any]], sizes: Sizes, batch: int
     given, reversed every other round: the first two sources' windows are always next to each
     other, each first in half the rounds), each timing one window of at least
     ``data_window_s`` seconds and ``data_images / data_windows`` images, after reading untimed
-    2 batches plus
-    ``prefetched[name]`` (what a loader's workers prefetched while another source was timed).
+    2 batches plus ``prefetched[name]`` (what a loader's workers prefetched while another source
+    was timed).
     After a window of ``name``, ``settle_s[name]`` seconds pass untimed (a loader's workers
     refill their prefetch queue then, not in the next source's window). Interleaving puts a
     change of machine load on every source alike, so ratios of windows of one round hold still

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import pickle
 from typing import Callable, Sequence, Type
@@ -20,15 +21,18 @@ INPUT_ERRORS = (features.WeightsNotFoundError, FileNotFoundError, PackedFormatEr
                 FolderBusyError, FolderOwnershipError, pickle.UnpicklingError)
 
 
-def run_extractor(tool: str, args, work: Callable[[], None], errors: Sequence[Type[BaseException]] = (),
-                  claim_before_joining: bool = True) -> int:
+def run_extractor(tool: str, parser: argparse.ArgumentParser, args: argparse.Namespace, work: Callable[[], None],
+                  errors: Sequence[Type[BaseException]] = (), claim_before_joining: bool = True) -> int:
     """Run one extraction command -> its exit status (0 done, 2 bad input; see INPUT_ERRORS).
 
-    Checks the weights first. With ``claim_before_joining``, rank 0 takes ``args.out`` (lock and
+    Checks the shared extraction arguments (a usage error exits through ``parser``), then the
+    weights. With ``claim_before_joining``, rank 0 takes ``args.out`` (lock and
     ownership, :func:`biam.features.claim_output`) before joining torchrun's process group, so a
     refusal exits at once and torchrun stops the other ranks; otherwise ``work`` takes it itself
     once it has checked its inputs. ``errors``: the tool's own bad-input exceptions (exit 2 too).
     """
+
+    features.check_extraction_arguments(parser, args)
 
     def body() -> int:
         features.check_weights_available(args.weights, args.random_weights, tool, backbone=args.backbone)

@@ -51,7 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    features.check_extraction_arguments(parser, args)
     root = Path(args.nus_root)
 
     def work() -> None:
@@ -64,7 +63,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if comm.is_main_process():
             save_embeddings(args.out, vec_seen, vec_unseen)
 
-    return run_extractor(TOOL, args, work, errors=(RecordError,))
+    return run_extractor(TOOL, parser, args, work, errors=(RecordError,))
 
 
 if __name__ == "__main__":

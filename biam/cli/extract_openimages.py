@@ -54,7 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    features.check_extraction_arguments(parser, args)
     meta = Path(args.meta_dir)
 
     def work() -> None:
@@ -84,7 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if not summary["skipped_complete"]:
                 print(f"{TOOL}: label conflicts (positive kept): {stats['conflicts']}")
 
-    return run_extractor(TOOL, args, work, errors=(RecordError,))
+    return run_extractor(TOOL, parser, args, work, errors=(RecordError,))
 
 
 if __name__ == "__main__":

@@ -91,7 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    features.check_extraction_arguments(parser, args)
 
     def work() -> None:
         # Every rank reads and checks the inputs (cheap next to extraction), so a bad file stops
@@ -114,7 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 # The row order of embeddings.npz, for `biam-predict --labels ... --embeddings ...`.
                 write_labels(Path(args.out) / LABELS_FILE, data.seen + data.unseen)
 
-    return run_extractor(TOOL, args, work, errors=(OwnDataError, WordVectorError), claim_before_joining=False)
+    return run_extractor(TOOL, parser, args, work, errors=(OwnDataError, WordVectorError), claim_before_joining=False)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from torch import nn
 from ..data.packed import PackedDataset, l2_normalize, load_embeddings
 from ..modeling import SceneHead
 from ..utils import comm
-from ..utils.precision import at_least_float32
+from ..utils.precision import float32_or_wider
 
 __all__ = [
     "derive_seed", "seed_everything", "autocast_context", "resolve_amp", "LabelSpace",
@@ -164,7 +164,7 @@ def _scene_head_from_file(path: str) -> SceneHead:
 def scene_features(batch: Dict[str, torch.Tensor], regions: torch.Tensor, head: Optional[SceneHead]) -> torch.Tensor:
     """Stored scene features when present, else the frozen head applied to the regions."""
     if "scene" in batch:
-        return batch["scene"].to(regions.device, non_blocking=True).to(at_least_float32(regions).dtype)
+        return batch["scene"].to(regions.device, non_blocking=True).to(float32_or_wider(regions.dtype))
     with torch.no_grad():
         return head(regions)
 

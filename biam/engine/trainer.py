@@ -506,7 +506,7 @@ class Trainer:
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            if state["scaler"] or self.dynamic_scale:  # older checkpoints saved no fixed-scale state
+            if self.dynamic_scale:  # a fixed scale of 1 has no state to restore
                 self.scaler.load_state_dict(state["scaler"])
             if "rng" in state:
                 ckpt.set_rng_state(state["rng"])

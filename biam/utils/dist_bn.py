@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .precision import float32_or_wider
+
 __all__ = ["GlobalBatchNorm2d", "convert_to_global_bn"]
 
 
@@ -53,7 +55,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
                 self.running_var.copy_(torch.where(has, self.running_var * (1 - m) + unbiased_f * m, self.running_var))
                 self.num_batches_tracked.add_(has.long())
         scale = torch.rsqrt(var + self.eps)
-        wide = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 under DTYPE float64
+        wide = float32_or_wider(x.dtype)  # float64 under DTYPE float64
         y = (x.to(wide) - mean.to(wide)[None, :, None, None]) * scale.to(wide)[None, :, None, None]
         if self.affine:
             y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]

@@ -7,9 +7,14 @@ must stay in float64 throughout, so they widen to the wider of the two instead o
 
 import torch
 
-__all__ = ["at_least_float32"]
+__all__ = ["at_least_float32", "float32_or_wider"]
+
+
+def float32_or_wider(dtype: torch.dtype) -> torch.dtype:
+    """float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def at_least_float32(t: torch.Tensor) -> torch.Tensor:
     """``t`` as float32, or unchanged if it is float64 already (same shape)."""
-    return t if t.dtype == torch.float64 else t.float()
+    return t.to(float32_or_wider(t.dtype))

@@ -123,6 +123,18 @@ def _shares(root, seed, epoch, batch, world):
     return list(zip(*per_rank))  # steps x ranks x (images, kept)
 
 
+def _one_process_and_two_ranks(root, tmp_path, batch):
+    """One epoch of 1 process x 2 ``batch`` and of 2 ranks x ``batch`` (float64, dropout off);
+    asserts their weights agree within 1e-4 and returns the common options and both folders."""
+    common = [*TINY_MODEL_OPTS, "DATA.ROOT", str(root), *EXACT, "SOLVER.MAX_EPOCHS", "1"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    run([sys.executable, "-m", "biam.train", *common, "SOLVER.BATCH_SIZE", str(2 * batch), "OUTPUT_DIR", str(one)])
+    run(torchrun(2, "biam.train", *common, "SOLVER.BATCH_SIZE", str(batch), "OUTPUT_DIR", str(two)))
+    worst = _max_difference(weights(one), weights(two))
+    assert worst < 1e-4, worst
+    return common, one, two
+
+
 def test_two_ranks_equal_one_process_with_dropped_images_and_uneven_end(tmp_path):
     """2 ranks x 8 against 1 process x 16, one epoch of the default shuffled batches, in float64:
     15% of the images have no seen positive and are dropped, and 100 = 6 x 16 + 4 leaves rank 1
@@ -135,12 +147,7 @@ def test_two_ranks_equal_one_process_with_dropped_images_and_uneven_end(tmp_path
     steps = _shares(root, 3483, 1, 8, 2)
     assert len(steps) == 7 and steps[-1][0][0] == 4 and steps[-1][1] == (0, 0)
     assert any(a[1] != b[1] for a, b in steps)  # ranks keep different counts: the case that matters
-    common = [*TINY_MODEL_OPTS, "DATA.ROOT", str(root), *EXACT, "SOLVER.MAX_EPOCHS", "1"]
-    one, two = tmp_path / "one", tmp_path / "two"
-    run([sys.executable, "-m", "biam.train", *common, "SOLVER.BATCH_SIZE", "16", "OUTPUT_DIR", str(one)])
-    run(torchrun(2, "biam.train", *common, "SOLVER.BATCH_SIZE", "8", "OUTPUT_DIR", str(two)))
-    worst = _max_difference(weights(one), weights(two))
-    assert worst < 1e-4, worst
+    _, one, two = _one_process_and_two_ranks(root, tmp_path, 8)
     for out in (one, two):
         record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
         assert record["images"] == 85  # every kept image once, over both ranks
@@ -161,12 +168,7 @@ def test_a_rank_that_keeps_no_image_still_matches_one_process(tmp_path):
     assert any(r[0] > 0 and r[1] == 0 for s in steps for r in s)  # a rank keeps none of its images
     assert any(all(r[1] == 0 for r in s) for s in steps)  # no rank keeps one
     assert any(r[0] == 0 for s in steps for r in s)  # an empty share
-    common = [*TINY_MODEL_OPTS, "DATA.ROOT", str(root), *EXACT, "SOLVER.MAX_EPOCHS", "1"]
-    one, two = tmp_path / "one", tmp_path / "two"
-    run([sys.executable, "-m", "biam.train", *common, "SOLVER.BATCH_SIZE", "4", "OUTPUT_DIR", str(one)])
-    run(torchrun(2, "biam.train", *common, "SOLVER.BATCH_SIZE", "2", "OUTPUT_DIR", str(two)))
-    worst = _max_difference(weights(one), weights(two))
-    assert worst < 1e-4, worst
+    common, one, two = _one_process_and_two_ranks(root, tmp_path, 2)
     for a, b in zip(*((out / "metrics.jsonl").read_text().splitlines() for out in (one, two))):
         a, b = json.loads(a), json.loads(b)
         assert a["images"] == b["images"] == int((~dropped).sum())

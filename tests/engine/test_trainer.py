@@ -20,7 +20,7 @@ from biam.engine.trainer import Trainer, TrainingDiverged
 
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
-from conftest import TINY_MODEL_OPTS  # noqa: E402
+from conftest import TINY_MODEL_OPTS, check_bad_step_is_skipped  # noqa: E402
 
 
 def cfg_for(data_root, out_dir, *extra):
@@ -144,34 +144,7 @@ def test_bad_step_is_skipped_on_the_device_and_counted_when_read(tiny_packed, tm
     trainer = Trainer(cfg_for(tiny_packed, tmp_path / "defer", "SOLVER.BAD_LOSS", "skip", "SOLVER.FUSED_ADAM", str(fused)))
     assert bool(trainer.optimizer.param_groups[0]["fused"]) is fused  # fused Adam on the CPU too: the CUDA path
     assert not hasattr(trainer.optimizer, "found_inf")  # the trainer sets no optimiser internals
-    loader = trainer.phase_loader()
-    loader.set_epoch(1)
-    batches = iter(loader)
-    seen, num_seen = trainer.labels.seen, trainer.labels.num_seen
-    trainer.train_step(next(batches), seen, num_seen, 1, 0)  # creates the optimiser state
-    assert trainer.check_pending() == 0
-    weights = {k: v.clone() for k, v in trainer.model.state_dict().items() if v.is_floating_point()}
-    moments = [{k: v.clone() for k, v in st.items()} for st in trainer.optimizer.state.values()]
-
-    bad = next(batches)
-    bad["regions"] = bad["regions"].clone()
-    bad["regions"][0, 0, 0] = float("nan")
-    loss, n = trainer.train_step(bad, seen, num_seen, 1, 1)
-    assert loss is not None and float(loss) == 0.0 and n == bad["regions"].shape[0]
-    assert len(trainer.pending) == 1 and trainer.skipped_in_epoch == 0  # not read yet
-    now = trainer.model.state_dict()
-    for k, v in weights.items():
-        if "running" not in k:  # batch-norm statistics move in the forward, as published
-            assert torch.equal(now[k], v), k
-    for before, st in zip(moments, trainer.optimizer.state.values()):
-        for k, v in before.items():
-            assert torch.equal(st[k], v), k
-    assert trainer.check_pending() == 1 and trainer.skipped_in_epoch == 1 and not trainer.pending
-    assert "skipped" in (tmp_path / "defer" / "log.txt").read_text()
-
-    trainer.train_step(next(batches), seen, num_seen, 1, 2)  # a good batch moves the weights again
-    assert trainer.check_pending() == 0
-    assert any(not torch.equal(trainer.model.state_dict()[k], v) for k, v in weights.items())
+    check_bad_step_is_skipped(trainer, tmp_path / "defer" / "log.txt")
 
 
 def test_cli_reports_config_errors(tmp_path, capsys):
