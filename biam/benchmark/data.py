@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
-from ..data import synthetic
+from ..demo import synthetic
 from .common import NUM_SEEN, NUM_UNSEEN, OI_SEEN, OI_UNSEEN, Ctx, Sizes
 
 

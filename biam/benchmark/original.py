@@ -73,7 +73,8 @@ def published_ranking_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.
 def original_trainer(ctx: Ctx, batch: int, openimages: bool = False):
     """Step function (returns images) of the original's training loop, on the NUS-WIDE-shaped
     released file or, with ``openimages``, the Open Images-shaped one."""
-    from ..modeling import BiAM, SceneHead
+    from ..backbones.vgg19 import SceneHead
+    from ..modeling import BiAM
 
     device = ctx.device
     torch.manual_seed(0)
@@ -131,7 +132,8 @@ def original_testpass(ctx: Ctx, emb: torch.Tensor) -> Dict[str, Any]:
     """The original's test pass: released reads of the test file, the scene head per batch,
     published attention, then the per-label loops; extrapolated when the mode asks for more test
     images than the released file holds."""
-    from ..modeling import BiAM, SceneHead
+    from ..backbones.vgg19 import SceneHead
+    from ..modeling import BiAM
 
     s = ctx.sizes
     device = ctx.device

@@ -2,8 +2,6 @@
 
 import json
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +13,7 @@ from biam.cli.evaluate import main
 from biam.evaluation import evaluate_nus_wide
 from biam.modeling import build_model
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
-from conftest import TINY_MODEL_OPTS  # noqa: E402
+from helpers import TINY_MODEL_OPTS
 
 
 def test_evaluator_matches_direct_computation(tiny_packed, tmp_path):

@@ -135,8 +135,7 @@ def test_openimages_evaluation_takes_zsl_and_gzsl_from_two_files(tmp_path):
     both with 16 heads (configs/openimages.yaml); one file serves both rows when given alone."""
     import torch
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import make_tiny_packed
+    from helpers import make_tiny_packed
 
     from biam.config import load_cfg
     from biam.modeling import build_model

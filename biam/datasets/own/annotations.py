@@ -62,6 +62,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ...data.splits import SplitSpec
+
 __all__ = [
     "TAG_SEPARATOR", "SPLITS", "UNSEEN_RULES", "OwnDataError", "Record", "OwnSplit", "OwnDataset",
     "read_annotations", "read_label_file", "read_image_list", "hash_order", "choose_unseen",
@@ -326,9 +328,7 @@ class OwnDataset:
     notes: List[str] = field(default_factory=list)
 
     def split_spec(self, split: str, dataset: str = "own"):
-        """The :class:`biam.features.SplitSpec` of ``split`` (image files joined to the folder)."""
-        from ..features import SplitSpec
-
+        """The :class:`biam.data.splits.SplitSpec` of ``split`` (image files joined to the folder)."""
         s = self.splits[split]
         return SplitSpec(split=split, dataset=dataset, paths=[str(self.images_root / p) for p in s.images],
                          names=[image_name(p) for p in s.images], labels=s.labels, seen=list(self.seen),
