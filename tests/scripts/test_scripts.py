@@ -141,7 +141,9 @@ def test_openimages_evaluation_takes_zsl_and_gzsl_from_two_files(tmp_path):
     from biam.config import load_cfg
     from biam.modeling import build_model
 
-    root = make_tiny_packed(tmp_path / "oi", num_train=16, num_test=24, num_unseen=20, dataset="openimages")
+    # 24 seen labels: the Open Images SEEN row takes its top 20 among the seen labels.
+    root = make_tiny_packed(tmp_path / "oi", num_train=16, num_test=24, num_seen=24, num_unseen=20,
+                            dataset="openimages")
     cfg = load_cfg(str(ROOT / "configs" / "openimages.yaml"))
     assert cfg.MODEL.HEADS == 16
     files = []
