@@ -45,9 +45,10 @@ def parse_args(argv=None):
                         help="write into an evaluation folder that holds files biam-evaluate did not write (only "
                              "its own metrics.json, config.yaml, log.txt and evaluation.json are replaced)")
     parser.add_argument("--gzsl-checkpoint", default="", metavar="FILE",
-                        help="weights for the GZSL row only (overrides EVAL.GZSL_WEIGHTS); the ZSL row then comes "
-                             "from --checkpoint, as the original Open Images evaluation uses model_best_zsl.pth and "
-                             "model_best_gzsl.pth")
+                        help="a second weights file (overrides EVAL.GZSL_WEIGHTS), as the original Open Images "
+                             "evaluation uses model_best_gzsl.pth and model_best_zsl.pth: every row of this file, then "
+                             "of --checkpoint, is printed and kept in metrics.json under \"files\"; the summary takes "
+                             "the ZSL row from --checkpoint and the GZSL row from this file")
     # Options may come before, between or after the KEY VALUE overrides.
     return parser.parse_intermixed_args(argv)
 
@@ -109,17 +110,27 @@ def main(argv=None) -> int:
         gzsl_weights = cfg.EVAL.GZSL_WEIGHTS
         if gzsl_weights and not os.path.isfile(gzsl_weights):
             raise ckpt.CheckpointError(f"EVAL.GZSL_WEIGHTS: checkpoint not found: {gzsl_weights}")
-        result = evaluate_weights(cfg.MODEL.WEIGHTS)
-        source = cfg.MODEL.WEIGHTS
+        where = f"on {cfg.DATA.ROOT} [{cfg.DATA.TEST_SPLIT}]"
+        per_file = []
         if gzsl_weights:
-            result = combine_tasks(result, evaluate_weights(gzsl_weights))
-            source = f"ZSL: {cfg.MODEL.WEIGHTS}, GZSL: {gzsl_weights}"
-        logger.info(f"{source} on {cfg.DATA.ROOT} [{cfg.DATA.TEST_SPLIT}]:\n" + format_result(result, cfg))
+            # As the original's evaluate_openimages.py: every row of the GZSL file, then of the
+            # ZSL file; the summary (the paper's rows) takes ZSL from one and GZSL from the other.
+            for path in (gzsl_weights, cfg.MODEL.WEIGHTS):
+                per_file.append((path, evaluate_weights(path)))
+                logger.info(f"{path} {where}:\n" + per_file[-1][1].format_table())
+            result = combine_tasks(per_file[1][1], per_file[0][1])
+            source = f"summary, ZSL: {cfg.MODEL.WEIGHTS}, GZSL: {gzsl_weights}"
+        else:
+            result = evaluate_weights(cfg.MODEL.WEIGHTS)
+            source = cfg.MODEL.WEIGHTS
+        logger.info(f"{source} {where}:\n" + format_result(result, cfg))
         if comm.is_main_process():
             out = os.path.join(out_dir, "metrics.json")
             payload = result.to_dict()
             if result.chance is not None:
                 payload["chance"] = result.chance.to_dict()
+            if per_file:
+                payload["files"] = [{"weights": os.path.abspath(path), "metrics": r.to_dict()} for path, r in per_file]
             write_json(out, payload)
             logger.info(f"wrote {out}")
         return 0

@@ -197,12 +197,14 @@ _C.EVAL.TEST_AFTER_FINETUNE = True
 # computed exactly from the labels (bool)
 _C.EVAL.REPORT_CHANCE = False
 
-# Also report the published (pooled) Open Images AP beside the true per-label mAP (bool)
+# Also report the published (pooled) Open Images AP beside the true per-label mAP, plain and
+# weighted by +1 images (the paper's table; docs/metrics.md) (bool)
 _C.EVAL.PUBLISHED_OPENIMAGES_AP = False
 
-# biam-evaluate only: weights for the GZSL row ("" = MODEL.WEIGHTS serves ZSL and GZSL; a
-# file = ZSL from MODEL.WEIGHTS, GZSL from this file, as the original Open Images evaluation
-# loads model_best_zsl.pth and model_best_gzsl.pth)
+# biam-evaluate only: a second weights file for the GZSL row ("" = MODEL.WEIGHTS serves ZSL and
+# GZSL; a file = every row of this file and of MODEL.WEIGHTS, then the summary with ZSL from
+# MODEL.WEIGHTS and GZSL from this file, as the original Open Images evaluation runs
+# model_best_gzsl.pth and model_best_zsl.pth)
 _C.EVAL.GZSL_WEIGHTS = ""
 
 # ------------------------------------------------------------------------------------------- #

@@ -3,12 +3,15 @@
 Loads a training checkpoint or a published plain ``state_dict`` (``MODEL.WEIGHTS``), scores the
 test split in batches (each rank its own part under torchrun), prints the paper's table and
 writes its own folder ``OUTPUT_DIR/eval/<TEST_SPLIT>-<weights file stem>/`` (see
-:func:`evaluation_folder`): ``metrics.json`` as ``{"zsl": {...}, "gzsl": {...}}`` with
-fractions, ``config.yaml``, ``log.txt`` and the record ``evaluation.json``. It never writes over
-a training run's files, so OUTPUT_DIR may be the run's own folder.
-With ``EVAL.GZSL_WEIGHTS`` (``--gzsl-checkpoint``) the GZSL row comes from a second file, as the
-original Open Images evaluation takes ZSL from ``model_best_zsl.pth`` and GZSL from
-``model_best_gzsl.pth``; one file of ours serves both when the key is empty.
+:func:`evaluation_folder`): ``metrics.json`` as ``{"zsl": {...}, "gzsl": {...}}`` (and "seen"
+for a protocol with that task, as Open Images) with fractions, ``config.yaml``, ``log.txt`` and
+the record ``evaluation.json``. It never writes over a training run's files, so OUTPUT_DIR may be
+the run's own folder.
+With ``EVAL.GZSL_WEIGHTS`` (``--gzsl-checkpoint``) a second file is evaluated too, as the
+original Open Images evaluation runs ``model_best_gzsl.pth`` and then ``model_best_zsl.pth``:
+every row of each file is printed and kept in metrics.json under "files" (GZSL file first), and
+the summary takes ZSL from ``MODEL.WEIGHTS`` and GZSL from the second file (:func:`combine_tasks`);
+one file of ours serves both when the key is empty.
 """
 
 from __future__ import annotations

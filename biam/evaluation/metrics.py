@@ -469,6 +469,7 @@ def f1_at_ks(
     ks: Sequence[int],
     chunk_size: Optional[int] = None,
     row_mask: Optional[ArrayLike] = None,
+    col_mask: Optional[ArrayLike] = None,
 ) -> dict:
     """Overall F1, precision and recall at several K from one top-K pass.
 
@@ -478,20 +479,29 @@ def f1_at_ks(
 
     Args:
         scores, labels: (N, C) as in ``average_precision``.
-        ks: positive ints, each at most C.
+        ks: positive ints, each at most C (at most the columns kept by ``col_mask``).
         chunk_size: images per chunk (default: about 2M entries).
         row_mask: optional (N,) bool; only these images count.
+        col_mask: optional (C,) bool; only these columns count: the top K is taken among them
+            and only their +1 entries are counted (the original's SEEN F1 on Open Images).
     Returns:
         {k: (f1, precision, recall)} with Python floats.
     """
     s, y = _check_pair(scores, labels)
     ks = [int(k) for k in ks]
     n, c = s.shape
+    cols = None
+    if col_mask is not None:
+        cm = _to_tensor(col_mask, "col_mask").to(s.device)
+        if cm.dtype != torch.bool or cm.shape != (c,):
+            raise ValueError(f"col_mask must be a bool vector of the {c} columns, got {cm.dtype} {tuple(cm.shape)}")
+        cols = cm.nonzero().squeeze(1)
+    width = c if cols is None else int(cols.numel())
     for k in ks:
         if k < 1:
             raise ValueError(f"K={k} must be at least 1")
-        if k > c:
-            raise ValueError(f"K={k} is larger than the {c} labels")
+        if k > width:
+            raise ValueError(f"K={k} is larger than the {width} labels" + ("" if cols is None else " kept by col_mask"))
     rm = None
     if row_mask is not None:
         rm = _to_tensor(row_mask, "row_mask").to(s.device)
@@ -507,6 +517,9 @@ def f1_at_ks(
         if rm is not None:
             keep = rm[r0:r1]
             chunk, lab = chunk[keep], lab[keep]
+        if cols is not None:
+            # Per chunk: a copy of the kept columns of a few images, never of the whole matrix.
+            chunk, lab = chunk.index_select(1, cols), lab.index_select(1, cols)
         _check_finite(chunk, f"scores (images {r0}..{r1 - 1})")
         hits = torch.zeros(kmax, dtype=torch.int64, device=s.device)
         if kmax and chunk.shape[0]:

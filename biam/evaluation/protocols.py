@@ -7,7 +7,8 @@ reported. :func:`evaluate` applies one; :func:`evaluate_nus_wide` and
 
 All take the full score and label matrices over the GZSL label list, seen columns first, then
 the evaluated unseen columns: (N, S + U), torch (CPU or CUDA; computed where the scores are) or
-numpy. ZSL evaluates the U unseen columns alone (top-K among them), GZSL all S + U columns.
+numpy. ZSL evaluates the U unseen columns alone (top-K among them), GZSL all S + U columns, and
+SEEN (a protocol with the task "seen", as Open Images) the S seen columns alone.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ __all__ = [
     "expected_random_ap",
 ]
 
-TASKS = ("zsl", "gzsl")
+# Every task a protocol may report, in the order of the tables (the original's Open Images
+# evaluation prints SEEN, ZSL, GZSL).
+TASKS = ("seen", "zsl", "gzsl")
 ROW_RULES = ("all", "with_positive")
 
 
@@ -58,9 +61,19 @@ class Protocol:
             image), "wmAP" (AP weighted by +1 images) and "num_ap_labels"; a column without an
             annotated image then counts 0 in "mAP" and is NaN in ``per_label_ap``.
         pooled_ap: the original's evaluation of this dataset used its pooled AP
-            (``openimages_published_ap``); ``EVAL.PUBLISHED_OPENIMAGES_AP`` then reports it.
+            (``openimages_published_ap``); ``EVAL.PUBLISHED_OPENIMAGES_AP`` then reports it as
+            "published_pooled_mAP" and, weighted by each column's +1 images,
+            "published_weighted_pooled_mAP".
         validation_ks: the K of the validation metrics on the seen labels (model selection;
             ``EVAL.SELECT_METRIC`` names one of them).
+        tasks: the tasks reported, among "seen" (the S seen columns), "zsl" and "gzsl"; "zsl"
+            and "gzsl" always.
+        pooled_mean_annotated: tasks whose "published_pooled_mAP" is the mean over the task's
+            columns annotated in some kept image, as the original averages SEEN and GZSL on Open
+            Images; the other tasks average over all their columns, an unannotated one counting
+            0 (the original's ZSL).
+        f1_annotated: tasks whose P/R/F1@K take the top K among the task's columns annotated in
+            some kept image only, as the original's SEEN F1 on Open Images does.
     """
 
     name: str
@@ -70,16 +83,30 @@ class Protocol:
     annotated_metrics: bool = False
     pooled_ap: bool = False
     validation_ks: Tuple[int, ...] = (3, 5)
+    tasks: Tuple[str, ...] = ("zsl", "gzsl")
+    pooled_mean_annotated: Tuple[str, ...] = ()
+    f1_annotated: Tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.rows not in ROW_RULES:
             raise ValueError(f"Protocol {self.name!r}: rows={self.rows!r}; allowed: {', '.join(ROW_RULES)}")
         if not self.ks or not self.validation_ks:
             raise ValueError(f"Protocol {self.name!r}: ks and validation_ks must not be empty")
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or not {"zsl", "gzsl"} <= set(self.tasks):
+            raise ValueError(f"Protocol {self.name!r}: tasks={self.tasks!r}; allowed: {', '.join(TASKS)}, "
+                             f"with 'zsl' and 'gzsl' always")
+        for key in ("pooled_mean_annotated", "f1_annotated"):
+            tasks = getattr(self, key)
+            if any(t not in self.tasks for t in tasks):
+                raise ValueError(f"Protocol {self.name!r}: {key}={tasks!r} names a task not in tasks={self.tasks!r}")
+            if tasks and not self.annotated_metrics:
+                raise ValueError(f"Protocol {self.name!r}: {key} needs annotated_metrics=True")
 
 # Column headers of the table for the metric keys that are not per-K.
 _EXTRA_COLUMNS = (("mAP", "mAP"), ("mAP_annotated", "mAP annot."), ("wmAP", "wmAP"),
-                  ("published_pooled_mAP", "pub.pooled mAP"))
+                  ("published_pooled_mAP", "pub.pooled mAP"),
+                  ("published_weighted_pooled_mAP", "pub.weighted mAP"))
 
 
 @dataclass
@@ -89,11 +116,12 @@ class EvalResult:
     Attributes:
         dataset: the protocol's name (the registered dataset, e.g. "nus_wide", "openimages").
         ks: the K of the F1/P/R columns.
-        metrics: {"zsl": {...}, "gzsl": {...}}; per task "P@K", "R@K", "F1@K" for each K,
-            "mAP" (and for a protocol with annotated metrics, as Open Images, "mAP_annotated", "wmAP", optionally
-            "published_pooled_mAP") as fractions in [0, 1], plus counts "num_images",
-            "num_labels" (columns evaluated) and for Open Images "num_ap_labels" (columns with
-            an annotated image).
+        metrics: {"zsl": {...}, "gzsl": {...}} (and "seen" for a protocol with that task, as
+            Open Images); per task "P@K", "R@K", "F1@K" for each K, "mAP" (and for a protocol
+            with annotated metrics, as Open Images, "mAP_annotated", "wmAP", optionally
+            "published_pooled_mAP" and "published_weighted_pooled_mAP") as fractions in [0, 1],
+            plus counts "num_images", "num_labels" (columns evaluated) and for Open Images
+            "num_ap_labels" (columns with an annotated image).
         per_label_ap: per task a (columns,) float64 numpy array of per-label AP; NaN for an
             annotated-metrics (Open Images) column without an annotated image (it counts 0 in "mAP").
         chance: optionally the same protocol on random scores (set by the caller).
@@ -106,14 +134,15 @@ class EvalResult:
     chance: Optional["EvalResult"] = None
 
     def to_dict(self) -> Dict[str, Dict[str, float]]:
-        """{"zsl": {metric: value}, "gzsl": {...}} with plain Python numbers (JSON-ready)."""
+        """{task: {metric: value}} ("zsl", "gzsl", maybe "seen") with plain Python numbers (JSON-ready)."""
         return {task: dict(values) for task, values in self.metrics.items()}
 
     def format_table(self, chance: Optional["EvalResult"] = None) -> str:
-        """The paper's table: rows ZSL and GZSL, columns P/R/F1 at each K and mAP, in percent.
+        """The paper's table: rows (SEEN,) ZSL and GZSL, columns P/R/F1 at each K and mAP, in percent.
 
         Args:
-            chance: an ``EvalResult`` of the same protocol; adds "ZSL chance" / "GZSL chance" rows.
+            chance: an ``EvalResult`` of the same protocol; adds "ZSL chance" / "GZSL chance" rows
+                (for the tasks of this result).
         Returns:
             A multi-line string.
         """
@@ -128,7 +157,7 @@ class EvalResult:
                 rows.append((task.upper(), self.metrics[task]))
         if chance is not None:
             for task in TASKS:
-                if task in chance.metrics:
+                if task in chance.metrics and task in self.metrics:
                     rows.append((f"{task.upper()} chance", chance.metrics[task]))
         label_w = max(len(r[0]) for r in rows) if rows else 4
         widths = [max(6, len(h)) for _, h in keys]
@@ -159,11 +188,15 @@ class EvalResult:
 
 
 # ----------------------------------------------------------------------------------- helpers
-def _split(num_cols: int, num_seen: int) -> Dict[str, slice]:
+def _split(num_cols: int, num_seen: int, tasks: Sequence[str] = ("zsl", "gzsl")) -> Dict[str, slice]:
+    """The columns of each task, in table order."""
     if not 0 <= int(num_seen) < num_cols:
         raise ValueError(f"num_seen={num_seen} must leave at least one unseen column among the {num_cols} "
                          f"label columns (seen columns first, then unseen)")
-    return {"zsl": slice(int(num_seen), num_cols), "gzsl": slice(0, num_cols)}
+    if "seen" in tasks and int(num_seen) == 0:
+        raise ValueError("the SEEN task needs at least one seen column; num_seen=0")
+    cols = {"seen": slice(0, int(num_seen)), "zsl": slice(int(num_seen), num_cols), "gzsl": slice(0, num_cols)}
+    return {task: cols[task] for task in TASKS if task in tasks}
 
 
 def _check_ks(ks: Sequence[int], num_cols: int, task: str) -> Tuple[int, ...]:
@@ -229,14 +262,15 @@ def evaluate(
         protocol: the dataset's :class:`Protocol`.
         num_seen: S (the protocol's ``num_seen`` when None).
         ks: the K of F1@K (the protocol's ``ks`` when None).
-        published_ap: also report "published_pooled_mAP" (the original's pooled AP; only for a
-            protocol with ``pooled_ap``, else ignored).
+        published_ap: also report "published_pooled_mAP" and "published_weighted_pooled_mAP"
+            (the original's pooled AP; only for a protocol with ``pooled_ap``, else ignored).
     Returns:
-        EvalResult with tasks "zsl" (the U unseen columns) and "gzsl" (all columns).
+        EvalResult with tasks "zsl" (the U unseen columns), "gzsl" (all columns) and, for a
+        protocol with the task, "seen" (the S seen columns).
     """
     num_seen, ks = _protocol_defaults(protocol, num_seen, ks)
     if protocol.rows == "all" and not protocol.annotated_metrics:
-        return _evaluate_all_rows(scores, labels, num_seen, ks, protocol.name)
+        return _evaluate_all_rows(scores, labels, num_seen, ks, protocol)
     return _evaluate_kept_rows(scores, labels, num_seen, ks, protocol, published_ap and protocol.pooled_ap)
 
 
@@ -265,33 +299,36 @@ def evaluate_openimages(
     ks: Optional[Sequence[int]] = None,
     published_ap: bool = False,
 ) -> EvalResult:
-    """Open Images protocol.
+    """Open Images protocol (docs/metrics.md), tasks SEEN (the S seen columns), ZSL and GZSL.
 
     Per task: keep the images with at least one +1 among the task's columns; per-label AP on
     those images; "mAP" is the mean over all the task's columns, a column without an annotated
-    image counting 0, as the original's evaluation averages (400 columns for ZSL);
-    "mAP_annotated" is the mean over the columns with an annotated image only; "wmAP" weights
-    each label's AP by its +1 images; F1/P/R@K over the kept images and all the task's columns.
+    image counting 0; "mAP_annotated" is the mean over the columns with an annotated image only;
+    "wmAP" weights each label's AP by its +1 images; F1/P/R@K over the kept images and all the
+    task's columns (SEEN: the top K among its annotated columns only, as the original's).
 
     Args:
         scores: (N, S + U) scores, seen columns first. labels: (N, S + U) in {-1, 0, +1}.
         num_seen: S (default 7186, Open Images v4's).
-        ks: the K of F1@K (default 1, 3, 5, 10, 20: 10 and 20 in the paper, 1, 3, 5 also logged).
-        published_ap: also report "published_pooled_mAP", the mean over all the task's columns
-            (0 for a column without an annotated image) of the original's pooled, flawed AP
-            function; costs sum over images of (annotations per image)^2 work.
+        ks: the K of F1@K (default 1, 3, 5, 10, 20: 10 and 20 in the paper; the original logs
+            1, 5, 10, 20 for SEEN and GZSL and 1, 3, 10, 20 for ZSL).
+        published_ap: also report the original's pooled, flawed AP function:
+            "published_pooled_mAP", its mean over all 400 columns for ZSL (0 for a column
+            without an annotated image) and over the annotated columns for SEEN and GZSL, and
+            "published_weighted_pooled_mAP", weighted by each column's +1 images (the paper's
+            table); costs sum over images of (annotations per image)^2 work.
     Returns:
-        EvalResult with tasks "zsl" and "gzsl".
+        EvalResult with tasks "seen", "zsl" and "gzsl".
     """
     return evaluate(scores, labels, _registered("openimages"), num_seen=num_seen, ks=ks, published_ap=published_ap)
 
 
 def _evaluate_all_rows(scores: ArrayLike, labels: ArrayLike, num_seen: int, ks: Tuple[int, ...],
-                       name: str) -> EvalResult:
+                       protocol: Protocol) -> EvalResult:
     """Every image counts; mAP the plain mean over the task's columns (rows "all")."""
     s, y = _check_pair(scores, labels)
     n, c = s.shape
-    cols = _split(c, num_seen)
+    cols = _split(c, num_seen, protocol.tasks)
     for task, sl in cols.items():
         _check_ks(ks, sl.stop - sl.start, task.upper())
     # A label's AP does not depend on the other columns: one pass serves ZSL and GZSL.
@@ -304,7 +341,7 @@ def _evaluate_all_rows(scores: ArrayLike, labels: ArrayLike, num_seen: int, ks: 
         m["num_labels"] = sl.stop - sl.start
         metrics[task] = m
         per_label[task] = ap[sl].copy()
-    return EvalResult(name, ks, metrics, per_label)
+    return EvalResult(protocol.name, ks, metrics, per_label)
 
 
 def _evaluate_kept_rows(scores: ArrayLike, labels: ArrayLike, num_seen: int, ks: Tuple[int, ...],
@@ -312,7 +349,7 @@ def _evaluate_kept_rows(scores: ArrayLike, labels: ArrayLike, num_seen: int, ks:
     """Per task the protocol's rows; annotated-column metrics (see :class:`Protocol`)."""
     s, y = _check_pair(scores, labels)
     n, c = s.shape
-    cols = _split(c, num_seen)
+    cols = _split(c, num_seen, protocol.tasks)
     for task, sl in cols.items():
         _check_ks(ks, sl.stop - sl.start, task.upper())
     metrics, per_label = {}, {}
@@ -322,17 +359,31 @@ def _evaluate_kept_rows(scores: ArrayLike, labels: ArrayLike, num_seen: int, ks:
             n, dtype=torch.bool, device=ty.device)
         annotated, positives = _column_counts(ty, rows)
         kept = annotated > 0
-        ap = average_precision(ts, ty, row_mask=rows).double()
-        m = _f1_metrics(f1_at_ks(ts, ty, ks, row_mask=rows))
         num_kept = int(kept.sum())
+        ap = average_precision(ts, ty, row_mask=rows).double()
+        col_mask = None
+        if task in protocol.f1_annotated:
+            for k in ks:
+                if k > num_kept:
+                    raise ValueError(f"K={k} is not possible for {task.upper()}: its top K is taken among its "
+                                     f"{num_kept} annotated columns")
+            col_mask = kept
+        m = _f1_metrics(f1_at_ks(ts, ty, ks, row_mask=rows, col_mask=col_mask))
         w = positives.double()
         width = sl.stop - sl.start
         m["mAP"] = float(torch.where(kept, ap, torch.zeros_like(ap)).sum()) / width
         m["mAP_annotated"] = float(ap[kept].mean()) if num_kept else float("nan")
         m["wmAP"] = float((ap * w).sum() / w.sum()) if float(w.sum()) > 0 else float("nan")
         if published_ap:
+            # A column without an annotation in the kept rows has pooled AP 0 (its pool is empty).
             pooled = openimages_published_ap(ts, ty, row_mask=rows).double()
-            m["published_pooled_mAP"] = float(torch.where(kept, pooled, torch.zeros_like(pooled)).sum()) / width
+            pooled_sum = float(torch.where(kept, pooled, torch.zeros_like(pooled)).sum())
+            if task in protocol.pooled_mean_annotated:
+                m["published_pooled_mAP"] = pooled_sum / num_kept if num_kept else float("nan")
+            else:
+                m["published_pooled_mAP"] = pooled_sum / width
+            m["published_weighted_pooled_mAP"] = (float((pooled * w).sum() / w.sum()) if float(w.sum()) > 0
+                                                  else float("nan"))
         m["num_images"] = int(rows.sum())
         m["num_labels"] = sl.stop - sl.start
         m["num_ap_labels"] = num_kept
@@ -394,7 +445,7 @@ def chance_level(
     y = labels if isinstance(labels, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(labels))
     if y.dim() != 2:
         raise ValueError(f"labels must be 2-d (images, labels), got shape {tuple(y.shape)}")
-    cols = _split(y.shape[1], num_seen)
+    cols = _split(y.shape[1], num_seen, protocol.tasks)
     metrics = {}
     for task, sl in cols.items():
         width = sl.stop - sl.start
@@ -405,10 +456,12 @@ def chance_level(
         num_img = ty.shape[0] if rows is None else int(rows.sum())
         total_pos = int(positives.sum())
         e_ap = expected_random_ap(positives.cpu().numpy(), annotated.cpu().numpy())
+        # The columns a random top K is drawn from (the annotated ones for an f1_annotated task).
+        f1_width = int((annotated > 0).sum()) if task in protocol.f1_annotated else width
         m: Dict[str, float] = {}
         for k in ks:
-            p = total_pos / (num_img * width) if num_img else 0.0
-            r = k / width if total_pos else 0.0
+            p = total_pos / (num_img * f1_width) if num_img and f1_width else 0.0
+            r = k / f1_width if total_pos else 0.0
             m.update({f"P@{k}": p, f"R@{k}": r, f"F1@{k}": 2 * p * r / (p + r) if p + r > 0 else 0.0})
         if not protocol.annotated_metrics:
             m["mAP"] = float(e_ap.mean())

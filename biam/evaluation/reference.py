@@ -8,15 +8,20 @@ broken by ``argsort`` order, so on tied scores they may differ from ``biam.evalu
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 
 __all__ = [
+    "PUBLISHED_OPENIMAGES_KS",
     "published_loop_average_precision",
     "published_loop_f1_at_k",
+    "published_loop_openimages",
     "published_loop_pooled_openimages_ap",
 ]
+
+# The K of each task in the original's Open Images evaluation log.
+PUBLISHED_OPENIMAGES_KS = {"seen": (1, 5, 10, 20), "zsl": (1, 3, 10, 20), "gzsl": (1, 5, 10, 20)}
 
 
 def _as_numpy(x, name: str) -> np.ndarray:
@@ -101,4 +106,52 @@ def published_loop_pooled_openimages_ap(scores, labels) -> np.ndarray:
         sub_s, sub_y = s[rows], y[rows]
         keep = sub_y != 0
         out[c] = _ap_of_ranking(sub_s[keep], sub_y[keep])
+    return out
+
+
+def published_loop_openimages(scores, labels, num_seen: int) -> Dict[str, Dict[str, float]]:
+    """The original Open Images evaluation of one weights file, task by task, as its
+    ``evaluate_openimages.py`` runs it (docs/metrics.md).
+
+    Per task (SEEN: the first ``num_seen`` columns, ZSL: the others, GZSL: all):
+    keep the images with a +1 among the task's columns; for SEEN and GZSL keep only the columns
+    annotated (non-zero) in some kept image (ZSL keeps all); the pooled AP of every kept column
+    (:func:`published_loop_pooled_openimages_ap`), its plain mean and its mean weighted by each
+    column's +1 images; F1/P/R at the task's K of :data:`PUBLISHED_OPENIMAGES_KS`, over the kept
+    columns for SEEN and over all the task's columns for ZSL and GZSL.
+
+    Args:
+        scores, labels: (N, C) with the seen columns first.
+        num_seen: S.
+    Returns:
+        {"seen" | "zsl" | "gzsl": {"published_pooled_mAP", "published_weighted_pooled_mAP",
+        "F1@K", "P@K", "R@K", "num_images", "num_mean_columns"}}; ``num_mean_columns`` is the
+        number of columns the plain mean divides by.
+    """
+    s = _as_numpy(scores, "scores").astype(np.float64)
+    y = _as_numpy(labels, "labels")
+    c = s.shape[1]
+    out = {}
+    for task, cols in (("seen", np.arange(num_seen)), ("zsl", np.arange(num_seen, c)), ("gzsl", np.arange(c))):
+        ts, ty = s[:, cols], y[:, cols]
+        keep = [i for i in range(ty.shape[0]) if (ty[i] == 1).sum() > 0]
+        ts, ty = ts[keep], ty[keep]
+        if task == "zsl":
+            mask = np.arange(ty.shape[1])
+        else:
+            mask = np.array([j for j in range(ty.shape[1]) if (ty[:, j] != 0).sum() > 0], dtype=np.int64)
+        map_s, map_y = ts[:, mask], ty[:, mask]
+        ap = published_loop_pooled_openimages_ap(map_s, map_y)
+        imgs_per_label = np.clip(map_y, 0, 1).sum(0).astype(np.float64)
+        res = {
+            "published_pooled_mAP": float(ap.mean()),
+            "published_weighted_pooled_mAP": float((imgs_per_label * ap).sum() / imgs_per_label.sum()),
+            "num_images": len(keep),
+            "num_mean_columns": int(mask.size),
+        }
+        f1_s, f1_y = (map_s, map_y) if task == "seen" else (ts, ty)
+        for k in PUBLISHED_OPENIMAGES_KS[task]:
+            f1, p, r = published_loop_f1_at_k(f1_s, f1_y, k)
+            res.update({f"F1@{k}": f1, f"P@{k}": p, f"R@{k}": r})
+        out[task] = res
     return out

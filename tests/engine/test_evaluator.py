@@ -73,7 +73,11 @@ def test_zsl_and_gzsl_rows_from_two_files_as_the_original_open_images_evaluation
     assert zsl_alone["gzsl"]["mAP"] != gzsl_alone["gzsl"]["mAP"]  # the two files differ
     pair = run("pair", "--checkpoint", str(files["model_best_zsl.pth"]),
                "--gzsl-checkpoint", str(files["model_best_gzsl.pth"]))
-    assert pair == {"zsl": zsl_alone["zsl"], "gzsl": gzsl_alone["gzsl"]}
+    assert set(pair) == {"zsl", "gzsl", "files"}
+    assert pair["zsl"] == zsl_alone["zsl"] and pair["gzsl"] == gzsl_alone["gzsl"]
+    # Every row of each file, the GZSL file first, as the original's evaluation prints them.
+    assert [f["weights"] for f in pair["files"]] == [str(files["model_best_gzsl.pth"]), str(files["model_best_zsl.pth"])]
+    assert pair["files"][0]["metrics"] == gzsl_alone and pair["files"][1]["metrics"] == zsl_alone
     # The same through the config key.
     key = run("key", "--checkpoint", str(files["model_best_zsl.pth"]), "EVAL.GZSL_WEIGHTS", str(files["model_best_gzsl.pth"]))
     assert key == pair

@@ -186,6 +186,23 @@ def test_f1_equals_reference_loop():
         assert f1_at_k(scores, labels, k) == pytest.approx(published_loop_f1_at_k(scores, labels, k))
 
 
+def test_f1_column_mask_takes_the_top_k_among_the_kept_columns():
+    g = torch.Generator().manual_seed(7)
+    scores = torch.rand(300, 20, generator=g)
+    labels = torch.where(torch.rand(300, 20, generator=g) < 0.2, 1, -1)
+    cols = torch.rand(20, generator=g) < 0.6
+    rows = torch.rand(300, generator=g) < 0.7
+    got = f1_at_ks(scores, labels, (1, 4), row_mask=rows, col_mask=cols, chunk_size=64)
+    want = f1_at_ks(scores[rows][:, cols], labels[rows][:, cols], (1, 4))
+    every_column = f1_at_ks(scores, labels, (1, 4), row_mask=rows)
+    for k in (1, 4):
+        assert got[k] == pytest.approx(want[k]) and got[k] != pytest.approx(every_column[k])
+    with pytest.raises(ValueError, match=f"K=20 is larger than the {int(cols.sum())} labels kept by col_mask"):
+        f1_at_ks(scores, labels, (20,), col_mask=cols)
+    with pytest.raises(ValueError, match="col_mask must be a bool vector of the 20 columns"):
+        f1_at_ks(scores, labels, (1,), col_mask=cols[:5])
+
+
 # ----------------------------------------------------------------------- weighted / pooled
 def test_weighted_map():
     labels = np.array([[1, 1], [1, -1], [1, -1]])

@@ -110,6 +110,62 @@ def test_openimages_filters_images_and_columns():
     assert "2 of them annotated" in str(res)
 
 
+def _oi_published_data(seed=0, n=90, seen=30, unseen=24):
+    """Open Images-like labels with every case the original's evaluation treats apart: seen and
+    unseen columns never annotated, annotated columns without a positive, images without any
+    positive, images with positives only among the unseen or only among the seen labels."""
+    rng = np.random.default_rng(seed)
+    c = seen + unseen
+    annotated = rng.random((n, c)) < 0.45
+    labels = np.where(annotated, np.where(rng.random((n, c)) < 0.35, 1, -1), 0).astype(np.int8)
+    labels[:, [0, 1, 2, seen]] = 0  # never annotated
+    for col in (3, 4, seen + 1):  # annotated, never +1
+        labels[labels[:, col] == 1, col] = -1
+    labels[0:5] = np.minimum(labels[0:5], 0)  # no positive at all
+    labels[5:10, :seen] = np.minimum(labels[5:10, :seen], 0)  # positives only among the unseen
+    labels[5:10, seen + 2] = 1
+    labels[10:15, seen:] = np.minimum(labels[10:15, seen:], 0)  # positives only among the seen
+    labels[10:15, 5] = 1
+    return rng.random((n, c)), labels  # float64 scores: no ties
+
+
+def test_openimages_published_numbers_equal_the_published_loops():
+    from biam.evaluation.reference import PUBLISHED_OPENIMAGES_KS, published_loop_openimages
+
+    scores, labels = _oi_published_data()
+    res = evaluate_openimages(torch.from_numpy(scores), torch.from_numpy(labels), num_seen=30, published_ap=True)
+    ours = res.metrics
+    ref = published_loop_openimages(scores, labels, num_seen=30)
+    assert list(ours) == ["seen", "zsl", "gzsl"]
+    # The data exercise what the loops treat apart.
+    assert ref["gzsl"]["num_images"] == 85  # images 0-4 have no positive
+    assert ref["seen"]["num_images"] <= 80 and ref["zsl"]["num_images"] <= 80  # nor 5-9, 10-14 in SEEN, ZSL
+    assert ref["seen"]["num_mean_columns"] == 27 and ref["gzsl"]["num_mean_columns"] == 50
+    assert ref["zsl"]["num_mean_columns"] == 24  # ZSL: all columns, the unannotated one counting 0
+    for task in ("seen", "zsl", "gzsl"):
+        got, want = ours[task], ref[task]
+        assert got["num_images"] == want["num_images"]
+        assert (got["num_labels"] if task == "zsl" else got["num_ap_labels"]) == want["num_mean_columns"]
+        for key in ("published_pooled_mAP", "published_weighted_pooled_mAP"):
+            assert got[key] == pytest.approx(want[key], rel=1e-12), (task, key)
+        for k in PUBLISHED_OPENIMAGES_KS[task]:
+            for m in ("F1", "P", "R"):
+                assert got[f"{m}@{k}"] == pytest.approx(want[f"{m}@{k}"], rel=1e-12), (task, m, k)
+    # The two rules the original applies beyond ZSL's, each visible on these data: SEEN and GZSL
+    # average over their annotated columns only (over all of them, GZSL would read lower) ...
+    gz = ours["gzsl"]
+    assert gz["published_pooled_mAP"] * gz["num_ap_labels"] / gz["num_labels"] < 0.95 * gz["published_pooled_mAP"]
+    # ... and SEEN's top K is among its annotated columns (over all 30, P@1 would differ).
+    rows = (labels[:, :30] == 1).any(1)
+    assert f1_at_k(scores[rows][:, :30], labels[rows][:, :30], 1)[1] != pytest.approx(ours["seen"]["P@1"])
+    # The weighted number is not the plain one.
+    assert abs(ours["zsl"]["published_weighted_pooled_mAP"] - ours["zsl"]["published_pooled_mAP"]) > 1e-2
+    header, *lines = str(res).splitlines()
+    assert "pub.weighted mAP" in header and "pub.pooled mAP" in header
+    assert [line.split()[0] for line in lines[:3]] == ["SEEN", "ZSL", "GZSL"]
+    assert f"SEEN: {ref['seen']['num_images']} images, 30 labels, 27 of them annotated" in lines[-1]
+
+
 def test_openimages_annotated_column_shown_only_where_it_differs():
     scores, labels = _oi_data()
     labels[0, 5] = 1  # now every unseen column has an annotated image
@@ -193,3 +249,18 @@ def test_protocols_come_from_the_dataset_registry():
     assert zsl["mAP"] == pytest.approx(zsl["mAP_annotated"] * 4 / 5)
     with pytest.raises(ValueError, match="rows='some'"):
         Protocol(name="bad", ks=(3,), rows="some")
+
+
+def test_protocol_tasks_are_checked_and_seen_k_needs_annotated_columns():
+    from biam.evaluation import Protocol
+
+    with pytest.raises(ValueError, match="tasks=\\('zsl',\\)"):
+        Protocol(name="bad", ks=(3,), tasks=("zsl",))
+    with pytest.raises(ValueError, match="f1_annotated needs annotated_metrics=True"):
+        Protocol(name="bad", ks=(3,), tasks=("seen", "zsl", "gzsl"), f1_annotated=("seen",))
+    with pytest.raises(ValueError, match="pooled_mean_annotated=\\('seen',\\) names a task not in"):
+        Protocol(name="bad", ks=(3,), annotated_metrics=True, pooled_mean_annotated=("seen",))
+    scores, labels = _oi_published_data(unseen=34)
+    # 27 of the 30 seen columns are annotated: SEEN's top 28 cannot be taken among them.
+    with pytest.raises(ValueError, match="K=28 is not possible for SEEN: its top K is taken among its 27 annotated"):
+        evaluate_openimages(scores, labels, num_seen=30, ks=(28,))

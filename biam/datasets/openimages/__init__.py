@@ -1,12 +1,13 @@
 """Open Images v4 (2018_04) as the paper uses it: 7186 seen labels, 400 evaluated unseen ones.
 
-Protocol (docs/metrics.md): per task the images with at least one +1 among its columns; P/R/F1
-at K = 1, 3, 5, 10, 20 (10 and 20 in the paper); "mAP" the mean over all the task's columns, a
-column without an annotated image counting 0, as the original's evaluation averages; also
-"mAP_annotated" and "wmAP", and the original's pooled AP with ``EVAL.PUBLISHED_OPENIMAGES_AP``.
-``biam-convert openimages`` reads the released layout (datasets/OpenImages/README.md). This
-folder: ``release.py`` (the released feature files, class lists, embeddings and checksums),
-``images.py`` (the human-verified label CSVs, for ``feature_extraction/extract_openimages.py``).
+Protocol (docs/metrics.md): tasks SEEN (7186 columns), ZSL (400) and GZSL (7586), as the
+original's ``evaluate_openimages.py`` prints them; per task the images with at least one +1
+among its columns; P/R/F1 at K = 1, 3, 5, 10, 20 (10 and 20 in the paper; SEEN's top K among
+its annotated columns, as the original's); "mAP" the mean over all the task's columns, a column
+without an annotated image counting 0; also "mAP_annotated" and "wmAP", and with
+``EVAL.PUBLISHED_OPENIMAGES_AP`` the original's pooled AP: averaged over all 400 columns for ZSL
+and over the annotated columns for SEEN and GZSL, and weighted by +1 images (the paper's table).
+``biam-convert openimages`` reads the released layout (datasets/OpenImages/README.md).
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ OPENIMAGES = register_dataset(DatasetInfo(
     num_seen=7186,
     num_unseen_eval=400,
     protocol=Protocol(name=NAME, ks=(1, 3, 5, 10, 20), num_seen=7186, rows="with_positive",
-                      annotated_metrics=True, pooled_ap=True),
+                      annotated_metrics=True, pooled_ap=True, tasks=("seen", "zsl", "gzsl"),
+                      pooled_mean_annotated=("seen", "gzsl"), f1_annotated=("seen",)),
     known_files=release.KNOWN_FILES,
     released=ReleasedLayout(
         help="Open Images v4 (7186 seen, 2594 unseen, top-400 evaluated)",
