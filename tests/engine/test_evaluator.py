@@ -10,7 +10,7 @@ import torch
 from biam.config import load_cfg
 from biam.data.packed import PackedDataset, load_embeddings
 from biam.cli.evaluate import main
-from biam.evaluation import evaluate_nus_wide
+from biam.datasets.nus_wide import evaluate_nus_wide
 from biam.modeling import build_model
 
 from helpers import TINY_MODEL_OPTS

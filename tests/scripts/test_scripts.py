@@ -188,7 +188,6 @@ def test_openimages_evaluation_of_the_published_pair_prints_every_row_of_each_fi
     import numpy as np
     import torch
 
-
     from biam.cli.convert import main as convert_main
     from biam.config import load_cfg
     from biam.data.packed import PackedDataset, load_embeddings

@@ -14,11 +14,12 @@ from typing import Optional, Sequence
 
 from ...data.convert import convert_split, scene_fn
 from ...data.packed import PackedWriter, save_embeddings
-from ...evaluation.protocols import Protocol
+from ...evaluation.metrics import ArrayLike
+from ...evaluation.protocols import EvalResult, Protocol, evaluate
 from ..catalog import DatasetInfo, ReleasedLayout, register_dataset
 from . import release
 
-__all__ = ["NAME", "NUS_WIDE", "NUS_WIDE_PATHS", "convert_nus_wide"]
+__all__ = ["NAME", "NUS_WIDE", "evaluate_nus_wide", "NUS_WIDE_PATHS", "convert_nus_wide"]
 
 NAME = "nus_wide"
 # Default locations relative to --src (the released ``datasets/`` folder).
@@ -62,3 +63,22 @@ NUS_WIDE = register_dataset(DatasetInfo(
                     "test_names": "--test-names", "tags": "--tags", "concepts": "--concepts"},
     ),
 ))
+
+
+def evaluate_nus_wide(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    num_seen: Optional[int] = None,
+    ks: Optional[Sequence[int]] = None,
+) -> EvalResult:
+    """NUS-WIDE protocol: all images; mAP over every evaluated label (no positive counts as 0).
+
+    Args:
+        scores: (N, S + U) scores, seen columns first. labels: (N, S + U) in {-1, 0, +1}.
+        num_seen: S (default 925, NUS-WIDE's).
+        ks: the K of F1@K (default 3 and 5, the paper's).
+    Returns:
+        EvalResult with tasks "zsl" (the U unseen columns) and "gzsl" (all columns).
+    """
+    return evaluate(scores, labels, NUS_WIDE.protocol, num_seen=num_seen, ks=ks)
+

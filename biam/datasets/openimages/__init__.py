@@ -19,11 +19,12 @@ from typing import Optional, Sequence
 from ...data.convert import convert_split, scene_fn
 from ...data.packed import PackedWriter, save_embeddings
 from ...data.released import RecordError
-from ...evaluation.protocols import Protocol
+from ...evaluation.metrics import ArrayLike
+from ...evaluation.protocols import EvalResult, Protocol, evaluate
 from ..catalog import DatasetInfo, ReleasedLayout, register_dataset
 from . import release
 
-__all__ = ["NAME", "OPENIMAGES", "OPENIMAGES_PATHS", "convert_openimages"]
+__all__ = ["NAME", "OPENIMAGES", "evaluate_openimages", "OPENIMAGES_PATHS", "convert_openimages"]
 
 NAME = "openimages"
 # Default locations relative to --src (the released ``datasets/`` folder).
@@ -99,3 +100,35 @@ OPENIMAGES = register_dataset(DatasetInfo(
         },
     ),
 ))
+
+
+def evaluate_openimages(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    num_seen: Optional[int] = None,
+    ks: Optional[Sequence[int]] = None,
+    published_ap: bool = False,
+) -> EvalResult:
+    """Open Images protocol (docs/metrics.md), tasks SEEN (the S seen columns), ZSL and GZSL.
+
+    Per task: keep the images with at least one +1 among the task's columns; per-label AP on
+    those images; "mAP" is the mean over all the task's columns, a column without an annotated
+    image counting 0; "mAP_annotated" is the mean over the columns with an annotated image only;
+    "wmAP" weights each label's AP by its +1 images; F1/P/R@K over the kept images and all the
+    task's columns (SEEN: the top K among its annotated columns only, as the original's).
+
+    Args:
+        scores: (N, S + U) scores, seen columns first. labels: (N, S + U) in {-1, 0, +1}.
+        num_seen: S (default 7186, Open Images v4's).
+        ks: the K of F1@K (default 1, 3, 5, 10, 20: 10 and 20 in the paper; the original logs
+            1, 5, 10, 20 for SEEN and GZSL and 1, 3, 10, 20 for ZSL).
+        published_ap: also report the original's pooled, flawed AP function:
+            "published_pooled_mAP", its mean over all 400 columns for ZSL (0 for a column
+            without an annotated image) and over the annotated columns for SEEN and GZSL, and
+            "published_weighted_pooled_mAP", weighted by each column's +1 images (the paper's
+            table); costs sum over images of (annotations per image)^2 work.
+    Returns:
+        EvalResult with tasks "seen", "zsl" and "gzsl".
+    """
+    return evaluate(scores, labels, OPENIMAGES.protocol, num_seen=num_seen, ks=ks, published_ap=published_ap)
+
