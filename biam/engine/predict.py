@@ -45,6 +45,7 @@ from ..utils.io import atomic_open, write_json
 from ..utils.ownership import LOCK_NAME, FolderLock, FolderOwnershipError, check_output_folder
 from ..utils.text import read_lines
 from .checkpoint import checkpoint_backbone, load_checkpoint, load_model_weights
+from .visualize import save_attention_figure
 
 __all__ = ["run", "split_inputs", "collect_images", "load_label_embeddings", "IMAGE_EXTENSIONS",
            "FIGURE_RECORD", "FIGURE_SUFFIX"]
@@ -190,8 +191,6 @@ def _predict_loop(args, images, names, loader, extractor, model, label_emb, k, r
     from tqdm import tqdm
 
     device = label_emb.device
-    if args.visualize:
-        from .visualize import save_attention_figure  # matplotlib, only when figures are asked for
     with torch.no_grad(), tqdm(total=len(images), unit="img", desc="predict", file=sys.stderr) as bar:
         for batch, index, failed in loader:
             for i, u in failed:
