@@ -1,6 +1,6 @@
 """The benchmark's data: the same random images in the released per-key layout (what the
 original reads) and in our packed layout, NUS-WIDE-shaped and Open Images-shaped, written with
-biam.data.synthetic's random writers."""
+biam.demo.synthetic's random writers."""
 
 from __future__ import annotations
 

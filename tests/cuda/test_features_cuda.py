@@ -1,6 +1,6 @@
 """Feature extraction on CUDA: feature_extraction/extract_nus_wide.py with --device cuda on a few
 generated images gives the CPU's features. The CPU variant checks the script's CPU output
-against biam.features.FeatureExtractor called directly, with the same comparison."""
+against biam.extraction.FeatureExtractor called directly, with the same comparison."""
 
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ by code point) and per split the relative image paths and an int8 label matrix (
 +1 present and -1 absent, seen columns first -- the layout of NUS-WIDE's labels, which the
 NUS-WIDE evaluation protocol reads. As in NUS-WIDE, the train split keeps its unseen columns and
 images; training reads only the seen columns. :meth:`OwnDataset.split_spec` hands a split to the
-feature extractor (:func:`biam.features.run_split`).
+feature extractor (:func:`biam.extraction.extract_split`).
 
 Errors (:class:`OwnDataError`) name the file and line of the record at fault.
 """
