@@ -32,6 +32,12 @@ setup(
             "biam-evaluate=biam.cli.evaluate:main",
             "biam-convert=biam.cli.convert:main",
             "biam-predict=biam.cli.predict:main",
+            "biam-checksums=biam.cli.checksums:main",
+            "biam-synthetic=biam.cli.synthetic:main",
+            "biam-demo-shapes=biam.cli.demo_shapes:main",
+            "biam-extract-nus-wide=biam.cli.extract_nus_wide:main",
+            "biam-extract-openimages=biam.cli.extract_openimages:main",
+            "biam-extract-own=biam.cli.extract_own:main",
             "biam-benchmark=biam.benchmark:main",
         ]
     },

@@ -1,6 +1,5 @@
-"""``python feature_extraction/extract_nus_wide.py ...``: the command lives in :mod:`biam.cli.extract_nus_wide`
-(run it with ``--help`` for its options). Needs the package installed: ``pip install -e .``."""
-
+"""``python feature_extraction/extract_nus_wide.py ...``: the same command as ``biam-extract-nus-wide``
+(:mod:`biam.cli.extract_nus_wide`; ``--help`` lists its options). Needs the package installed: ``pip install -e .``."""
 import sys
 
 try:
@@ -12,4 +11,4 @@ except ModuleNotFoundError as err:
              "'pip install -e .' in the repository root (see README.md)")
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="extract_nus_wide.py"))

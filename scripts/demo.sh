@@ -10,13 +10,13 @@ demo=${DEMO_DIR:-output/demo}
 py=${PYTHON:-python}
 
 echo "== 1/3 synthetic dataset in the released layout: $demo/released"
-"$py" -m biam.data.synthetic --out "$demo/released" --seed 0 \
+"$py" -m biam.cli.synthetic --out "$demo/released" --seed 0 \
     --num-train "${DEMO_NUM_TRAIN:-600}" --num-test "${DEMO_NUM_TEST:-200}"
 echo "== 2/3 convert to packed shards: $demo/packed"
 # No ImageNet VGG19 weights are needed for synthetic data: a seeded random head makes the
 # scene features, and the manifest records that it did.
-"$py" -m biam.data.convert nus_wide --src "$demo/released" --out "$demo/packed" --scene-fallback random --overwrite
+"$py" -m biam.cli.convert nus_wide --src "$demo/released" --out "$demo/packed" --scene-fallback random --overwrite
 echo "== 3/3 train and evaluate: $demo/run"
 # --overwrite: a rerun of the demo replaces the demo's own earlier run in $demo/run.
-"$py" -m biam.train --config-file "$REPO/configs/demo.yaml" DATA.ROOT "$demo/packed" OUTPUT_DIR "$demo/run" --overwrite "$@"
+"$py" -m biam.cli.train --config-file "$REPO/configs/demo.yaml" DATA.ROOT "$demo/packed" OUTPUT_DIR "$demo/run" --overwrite "$@"
 echo "== done: training curve $demo/run/curve.png, metrics $demo/run/metrics.json"

@@ -23,7 +23,7 @@ epochs=$(arg_value SOLVER.MAX_EPOCHS "$@")
 epochs=${epochs:-$size_epochs}
 
 echo "== 1/5 tagged images and word vectors: $demo/shapes"
-"$py" -m biam.data.shapes_demo --out "$demo/shapes" --num-images "$images" --num-test "$test" --seed "${DEMO_SEED:-0}"
+"$py" -m biam.cli.demo_shapes --out "$demo/shapes" --num-images "$images" --num-test "$test" --seed "${DEMO_SEED:-0}"
 echo "== 2/5 features (seeded random VGG19, no ImageNet weights needed): $demo/packed"
 # --overwrite: a rerun extracts the regenerated images again instead of keeping the old shards.
 "$py" "$REPO/feature_extraction/extract_own.py" --images "$demo/shapes/images" \
@@ -32,15 +32,15 @@ echo "== 2/5 features (seeded random VGG19, no ImageNet weights needed): $demo/p
     --word-vectors "$demo/shapes/word_vectors.txt" --out "$demo/packed" --random-weights 0 \
     --workers 0 --overwrite
 echo "== 3/5 train: $demo/run"
-"$py" -m biam.train --config-file "$config" DATA.ROOT "$demo/packed" OUTPUT_DIR "$demo/run" \
+"$py" -m biam.cli.train --config-file "$config" DATA.ROOT "$demo/packed" OUTPUT_DIR "$demo/run" \
     SOLVER.MAX_EPOCHS "$epochs" --overwrite "$@"
 checkpoint="$demo/run/checkpoints/checkpoint_epoch_$(printf '%04d' "$epochs").pth"
 echo "== 4/5 evaluate $checkpoint (ZSL: the 6 unseen tags; GZSL: all 14)"
-"$py" -m biam.evaluate --config-file "$config" DATA.ROOT "$demo/packed" OUTPUT_DIR "$demo/run" \
+"$py" -m biam.cli.evaluate --config-file "$config" DATA.ROOT "$demo/packed" OUTPUT_DIR "$demo/run" \
     --checkpoint "$checkpoint" --overwrite "$@"
 echo "== 5/5 tags and attention maps of two test images: $demo/attention"
 first=$((images - test))
-"$py" -m biam.predict "$demo/shapes/images/shape_$(printf '%05d' "$first").png" \
+"$py" -m biam.cli.predict "$demo/shapes/images/shape_$(printf '%05d' "$first").png" \
     "$demo/shapes/images/shape_$(printf '%05d' $((first + 1))).png" \
     --checkpoint "$checkpoint" --config-file "$config" --labels "$demo/packed/labels.txt" \
     --embeddings "$demo/packed/embeddings.npz" --random-vgg 0 --top-k 3 --visualize "$demo/attention" "$@"

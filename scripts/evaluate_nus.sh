@@ -17,5 +17,5 @@ or pass a checkpoint of your own: sh scripts/evaluate_nus.sh output/nus_wide/che
 require_file "$root/manifest.json" "Convert the released NUS-WIDE features once with:
   biam-convert nus_wide --src datasets --out $root
 (what goes where: datasets/NUS-WIDE/README.md), or pass DATA.ROOT DIR."
-launch biam.evaluate --config-file "$REPO/configs/nus_wide.yaml" --checkpoint "$ckpt" \
+launch biam.cli.evaluate --config-file "$REPO/configs/nus_wide.yaml" --checkpoint "$ckpt" \
     DATA.ROOT "$root" OUTPUT_DIR output/eval_nus_wide "$@"

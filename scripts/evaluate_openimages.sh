@@ -33,9 +33,9 @@ require_file "$root/manifest.json" "Convert the released Open Images features on
   biam-convert openimages --src datasets --out $root
 (what goes where: datasets/OpenImages/README.md), or pass DATA.ROOT DIR."
 if [ -n "$gzsl" ]; then
-    launch biam.evaluate --config-file "$REPO/configs/openimages.yaml" --checkpoint "$ckpt" --gzsl-checkpoint "$gzsl" \
+    launch biam.cli.evaluate --config-file "$REPO/configs/openimages.yaml" --checkpoint "$ckpt" --gzsl-checkpoint "$gzsl" \
         DATA.ROOT "$root" OUTPUT_DIR output/eval_openimages "$@"
 else
-    launch biam.evaluate --config-file "$REPO/configs/openimages.yaml" --checkpoint "$ckpt" \
+    launch biam.cli.evaluate --config-file "$REPO/configs/openimages.yaml" --checkpoint "$ckpt" \
         DATA.ROOT "$root" OUTPUT_DIR output/eval_openimages "$@"
 fi

@@ -10,4 +10,4 @@ root=${root:-datasets/NUS-WIDE/packed}
 require_file "$root/manifest.json" "Convert the released NUS-WIDE features once with:
   biam-convert nus_wide --src datasets --out $root
 (what goes where: datasets/NUS-WIDE/README.md), or pass DATA.ROOT DIR."
-launch biam.train --config-file "$REPO/configs/nus_wide.yaml" DATA.ROOT "$root" "$@"
+launch biam.cli.train --config-file "$REPO/configs/nus_wide.yaml" DATA.ROOT "$root" "$@"

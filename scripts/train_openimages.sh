@@ -11,4 +11,4 @@ root=${root:-datasets/OpenImages/packed}
 require_file "$root/manifest.json" "Convert the released Open Images features once with:
   biam-convert openimages --src datasets --out $root
 (what goes where: datasets/OpenImages/README.md), or pass DATA.ROOT DIR."
-launch biam.train --config-file "$REPO/configs/openimages.yaml" DATA.ROOT "$root" "$@"
+launch biam.cli.train --config-file "$REPO/configs/openimages.yaml" DATA.ROOT "$root" "$@"

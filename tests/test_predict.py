@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 
 from biam.config import load_cfg
-from biam.modeling import BiAM, SceneHead, build_model
+from biam.backbones.vgg19 import SceneHead
+from biam.modeling import BiAM, build_model
 from biam.cli.predict import main
-from biam.predict import split_inputs
-from biam.visualize import figure_size
+from biam.engine.predict import split_inputs
+from biam.engine.visualize import figure_size
 
 LABELS = ["sky", "red car", "dog", "water"]
 

@@ -24,16 +24,15 @@ import torch
 from biam.config import ConfigError, load_cfg
 from biam.cli.convert import main as convert_main
 from biam.data.packed import PackedDataset, PackedFormatError, PackedWriter, save_embeddings
-from biam.data.released import read_img_names
-from biam.data.synthetic import SYNTHETIC_PATHS, write_synthetic_nus_wide
+from biam.datasets.nus_wide.release import read_img_names
+from biam.demo.synthetic import SYNTHETIC_PATHS, write_synthetic_nus_wide
 from biam.engine import checkpoint as ckpt
 from biam.cli.evaluate import main as evaluate_main
 from biam.engine.trainer import Trainer
 from biam.modeling import build_model
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from conftest import TINY_MODEL_OPTS, make_tiny_packed  # noqa: E402
+from helpers import TINY_MODEL_OPTS, make_tiny_packed
 
 SEEN = [f"tag{i}" for i in range(12)]
 UNSEEN = [f"concept{i}" for i in range(6)]

@@ -16,7 +16,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import Backbone, PathLike, load_torchvision_net, register_backbone
+from .registry import Backbone, PathLike, register_backbone
+from .weights import load_torchvision_net
 
 WEIGHTS_FILE = "resnet101-cd907fc2.pth"
 

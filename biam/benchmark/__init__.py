@@ -32,7 +32,7 @@ CLI: ``python -m biam.benchmark [--quick | --tiny] [--device cpu|cuda] [--out FI
 (exit code 1) and the others still run; with ``--out`` the JSON is rewritten after every part.
 
 Modules, one job each: ``common`` (label counts, the modes' sizes, timing helpers), ``data``
-(the data in both layouts, written by biam.data.synthetic), ``original`` (the original's way),
+(the data in both layouts, written by biam.demo.synthetic), ``original`` (the original's way),
 ``ours`` (our way), ``parts`` (each part, both ways), ``harness`` (subprocesses, time limits,
 budget), ``report`` (the goals, the table, the JSON) and ``cli``.
 """

@@ -1,6 +1,6 @@
 """The benchmark's data: the same random images in the released per-key layout (what the
 original reads) and in our packed layout, NUS-WIDE-shaped and Open Images-shaped, written with
-biam.data.synthetic's random writers."""
+biam.demo.synthetic's random writers."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
-from ..data import synthetic
+from ..demo import synthetic
 from .common import NUM_SEEN, NUM_UNSEEN, OI_SEEN, OI_UNSEEN, Ctx, Sizes
+from ..data.packed import read_manifest, shard_filename
 
 
 def write_released(path: Path, names: Sequence[str], label_width: int, seed: int) -> None:
@@ -38,8 +39,6 @@ def write_packed(root: Path, split: str, n: int, seed: int, shard_size: int = 40
     is hard-linked as many times as needed to list ``repeat_to`` images (every link has the same
     bytes and checksum, so the page cache holds one copy: stated in the output).
     """
-    from ..data.packed import read_manifest, shard_filename
-
     num_seen, num_unseen = (OI_SEEN, OI_UNSEEN) if openimages else (NUM_SEEN, NUM_UNSEEN)
     total = n if repeat_to is None else repeat_to
     write_n = n if repeat_to is None else min(total, shard_size + total % shard_size)
@@ -115,8 +114,6 @@ def steady_split(ctx: Ctx, min_images: int) -> Path:
     """A packed root whose train split lists the benchmark's train shards again and again (hard
     links, same bytes) until it holds at least ``min_images``, so that a timing window never
     waits for an epoch's worker start-up. Built once in the data folder, outside the timing."""
-    from ..data.packed import read_manifest, shard_filename
-
     src = Path(ctx.data["packed"])
     root = ctx.work_dir / "packed_steady"
     manifest = read_manifest(src)

@@ -16,6 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from .common import OI_SEEN, Ctx, nus_matrix, seen_embeddings, sync
+from ..backbones.vgg19 import SceneHead
+from ..evaluation import reference as ref
+from ..modeling import BiAM
 
 
 class ReleasedBatches:
@@ -27,7 +30,6 @@ class ReleasedBatches:
     Iterating yields ``(regions (B, 512, 196) float32, labels (B, L) int8)`` tensors, cycling
     over fresh random permutations for as long as asked.
     """
-
     def __init__(self, path: os.PathLike, names: Sequence[str], batch: int, seed: int = 0, label_field: str = "labels",
                  shuffle: bool = True):
         self.file = h5py.File(path, "r")
@@ -73,8 +75,6 @@ def published_ranking_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.
 def original_trainer(ctx: Ctx, batch: int, openimages: bool = False):
     """Step function (returns images) of the original's training loop, on the NUS-WIDE-shaped
     released file or, with ``openimages``, the Open Images-shaped one."""
-    from ..modeling import BiAM, SceneHead
-
     device = ctx.device
     torch.manual_seed(0)
     model = BiAM(attention="published").to(device).train()
@@ -111,8 +111,6 @@ def original_metrics(s_np: np.ndarray, y_np: np.ndarray, ks: Sequence[int], loop
                      f1_rows: int) -> Dict[str, Any]:
     """The published loops: per-label AP on ``loop_cols`` columns and per-image F1@K on
     ``f1_rows`` images, each extrapolated linearly to the whole (N, C) matrix when smaller."""
-    from ..evaluation import reference as ref
-
     n, c = s_np.shape
     cols, rows = min(loop_cols, c), min(f1_rows, n)
     t0 = time.perf_counter()
@@ -131,8 +129,6 @@ def original_testpass(ctx: Ctx, emb: torch.Tensor) -> Dict[str, Any]:
     """The original's test pass: released reads of the test file, the scene head per batch,
     published attention, then the per-label loops; extrapolated when the mode asks for more test
     images than the released file holds."""
-    from ..modeling import BiAM, SceneHead
-
     s = ctx.sizes
     device = ctx.device
     model = BiAM(attention="published").to(device).eval()

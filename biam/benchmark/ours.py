@@ -11,13 +11,17 @@ import numpy as np
 import torch
 
 from .common import NUM_SEEN, NUM_UNSEEN, Ctx, timed
+from ..config import get_cfg_defaults
+from ..data.loader import build_loader
+from ..data.packed import PackedDataset
+from ..engine.runtime import autocast_context, resolve_amp, run_inference
+from ..engine.trainer import Trainer
+from ..evaluation import average_precision, f1_at_ks
+from ..modeling import BiAM, ranking_loss
 
 
 def our_trainer(ctx: Ctx, batch: int, compile_model: bool, fraction: float = 1.0, openimages: bool = False):
     """A real :class:`biam.engine.trainer.Trainer` on the packed data (its own train_step)."""
-    from ..config import get_cfg_defaults
-    from ..engine.trainer import Trainer
-
     device = ctx.device
     cfg = get_cfg_defaults()
     cfg.DATA.ROOT = ctx.data["packed_oi" if openimages else "packed"]
@@ -50,9 +54,6 @@ def largest_batch(trainer, device: torch.device, start: int, limit: int, budget_
     once ``budget_s`` seconds are spent (recompiles for new shapes can be slow): the result
     says which.
     """
-    from ..engine.runtime import autocast_context
-    from ..modeling import ranking_loss
-
     model, opt = trainer.model, trainer.optimizer
     emb = trainer.labels.seen
     four_d = device.type == "cuda" and trainer.cfg.CHANNELS_LAST  # as the trainer feeds it
@@ -102,8 +103,6 @@ def largest_batch(trainer, device: torch.device, start: int, limit: int, budget_
 
 
 def ours_metrics(scores, labels, ks, row_mask=None) -> Dict[str, Any]:
-    from ..evaluation import average_precision, f1_at_ks
-
     ap = average_precision(scores, labels, row_mask=row_mask)
     f1 = f1_at_ks(scores, labels, ks, row_mask=row_mask)
     return {"mAP": float(ap.mean()), **{f"F1@{k}": v[0] for k, v in f1.items()}}
@@ -111,13 +110,8 @@ def ours_metrics(scores, labels, ks, row_mask=None) -> Dict[str, Any]:
 
 def our_testpass(ctx: Ctx, emb: torch.Tensor) -> Dict[str, Any]:
     """Our test pass: the packed test loader, run_inference (AMP auto), our metrics."""
-    from ..modeling import BiAM
-
     s = ctx.sizes
     device = ctx.device
-    from ..data.loader import build_loader
-    from ..data.packed import PackedDataset
-    from ..engine.runtime import resolve_amp, run_inference
 
     model = BiAM(attention="fused").to(device).eval()
     amp = resolve_amp("auto", device)

@@ -19,6 +19,8 @@ from .common import NUM_SEEN, NUM_UNSEEN, Ctx, Sizes, nus_matrix, oi_matrix, pea
 from .data import steady_split
 from .original import ReleasedBatches, original_metrics, original_testpass, original_trainer
 from .ours import largest_batch, our_testpass, our_trainer, ours_metrics
+from ..data.loader import build_loader
+from ..data.packed import PackedDataset
 
 
 def pair_ratios(ours: Sequence[float], original: Sequence[float]) -> Dict[str, Any]:
@@ -126,9 +128,6 @@ def part_data(ctx: Ctx, way: str) -> Dict[str, Any]:
     Returns {"original": {...}, "ours": {"workers0": {..., "ratio_to_original": {...}}, ...,
     "images_per_s": the best's median rate, "ratio_to_original": the best's, "best": its key,
     "torch_threads": 1}}."""
-    from ..data.loader import build_loader
-    from ..data.packed import PackedDataset
-
     s = ctx.sizes
     batch = 32
     names = ctx.data["train_names"]

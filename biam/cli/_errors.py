@@ -10,6 +10,8 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Tuple, Type, Union
 
+from ..config import ConfigError, load_cfg
+
 __all__ = ["ExitOn", "run_main", "load_config"]
 
 ExceptionTypes = Union[Type[BaseException], Tuple[Type[BaseException], ...]]
@@ -52,8 +54,6 @@ def load_config(prog: str, config_file: Optional[str], opts, **kwargs):
     Kept apart from the command's own errors: a ConfigError is a ValueError, which most
     commands map to exit status 1 once the config is loaded.
     """
-    from ..config import ConfigError, load_cfg
-
     loaded = []
 
     def load() -> int:

@@ -8,16 +8,20 @@ import contextlib
 import pickle
 from typing import Callable, Sequence, Type
 
-from .. import features
+from ..backbones import (DEFAULT_BACKBONE, WeightsNotFoundError, check_weights_available, get_backbone,
+                         list_backbones, torchvision_cache_file)
 from ..data.packed import PackedFormatError
+from ..data.splits import SplitSpec
+from ..extraction import extract_split
 from ..utils import comm
-from ..utils.ownership import FolderBusyError, FolderOwnershipError
+from ..utils.ownership import FolderBusyError, FolderOwnershipError, claim_output
 from ._errors import ExitOn, run_main
 
-__all__ = ["INPUT_ERRORS", "run_extractor"]
+__all__ = ["INPUT_ERRORS", "run_extractor", "run_split", "add_extraction_arguments", "add_label_embedding_arguments",
+           "add_weight_arguments", "add_backbone_argument", "check_extraction_arguments"]
 
 # Bad or missing input, weights or --out folder: one line naming the file, exit status 2.
-INPUT_ERRORS = (features.WeightsNotFoundError, FileNotFoundError, PackedFormatError, KeyError, ValueError,
+INPUT_ERRORS = (WeightsNotFoundError, FileNotFoundError, PackedFormatError, KeyError, ValueError,
                 FolderBusyError, FolderOwnershipError, pickle.UnpicklingError)
 
 
@@ -27,16 +31,16 @@ def run_extractor(tool: str, parser: argparse.ArgumentParser, args: argparse.Nam
 
     Checks the shared extraction arguments (a usage error exits through ``parser``), then the
     weights. With ``claim_before_joining``, rank 0 takes ``args.out`` (lock and
-    ownership, :func:`biam.features.claim_output`) before joining torchrun's process group, so a
+    ownership, :func:`biam.utils.ownership.claim_output`) before joining torchrun's process group, so a
     refusal exits at once and torchrun stops the other ranks; otherwise ``work`` takes it itself
     once it has checked its inputs. ``errors``: the tool's own bad-input exceptions (exit 2 too).
     """
 
-    features.check_extraction_arguments(parser, args)
+    check_extraction_arguments(parser, args)
 
     def body() -> int:
-        features.check_weights_available(args.weights, args.random_weights, tool, backbone=args.backbone)
-        claim = features.claim_output(args.out, args.overwrite, tool) if claim_before_joining else contextlib.nullcontext()
+        check_weights_available(args.weights, args.random_weights, tool, backbone=args.backbone)
+        claim = claim_output(args.out, args.overwrite, tool) if claim_before_joining else contextlib.nullcontext()
         with claim:
             # Long timeout: ranks may finish hours apart when an extraction resumes.
             comm.init_distributed(args.device, timeout_minutes=24 * 60)
@@ -44,3 +48,72 @@ def run_extractor(tool: str, parser: argparse.ArgumentParser, args: argparse.Nam
         return 0
 
     return run_main(tool, body, (ExitOn(tuple(errors) + INPUT_ERRORS, 2),), cleanup=comm.destroy)
+
+
+def add_label_embedding_arguments(parser, embeddings_help: str, glove_help: str) -> None:
+    """``--embeddings PICKLE`` or ``--glove FILE.txt`` (one required), and ``--glove-missing``."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--embeddings", metavar="PICKLE", help=embeddings_help)
+    group.add_argument("--glove", metavar="FILE.txt", help=glove_help)
+    parser.add_argument("--glove-missing", choices=("error", "skip-word", "zero"), default="error",
+                        help="labels with words the GloVe file lacks: error (default), average the known words, "
+                             "or a zero row")
+
+
+def add_weight_arguments(parser, weights_flag: str = "--weights", random_flag: str = "--random-weights") -> None:
+    """Add ``--weights FILE`` and ``--random-weights SEED`` (or other spellings) to an argparse parser."""
+    default = get_backbone(DEFAULT_BACKBONE)
+    parser.add_argument(weights_flag, default=None, metavar="FILE",
+                        help=f"the backbone's ImageNet state dict ({default.label}: {default.weights_file}); default: "
+                             f"torchvision's cache ({torchvision_cache_file(default.weights_file).parent})")
+    parser.add_argument(random_flag, type=int, default=None, metavar="SEED",
+                        help="use seeded random backbone weights instead (tests and smoke runs only; recorded in the "
+                             "manifest)")
+
+
+def add_backbone_argument(parser) -> None:
+    """Add ``--backbone NAME`` (a registered backbone, default vgg19) to an argparse parser."""
+    parser.add_argument("--backbone", choices=list_backbones(), default=DEFAULT_BACKBONE,
+                        help="feature extractor (default vgg19: conv5_4 at 224x224, 512 x 14 x 14 regions, fc7 scene "
+                             "feature, as the released features; resnet101: layer4 at 448x448, 2048 x 14 x 14, pooled "
+                             "scene feature); recorded in the manifest, see docs/own_data.md")
+
+
+def add_extraction_arguments(parser) -> None:
+    """Options shared by the feature extractors: output, weights, batching, sharding, device."""
+    parser.add_argument("--out", required=True, metavar="DIR", help="packed dataset directory to write (manifest.json, shards)")
+    add_backbone_argument(parser)
+    add_weight_arguments(parser)
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per forward pass (default 32)")
+    parser.add_argument("--workers", type=int, default=4, metavar="N",
+                        help="DataLoader worker processes decoding images (default 4; 0 = in the main process)")
+    parser.add_argument("--shard-size", type=int, default=4096, metavar="N",
+                        help="images per shard file (default 4096); a resumed run must use the same value")
+    parser.add_argument("--dtype", choices=("float16", "float32"), default="float16",
+                        help="stored feature dtype (default float16, as the trainer reads it)")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                        help="auto: this rank's GPU when there is one (default)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start the split over instead of resuming / skipping a complete one, and allow an "
+                             "--out folder holding files this tool did not record; only the files this command "
+                             "writes (manifest.json, embeddings.npz, <split>-NNNNN.h5, unreadable-<split>.tsv) "
+                             "are replaced, nothing else is deleted")
+
+
+def check_extraction_arguments(parser, args) -> None:
+    """Reject impossible values of :func:`add_extraction_arguments` options via ``parser.error``."""
+    for flag, value, low in (("--batch-size", args.batch_size, 1), ("--workers", args.workers, 0),
+                             ("--shard-size", args.shard_size, 1)):
+        if value < low:
+            parser.error(f"{flag} must be >= {low}, got {value}")
+    if args.weights is not None and args.random_weights is not None:
+        parser.error("give either --weights FILE or --random-weights SEED, not both")
+
+
+def run_split(spec: SplitSpec, args: argparse.Namespace, tool: str) -> dict:
+    """:func:`extract_split` with the options of :func:`add_extraction_arguments`."""
+    return extract_split(spec, args.out, weights=args.weights, random_seed=args.random_weights,
+                         batch_size=args.batch_size, num_workers=args.workers, shard_size=args.shard_size,
+                         dtype=args.dtype, device=args.device, overwrite=args.overwrite, tool=tool,
+                         backbone=args.backbone)
+

@@ -1,4 +1,4 @@
-"""``python -m biam.data.checksums``: verify release files (or a packed dataset) against their SHA-256.
+"""``biam-checksums``: verify release files (or a packed dataset) against their SHA-256.
 
 Exit status: 0 all present files match; 1 a file differs.
 """
@@ -10,11 +10,12 @@ import sys
 from typing import Optional, Sequence
 
 from ..data.checksums import verify_packed, verify_tree
+from ..datasets import known_release_files
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m biam.data.checksums",
+        prog="biam-checksums",
         description="Verify the release files under a datasets/ folder against their published SHA-256 "
                     "(exit 1 if any differs; missing files are listed, not errors).",
     )
@@ -25,7 +26,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.packed is not None:
         return verify_packed(args.packed)
-    report = verify_tree(args.root)
+    report = verify_tree(args.root, known_release_files())
     for path in report["ok"]:
         print(f"ok       {path}")
     for path in report["missing"]:

@@ -1,4 +1,29 @@
-"""``biam-convert`` (also ``python -m biam.data.convert``): the released feature layout -> packed shards.
+"""``biam-convert``: the released feature layout -> packed shards.
+
+Usage::
+
+    biam-convert nus_wide   --src datasets/ --out packed/nus_wide [--vgg-weights vgg19.pth]
+    biam-convert openimages --src datasets/ --out packed/openimages --train-dir DIR --test-h5 FILE
+
+One subcommand per registered dataset with a released layout (:mod:`biam.datasets`,
+``DatasetInfo.released``): its input files, their defaults and its conversion function live in
+the dataset's own folder; :mod:`biam.data.convert` holds what every conversion shares.
+
+Every record is checked (shape, dtype, finite, labels in {-1, 0, 1}); the first bad one stops the
+conversion with its file, image and field. The output is written shard by shard (bounded
+memory); a killed conversion rerun with the same arguments keeps the complete shards listed in
+the manifest (after checking their SHA-256), restarts the unfinished one and ends with files
+identical to an uninterrupted run.
+
+The output folder is the conversion's own: it must be new, empty, or hold a ``manifest.json``
+this tool wrote, unless ``--overwrite``; even then only the files the conversion writes are
+replaced and nothing else is deleted. The folder is locked for the whole run
+(:class:`biam.utils.ownership.FolderLock`), so a second conversion there stops at once.
+
+Scene features (the frozen VGG19 fc7 of each image, the paper's scene branch) are computed here
+once: ``--vgg-weights FILE`` (a torchvision VGG19 state dict), else torchvision's cache when it
+already holds ``vgg19-dcbb9e9d.pth`` (nothing is downloaded), else ``--scene-fallback random`` (a
+seeded random head, recorded as such) or ``--no-scene`` (the trainer computes them on the fly).
 
 Exit status: 0 done; 1 bad or missing input, or a refused/busy --out folder; 2 bad options.
 """
@@ -11,11 +36,13 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..data import released
+import torch
+
 from ..data.convert import SceneSetupError, resolve_scene_head
-from ..datasets import get_dataset, list_datasets
 from ..data.packed import MANIFEST, PackedFormatError
-from ..data.safe_pickle import UnsafePickleError
+from ..data.released import RecordError
+from ..datasets import get_dataset, list_datasets
+from ..utils.safe_pickle import UnsafePickleError
 from ..utils.ownership import FolderBusyError, FolderLock, FolderOwnershipError, check_output_folder
 from ._errors import ExitOn, run_main
 
@@ -98,8 +125,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return status
     head, source = scene
     if head is not None:
-        import torch
-
         if args.device == "cuda" and not torch.cuda.is_available():
             print("biam-convert: --device cuda but no CUDA device is available", file=sys.stderr)
             return 2
@@ -122,7 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return run_main("biam-convert", body, [
         ExitOn((FolderBusyError, FolderOwnershipError), 1),
         ExitOn(UnsafePickleError, 1, describe=lambda err: f"{err} (the file is not loaded)"),
-        ExitOn((released.RecordError, PackedFormatError, FileNotFoundError, ValueError, KeyError,
+        ExitOn((RecordError, PackedFormatError, FileNotFoundError, ValueError, KeyError,
                 pickle.UnpicklingError), 1),
         # A disk or permission failure while writing: name the file the system names.
         ExitOn(OSError, 1, describe=lambda err: f"{err.filename or out}: {err.strerror or err}"),

@@ -1,4 +1,4 @@
-"""``biam-evaluate`` (also ``python -m biam.evaluate``): evaluate a checkpoint on the test split.
+"""``biam-evaluate`` (``python -m biam.cli.evaluate``): evaluate a checkpoint on the test split.
 
 Exit status: 0 done; 1 bad data, checkpoint or output folder; 2 config error or no weights;
 4 another evaluation of the same checkpoint and split is writing its folder.
@@ -11,7 +11,8 @@ import os
 import sys
 
 from ..config import add_config_arguments, dump_cfg
-from ..data.packed import PackedDataset, PackedFormatError
+from ..data.loader import build_loader
+from ..data.packed import PackedDataset, PackedFormatError, resolve_backbone
 from ..engine import checkpoint as ckpt
 from ..engine.evaluator import (combine_tasks, evaluate_split, evaluation_folder, format_result,
                                 prepare_evaluation_folder)
@@ -93,10 +94,10 @@ def main(argv=None) -> int:
             dataset.verify()
         labels = build_label_space(dataset, device, cfg.MODEL.EMBED_DIM)
         scene_head = build_scene_head(cfg.MODEL.SCENE_HEAD_WEIGHTS, dataset, device)
-        from ..data.loader import build_loader
+        backbone = resolve_backbone(cfg.MODEL.BACKBONE, cfg.DATA.ROOT)
 
         def evaluate_weights(path: str):
-            model = build_model(cfg)
+            model = build_model(cfg, backbone)
             ckpt.load_model_weights(model, path)
             model.to(device).eval()
             return evaluate_split(

@@ -6,7 +6,7 @@ features, labels and embeddings.
         --out datasets/NUS-WIDE/packed [--splits train test] [--weights pretrained_weights/vgg19-dcbb9e9d.pth]
 
 Several GPUs: ``torchrun --nproc_per_node 4 feature_extraction/extract_nus_wide.py ...``. The
-release readers and the label order are in :mod:`biam.data.nus_wide_images`.
+release readers and the label order are in :mod:`biam.datasets.nus_wide.images`.
 
 Exit status: 0 done; 2 bad or missing input, missing weights, or a refused/busy --out folder.
 """
@@ -18,19 +18,20 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from biam import features
-from biam.cli._extract import run_extractor
-from biam.data.nus_wide_images import SPLIT_FILES, build_split, load_label_embeddings
-from biam.data.packed import save_embeddings
-from biam.data.released import RecordError, nus_wide_label_names, read_lines
-from biam.utils import comm
+from ..data.packed import save_embeddings
+from ..data.released import RecordError
+from ..datasets.nus_wide.images import SPLIT_FILES, build_split, load_label_embeddings
+from ..datasets.nus_wide.release import nus_wide_label_names
+from ..utils import comm
+from ..utils.text import read_lines
+from ._extract import add_extraction_arguments, add_label_embedding_arguments, run_extractor, run_split
 
 TOOL = "extract_nus_wide"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "biam-extract-nus-wide") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="extract_nus_wide.py",
+        prog=prog,
         description="NUS-WIDE release (images, image lists, tags, ground truth) -> packed features "
                     "(VGG19 conv5_4 regions + fc7 scene), +1/-1 labels (925 seen tags, 81 concepts) and embeddings. "
                     "Resumable; several GPUs through torchrun.")
@@ -39,17 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
                              "see datasets/NUS-WIDE/README.md")
     parser.add_argument("--splits", nargs="+", choices=sorted(SPLIT_FILES), default=["train", "test"],
                         help="splits to extract (default: train test)")
-    features.add_label_embedding_arguments(
+    add_label_embedding_arguments(
         parser,
         embeddings_help="released embedding pickle [tags (1000, 300), concepts (81, 300)] "
                         "(wiki_contexts/NUS_WIDE_pretrained_w2v_glove-wiki-gigaword-300)",
         glove_help="GloVe text file; multi-word labels are averaged")
-    features.add_extraction_arguments(parser)
+    add_extraction_arguments(parser)
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
+def main(argv: Optional[Sequence[str]] = None, prog: str = "biam-extract-nus-wide") -> int:
+    """``biam-extract-nus-wide``; ``prog`` is the name its usage line shows (the feature_extraction/ script's own)."""
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     root = Path(args.nus_root)
 
@@ -57,9 +59,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         tags_path = root / "NUS_WID_Tags" / "TagList1k.txt"
         seen, concepts, seen_idx = nus_wide_label_names(tags_path, root / "ConceptsList" / "Concepts81.txt")
         tags_total = len(read_lines(tags_path))
-        vec_seen, vec_unseen = load_label_embeddings(args, tags_path, seen_idx, seen, concepts)
+        vec_seen, vec_unseen = load_label_embeddings(tags_path, seen_idx, seen, concepts, embeddings=args.embeddings,
+                                                     glove=args.glove, glove_missing=args.glove_missing)
         for split in args.splits:
-            features.run_split(build_split(root, split, tags_total, seen_idx, concepts, seen), args, TOOL)
+            run_split(build_split(root, split, tags_total, seen_idx, concepts, seen), args, TOOL)
         if comm.is_main_process():
             save_embeddings(args.out, vec_seen, vec_unseen)
 

@@ -7,7 +7,7 @@ labels -> packed features, labels, embeddings.
         --out datasets/OpenImages/packed [--weights pretrained_weights/vgg19-dcbb9e9d.pth]
 
 Several GPUs: ``torchrun --nproc_per_node 8 feature_extraction/extract_openimages.py ...``. How
-labels are read and merged: :mod:`biam.data.openimages_images`.
+labels are read and merged: :mod:`biam.datasets.openimages.images`.
 
 Exit status: 0 done; 2 bad or missing input, missing weights, or a refused/busy --out folder.
 """
@@ -19,19 +19,20 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from biam import features
-from biam.cli._extract import run_extractor
-from biam.data.openimages_images import SPLITS, annotation_csv, load_label_embeddings, read_annotations
-from biam.data.packed import save_embeddings
-from biam.data.released import RecordError, read_classes_trainable, read_top400, read_unseen_ids
-from biam.utils import comm
+from ..data.packed import save_embeddings
+from ..data.released import RecordError
+from ..data.splits import SplitSpec
+from ..datasets.openimages.images import SPLITS, annotation_csv, load_label_embeddings, read_annotations
+from ..datasets.openimages.release import read_classes_trainable, read_top400, read_unseen_ids
+from ..utils import comm
+from ._extract import add_extraction_arguments, add_label_embedding_arguments, run_extractor, run_split
 
 TOOL = "extract_openimages"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "biam-extract-openimages") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="extract_openimages.py",
+        prog=prog,
         description="Open Images v4 (2018_04) images and human-verified labels -> packed features "
                     "(VGG19 conv5_4 regions + fc7 scene), labels in {-1, 0, +1} (7186 seen, 2594 unseen) and "
                     "embeddings. Resumable; several GPUs through torchrun.")
@@ -41,18 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
                              "<split>/<split>-annotations-human-imagelabels.csv (see feature_extraction/README.md)")
     parser.add_argument("--images", required=True, metavar="DIR", help="folder of the split's images, <ImageID>.jpg")
     parser.add_argument("--csv", default=None, metavar="FILE", help="annotation CSV (default: found in --meta-dir/<split>/)")
-    features.add_label_embedding_arguments(
+    add_label_embedding_arguments(
         parser,
         embeddings_help="released embedding pickle [seen (7186, 300), unseen (2594, 300)]",
         glove_help="GloVe text file; class names from class-descriptions.csv, multi-word names averaged")
     parser.add_argument("--class-descriptions", default=None, metavar="FILE",
                         help="id -> name CSV for --glove (default: --meta-dir/class-descriptions.csv)")
-    features.add_extraction_arguments(parser)
+    add_extraction_arguments(parser)
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
+def main(argv: Optional[Sequence[str]] = None, prog: str = "biam-extract-openimages") -> int:
+    """``biam-extract-openimages``; ``prog`` is the name its usage line shows (the feature_extraction/ script's own)."""
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     meta = Path(args.meta_dir)
 
@@ -63,7 +65,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         overlap = set(seen) & set(unseen)
         if overlap:
             raise ValueError(f"{meta}: {len(overlap)} class id(s) are both seen and unseen, e.g. {sorted(overlap)[:3]}")
-        vec_seen, vec_unseen = load_label_embeddings(args, meta, seen, unseen)
+        vec_seen, vec_unseen = load_label_embeddings(meta, seen, unseen, embeddings=args.embeddings, glove=args.glove,
+                                                     glove_missing=args.glove_missing,
+                                                     class_descriptions=args.class_descriptions)
         csv_path = Path(args.csv) if args.csv else annotation_csv(meta, args.split)
         columns = {c: i for i, c in enumerate(seen + unseen)}
         ids, labels, stats = read_annotations(csv_path, columns)
@@ -72,12 +76,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"(image, class) pairs merged, {stats['conflicts']} of them conflicting (positive wins); "
                   f"{stats['ignored_rows']} rows of {stats['ignored_classes']} classes outside both label lists ignored")
         images = Path(args.images)
-        spec = features.SplitSpec(
+        spec = SplitSpec(
             split=args.split, dataset="openimages", paths=[str(images / f"{i}.jpg") for i in ids], names=ids,
             labels=labels, seen=seen, unseen=unseen, unseen_eval=unseen_eval,
             extra={"source": {"tool": "feature_extraction/extract_openimages.py", "meta_dir": str(meta)}},
         )
-        summary = features.run_split(spec, args, TOOL)
+        summary = run_split(spec, args, TOOL)
         if comm.is_main_process():
             save_embeddings(args.out, vec_seen, vec_unseen)
             if not summary["skipped_complete"]:

@@ -7,7 +7,7 @@
 Several GPUs: ``torchrun --nproc_per_node 4 feature_extraction/extract_own.py ...``. Resumable
 like the NUS-WIDE extractor: rerun the same command after an interruption. The annotation
 formats, the label and image split rules and the checks are described in
-:mod:`biam.data.own_data`; label embeddings in :mod:`biam.data.wordvec`. Labels are +1/-1,
+:mod:`biam.datasets.own.annotations`; label embeddings in :mod:`biam.data.wordvec`. Labels are +1/-1,
 seen columns then unseen columns; features are VGG19 conv5_4 regions + fc7 scene. Besides
 the packed files, ``<out>/labels.txt`` lists the labels (seen then unseen) in the row order of
 ``embeddings.npz``.
@@ -22,13 +22,13 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from biam import features
-from biam.cli._extract import run_extractor
-from biam.data.own_data import SPLITS, UNSEEN_RULES, OwnDataError, build_own_dataset
-from biam.data.packed import save_embeddings
-from biam.data.wordvec import FORMATS, WordVectorError, label_embeddings
-from biam.utils import comm
-from biam.utils.io import atomic_open
+from ..data.packed import save_embeddings
+from ..data.wordvec import FORMATS, WordVectorError, label_embeddings
+from ..datasets.own.annotations import SPLITS, UNSEEN_RULES, OwnDataError, build_own_dataset
+from ..utils import comm
+from ..utils.io import atomic_open
+from ..utils.ownership import claim_output
+from ._extract import add_extraction_arguments, run_extractor, run_split
 
 TOOL = "extract_own"
 
@@ -49,9 +49,9 @@ def _fraction(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "biam-extract-own") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="extract_own.py",
+        prog=prog,
         description="A folder of images + an annotation file (CSV 'image,tags[,split]' with tags separated by ';', "
                     "or JSON lines) + a word-vector file (GloVe or fastText .vec) -> a packed dataset: VGG19 "
                     "conv5_4 regions + fc7 scene, +1/-1 labels (seen then unseen columns) and label embeddings. "
@@ -84,12 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "registered dataset")
     parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS),
                         help="splits to extract (default: train test)")
-    features.add_extraction_arguments(parser)
+    add_extraction_arguments(parser)
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
+def main(argv: Optional[Sequence[str]] = None, prog: str = "biam-extract-own") -> int:
+    """``biam-extract-own``; ``prog`` is the name its usage line shows (the feature_extraction/ script's own)."""
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
 
     def work() -> None:
@@ -105,9 +106,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{TOOL}: {data.summary()}")
         # Inputs are good: take --out now (lock + ownership, rank 0), as the other extractors do;
         # a bad input above has written nothing at all.
-        with features.claim_output(args.out, args.overwrite, TOOL):
+        with claim_output(args.out, args.overwrite, TOOL):
             for split in args.splits:
-                features.run_split(data.split_spec(split, dataset=args.dataset_name), args, TOOL)
+                run_split(data.split_spec(split, dataset=args.dataset_name), args, TOOL)
             if comm.is_main_process():
                 save_embeddings(args.out, vectors[: len(data.seen)], vectors[len(data.seen):])
                 # The row order of embeddings.npz, for `biam-predict --labels ... --embeddings ...`.

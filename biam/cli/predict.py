@@ -1,4 +1,4 @@
-"""``biam-predict`` (also ``python -m biam.predict``): tag images with any label list; see :mod:`biam.predict`.
+"""``biam-predict``: tag images with any label list; see :mod:`biam.engine.predict`.
 
 Exit status: 0 all images tagged; 1 some images could not be read; 2 bad input or a refused
 output path; 4 another biam-predict is writing the same --visualize folder.
@@ -10,11 +10,11 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from ..backbones import WeightsNotFoundError
 from ..config import ConfigError
 from ..data.released import RecordError
 from ..engine.checkpoint import CheckpointError
-from ..features import WeightsNotFoundError
-from ..predict import run
+from ..engine.predict import run
 from ..utils.ownership import FolderBusyError, FolderOwnershipError
 from ._errors import ExitOn, run_main
 

@@ -1,4 +1,4 @@
-"""``python -m biam.data.synthetic``: write a small learnable NUS-WIDE-like dataset in the released layout."""
+"""``biam-synthetic``: write a small learnable NUS-WIDE-like dataset in the released layout (the demo's data)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from ..data import synthetic
-from ..data.synthetic import write_synthetic_nus_wide
+from ..demo import synthetic
+from ..demo.synthetic import write_synthetic_nus_wide
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m biam.data.synthetic", description=synthetic.__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="biam-synthetic", description=synthetic.__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output folder (gets the released NUS-WIDE/ layout)")
     p.add_argument("--num-train", type=int, default=1500)
     p.add_argument("--num-test", type=int, default=500)

@@ -1,4 +1,4 @@
-"""``biam-train`` (also ``python -m biam.train``): train BiAM on a packed dataset.
+"""``biam-train`` (``python -m biam.cli.train``, ``torchrun -m biam.cli.train``): train BiAM on a packed dataset.
 
 Exit status: 0 done; 1 bad data, checkpoint or output folder; 2 config error; 3 training
 stopped (diverged); 4 another process is writing the same OUTPUT_DIR.

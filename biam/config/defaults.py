@@ -13,6 +13,10 @@ from typing import Optional, Sequence
 import yaml
 from yacs.config import CfgNode as CN
 
+from ..backbones import list_backbones
+from ..datasets import get_dataset, list_datasets
+from ..utils.io import atomic_open
+
 _C = CN()
 
 # ------------------------------------------------------------------------------------------- #
@@ -277,8 +281,6 @@ def _get(cfg: CN, key: str):
 
 def check_cfg(cfg: CN) -> None:
     """Checks across keys; raises ``ConfigError`` naming the key and the allowed values."""
-    from ..datasets import get_dataset, list_datasets  # the registry: a registered dataset is allowed
-
     checks = list(_ALLOWED.items()) + [("DATA.DATASET", tuple(list_datasets()))]
     for key, allowed in checks:
         if _get(cfg, key) not in allowed:
@@ -312,8 +314,6 @@ def check_cfg(cfg: CN) -> None:
         raise ConfigError(f"MODEL.CHANNEL_DIM = {m.CHANNEL_DIM} is not divisible by MODEL.HEADS = {m.HEADS}")
     if not 1 <= m.TOPK <= 196:
         raise ConfigError(f"MODEL.TOPK = {m.TOPK}; must be in 1..196 (there are 196 regions)")
-    from ..backbones import list_backbones
-
     if m.BACKBONE and m.BACKBONE not in list_backbones():
         raise ConfigError(f"MODEL.BACKBONE = {m.BACKBONE!r}; allowed values: '' (the data's), "
                           + ", ".join(map(repr, list_backbones())))
@@ -391,7 +391,5 @@ def add_config_arguments(parser) -> None:
 
 def dump_cfg(cfg: CN, path: str) -> None:
     """Write the resolved config as YAML (atomically) beside the run's outputs."""
-    from ..utils.io import atomic_open
-
     with atomic_open(path, "w") as f:
         f.write(cfg.dump())

@@ -1,4 +1,4 @@
-"""Label embeddings: the released pickles, GloVe text files, and our .npy/.npz files.
+"""Label embeddings: the released pickles' shape, GloVe text files, and our .npy/.npz files.
 
 Everything returns raw float32 rows; L2-normalising is done where they are used
 (:func:`biam.data.packed.l2_normalize`). Nothing here writes a pickle.
@@ -14,11 +14,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..utils.io import atomic_open
-from .safe_pickle import safe_load
+from ..utils.safe_pickle import safe_load
 
 __all__ = [
-    "read_nus_wide_embeddings",
-    "read_openimages_embeddings",
+    "read_pickled_pair",
     "label_words",
     "build_from_glove",
     "save_embedding_array",
@@ -38,7 +37,7 @@ def _check_matrix(arr, rows: Optional[int], source: str, what: str) -> np.ndarra
     return arr.astype(np.float32)
 
 
-def _read_pair(path: os.PathLike, what: Tuple[str, str], rows: Tuple[Optional[int], Optional[int]]):
+def read_pickled_pair(path: os.PathLike, what: Tuple[str, str], rows: Tuple[Optional[int], Optional[int]]):
     """A released embedding pickle holding a list of two matrices of the same width.
 
     ``what`` names the two items for messages (e.g. ("tags", "concepts")); ``rows`` are their
@@ -54,25 +53,8 @@ def _read_pair(path: os.PathLike, what: Tuple[str, str], rows: Tuple[Optional[in
     return first, second
 
 
-def read_nus_wide_embeddings(path: os.PathLike, seen_tag_index: np.ndarray, num_tags: Optional[int] = None,
-                             num_concepts: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """The released NUS-WIDE embedding pickle ``[tags (T, D), concepts (U, D)]``.
-
-    Input: the pickle path; ``seen_tag_index`` (S,) rows of the tag matrix that are seen (from
-    :func:`biam.data.released.nus_wide_label_names`); optional expected T and U.
-    Output: ``(seen (S, D), unseen (U, D))`` float32, raw rows.
-    """
-    tags, concepts = _read_pair(path, ("tags", "concepts"), (num_tags, num_concepts))
-    seen_tag_index = np.asarray(seen_tag_index, dtype=np.int64)
-    if len(seen_tag_index) and seen_tag_index.max() >= len(tags):
-        raise ValueError(f"{path}: tag matrix has {len(tags)} rows, the tag list needs {seen_tag_index.max() + 1}")
-    return tags[seen_tag_index], concepts
 
 
-def read_openimages_embeddings(path: os.PathLike, num_seen: Optional[int] = None,
-                               num_unseen: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """The released Open Images embedding pickle ``[seen (7186, D), unseen (2594, D)]`` -> float32 pair."""
-    return _read_pair(path, ("seen", "unseen"), (num_seen, num_unseen))
 
 
 _SPLIT = re.compile(r"[\s_\-]+")

@@ -24,15 +24,14 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import h5py
 import numpy as np
 
+from ..backbones import DEFAULT_BACKBONE, Backbone, BackboneError, backbone_of_manifest, get_backbone
 from ..utils.io import atomic_open, sha256_file
 
 __all__ = [
     "FORMAT_VERSION",
-    "NUM_CHANNELS",
-    "NUM_REGIONS",
-    "SCENE_DIM",
     "PackedFormatError",
     "PackedWriter",
+    "resolve_backbone",
     "PackedDataset",
     "read_manifest",
     "save_embeddings",
@@ -43,11 +42,6 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-# Widths of the default backbone (VGG19 conv5_4 and fc7), which data without a manifest 'backbone'
-# field holds. A split's own widths are PackedDataset.channels / num_regions / scene_dim.
-NUM_CHANNELS = 512
-NUM_REGIONS = 196
-SCENE_DIM = 4096
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npz"
 # Images per HDF5 chunk: a float16 regions chunk is 16 * 512 * 196 * 2 B = 3.2 MB. Readers keep
@@ -125,8 +119,6 @@ def _check_manifest(m: dict, source: str) -> None:
     need(m.get("feature_dtype") in FEATURE_DTYPES, "feature_dtype", f"{m.get('feature_dtype')!r} not in {FEATURE_DTYPES}")
     scene = m.get("scene")
     need(isinstance(scene, dict) and isinstance(scene.get("present"), bool), "scene", "expected {'present': bool, 'source': ...}")
-    from ..backbones import BackboneError, backbone_of_manifest
-
     try:
         backbone = backbone_of_manifest(m, source)
     except BackboneError as err:
@@ -297,10 +289,8 @@ class PackedWriter:
         resume: bool = True,
         overwrite: bool = False,
         extra: Optional[dict] = None,
-        backbone: str = "vgg19",
+        backbone: str = DEFAULT_BACKBONE,
     ):
-        from ..backbones import backbone_of_manifest, get_backbone
-
         if not _valid_split(split):
             raise ValueError(f"split name {split!r}: must be non-empty without '/', '-' or a leading '.'")
         if dtype not in FEATURE_DTYPES:
@@ -568,8 +558,6 @@ class PackedDataset:
         ue = self.manifest.get("unseen_eval")
         self.unseen_eval = np.arange(self.num_unseen, dtype=np.int64) if ue is None else np.asarray(ue, dtype=np.int64)
         self.has_scene = bool(self.manifest["scene"]["present"])
-        from ..backbones import backbone_of_manifest
-
         self.backbone = backbone_of_manifest(self.manifest, str(self.root / MANIFEST))
         self.channels, self.grid = self.backbone.channels, self.backbone.grid
         self.num_regions, self.scene_dim = self.backbone.num_regions, self.backbone.scene_dim
@@ -802,3 +790,29 @@ class PackedDataset:
             if digest != shard["sha256"]:
                 raise PackedFormatError(f"{path}: sha256 {digest} differs from the manifest's {shard['sha256']} "
                                         "(file changed or corrupt; reconvert it with biam-convert)")
+
+
+def resolve_backbone(name: str, data_root: Optional[PathLike] = None) -> Backbone:
+    """The backbone a model must be built for (config ``MODEL.BACKBONE`` and ``DATA.ROOT``).
+
+    Args:
+        name: a registered name, or "" for "whatever the data records".
+        data_root: a packed dataset folder; its manifest (when present) says which backbone made
+            the features (none recorded: VGG19).
+    Returns: the :class:`Backbone`; VGG19 when ``name`` is "" and there is no manifest.
+    Raises: :class:`BackboneError` naming both when ``name`` differs from the data's backbone.
+    """
+    recorded = None
+    if data_root:
+        path = Path(data_root) / MANIFEST
+        if path.is_file():
+            recorded = backbone_of_manifest(read_manifest(data_root), str(path))
+    if not name:
+        return recorded or get_backbone(DEFAULT_BACKBONE)
+    chosen = get_backbone(name)
+    if recorded is not None and recorded.name != chosen.name:
+        raise BackboneError(f"MODEL.BACKBONE = {chosen.name!r}, but the features in {data_root} were made by backbone "
+                            f"{recorded.name!r} (manifest.json field 'backbone'); set MODEL.BACKBONE {recorded.name} "
+                            f"(or \"\" to follow the data), or extract the features with --backbone {chosen.name}")
+    return chosen
+

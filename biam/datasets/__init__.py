@@ -1,6 +1,7 @@
-"""Datasets as plug-ins: each one file that registers a :class:`DatasetInfo` (its protocol, its
-label-space facts and, if it has one, its released-layout converter). ``DATA.DATASET`` names
-one of :func:`list_datasets`. docs/architecture.md, "Adding a dataset".
+"""Datasets as plug-ins: each one folder whose ``__init__.py`` registers a :class:`DatasetInfo`
+(its protocol, its label-space facts, its release files' checksums and, if it has one, its
+released-layout converter) beside the readers of its release and of its image release.
+``DATA.DATASET`` names one of :func:`list_datasets`. docs/architecture.md, "Adding a dataset".
 """
 
 from .catalog import (
@@ -9,6 +10,7 @@ from .catalog import (
     UnknownDatasetError,
     check_manifest_dataset,
     get_dataset,
+    known_release_files,
     list_datasets,
     register_dataset,
     unregister_dataset,
@@ -23,6 +25,7 @@ __all__ = [
     "UnknownDatasetError",
     "check_manifest_dataset",
     "get_dataset",
+    "known_release_files",
     "list_datasets",
     "register_dataset",
     "unregister_dataset",

@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
+from ..data.checksums import KnownFile
 from ..evaluation.protocols import Protocol
 
 __all__ = [
     "DatasetInfo", "ReleasedLayout", "UnknownDatasetError", "register_dataset", "unregister_dataset",
-    "get_dataset", "list_datasets", "check_manifest_dataset",
+    "get_dataset", "list_datasets", "check_manifest_dataset", "known_release_files",
 ]
 
 
@@ -59,6 +60,8 @@ class DatasetInfo:
         num_unseen_eval: the fixed count of evaluated unseen labels (None: any).
         released: the released-layout converter of ``biam-convert`` (None: the dataset is only
             made by a feature extractor, as ``own``).
+        known_files: published SHA-256 and size of its release files, by path relative to the
+            release's ``datasets/`` folder (``biam-checksums --root``).
     """
 
     name: str
@@ -67,6 +70,7 @@ class DatasetInfo:
     num_seen: Optional[int] = None
     num_unseen_eval: Optional[int] = None
     released: Optional[ReleasedLayout] = None
+    known_files: Mapping[str, KnownFile] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.protocol.name != self.name:
@@ -123,3 +127,11 @@ def check_manifest_dataset(configured: str, manifest: Mapping, where: str) -> Da
             f"DATA.DATASET {recorded} (registered: {', '.join(list_datasets())}) or point DATA.ROOT at a "
             f"{configured} dataset")
     return info
+
+
+def known_release_files() -> Dict[str, KnownFile]:
+    """Every registered dataset's published release files (path relative to ``datasets/``)."""
+    out: Dict[str, KnownFile] = {}
+    for name in list_datasets():
+        out.update(get_dataset(name).known_files)
+    return out

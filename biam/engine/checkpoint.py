@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..backbones import get_backbone, list_backbones
 from ..modeling.biam import HPARAM_CONFIG_KEYS, load_published_state_dict
 from ..utils.io import atomic_open
 
@@ -188,8 +189,6 @@ def checkpoint_backbone(obj: Mapping[str, Any]) -> Optional[str]:
     ((D_c, scene_dim, 1, 1)) widths name the registered backbone with those widths (published:
     512 and 4096, VGG19).
     """
-    from ..backbones import get_backbone, list_backbones
-
     rec = obj.get(HPARAMS_KEY)
     if isinstance(rec, Mapping) and isinstance(rec.get("backbone"), str):
         return rec["backbone"]

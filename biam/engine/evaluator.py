@@ -117,7 +117,8 @@ def evaluate_split(
     result = protocol(scores.to(metric_device), label_matrix.to(metric_device), labels.num_seen)
     if cfg.EVAL.REPORT_CHANCE:
         # Expected metrics of random scores, computed exactly from the labels (no sampling noise).
-        result.chance = chance_level(label_matrix, dataset=cfg.DATA.DATASET, num_seen=labels.num_seen, ks=result.ks)
+        result.chance = chance_level(label_matrix, get_dataset(cfg.DATA.DATASET).protocol, num_seen=labels.num_seen,
+                                     ks=result.ks)
     return result
 
 

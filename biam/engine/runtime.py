@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from ..data.packed import PackedDataset, l2_normalize, load_embeddings
-from ..modeling import SceneHead
 from ..utils import comm
 from ..utils.precision import float32_or_wider
 
@@ -111,34 +110,35 @@ def build_label_space(dataset: PackedDataset, device: torch.device, embed_dim: i
     )
 
 
-def build_scene_head(spec: str, dataset: PackedDataset, device: torch.device) -> Optional[SceneHead]:
+def build_scene_head(spec: str, dataset: PackedDataset, device: torch.device) -> Optional[nn.Module]:
     """The frozen scene head, or None when the packed data already holds scene features.
 
-    ``spec`` is config ``MODEL.SCENE_HEAD_WEIGHTS``: a VGG19 state-dict file or ``random:<seed>``.
-    Only VGG19 data may lack scene features (its head works on the stored regions); other
+    ``spec`` is config ``MODEL.SCENE_HEAD_WEIGHTS``: a state-dict file of the data's backbone or
+    ``random:<seed>``. Only data of a backbone whose scene head runs on stored regions
+    (``Backbone.stored_scene_head``; VGG19's pool5 -> fc6 -> fc7) may lack scene features; other
     backbones store theirs at extraction (``biam.backbones``).
     """
     if dataset.has_scene:
         return None
-    if dataset.backbone.name != "vgg19":
-        # Only VGG19's head (pool5 -> fc6 -> fc7) runs on stored regions; the others store their scene.
+    bb = dataset.backbone
+    if bb.stored_scene_head is None:
         raise ValueError(f"{dataset.root}: the packed data of backbone {dataset.backbone.name!r} has no scene "
                          "features; extract it again (its scene features are stored at extraction)")
     if not spec:
         raise FileNotFoundError(
-            f"{dataset.root}: the packed data has no scene features, so the frozen VGG19 head must run on the fly; "
-            "set MODEL.SCENE_HEAD_WEIGHTS to a torchvision vgg19 state-dict file (for example "
-            "pretrained_weights/vgg19-dcbb9e9d.pth, see pretrained_weights/README.md), or reconvert with "
+            f"{dataset.root}: the packed data has no scene features, so the frozen {bb.label} head must run on the "
+            f"fly; set MODEL.SCENE_HEAD_WEIGHTS to a torchvision {bb.name} state-dict file (for example "
+            f"pretrained_weights/{bb.weights_file}, see pretrained_weights/README.md), or reconvert with "
             "biam-convert --vgg-weights FILE to store them once"
         )
     if spec.startswith("random:"):
-        head = SceneHead.random(int(spec.split(":", 1)[1]))
+        head = bb.stored_scene_head(None, int(spec.split(":", 1)[1]))
     else:
-        head = _scene_head_from_file(spec)
+        head = _scene_head_from_file(spec, bb)
     return head.to(device)
 
 
-def _scene_head_from_file(path: str) -> SceneHead:
+def _scene_head_from_file(path: str, bb) -> nn.Module:
     """SceneHead.from_file with every failure as one message naming the file and the config key.
 
     torch's own refusal of a file holding code suggests ``weights_only=False``, which would run
@@ -146,22 +146,23 @@ def _scene_head_from_file(path: str) -> SceneHead:
     """
     key = "MODEL.SCENE_HEAD_WEIGHTS"
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{key} = {path}: file not found (a torchvision vgg19 state-dict file, "
+        raise FileNotFoundError(f"{key} = {path}: file not found (a torchvision {bb.name} state-dict file, "
                                 "see pretrained_weights/README.md)")
     try:
-        return SceneHead.from_file(path)
+        return bb.stored_scene_head(path, None)
     except pickle.UnpicklingError as err:
         if "unsupported global" in str(err).lower():
             raise ValueError(f"{key} = {path}: refused: the file holds objects other than tensors (code could run "
-                             "when loading it); use a plain torchvision vgg19 state dict, e.g. vgg19-dcbb9e9d.pth") from None
+                             f"when loading it); use a plain torchvision {bb.name} state dict, e.g. "
+                             f"{bb.weights_file}") from None
         raise ValueError(f"{key} = {path}: not a torch state-dict file (truncated, another format, or objects "
-                         "other than tensors); use a plain torchvision vgg19 state dict") from None
+                         f"other than tensors); use a plain torchvision {bb.name} state dict") from None
     except (KeyError, ValueError, RuntimeError, EOFError, OSError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        raise ValueError(f"{key} = {path}: not usable VGG19 weights: {msg.replace(path + ': ', '')}") from None
+        raise ValueError(f"{key} = {path}: not usable {bb.label} weights: {msg.replace(path + ': ', '')}") from None
 
 
-def scene_features(batch: Dict[str, torch.Tensor], regions: torch.Tensor, head: Optional[SceneHead]) -> torch.Tensor:
+def scene_features(batch: Dict[str, torch.Tensor], regions: torch.Tensor, head: Optional[nn.Module]) -> torch.Tensor:
     """Stored scene features when present, else the frozen head applied to the regions."""
     if "scene" in batch:
         return batch["scene"].to(regions.device, non_blocking=True).to(float32_or_wider(regions.dtype))
@@ -177,7 +178,7 @@ def run_inference(
     label_columns: torch.Tensor,
     device: torch.device,
     amp_dtype: Optional[torch.dtype] = None,
-    scene_head: Optional[SceneHead] = None,
+    scene_head: Optional[nn.Module] = None,
     progress: Optional[Callable[[int], None]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Score every image of ``batches`` against ``label_embeddings`` and gather over ranks.

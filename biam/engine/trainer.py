@@ -7,8 +7,8 @@ then MAX_EPOCHS+1..MAX_EPOCHS+FINETUNE_EPOCHS fine-tune that best model on all t
 at SOLVER.FINETUNE_LR, evaluating on the test split after each. A checkpoint is written after
 every epoch; ``--resume`` continues from the last complete one.
 
-Launch: ``python -m biam.train --config-file configs/nus_wide.yaml`` or
-``torchrun --nproc_per_node=4 -m biam.train --config-file ...``.
+Launch: ``biam-train --config-file configs/nus_wide.yaml`` or
+``torchrun --nproc_per_node=4 -m biam.cli.train --config-file ...``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from torch import nn
 
 from ..config import dump_cfg
 from ..data.loader import build_loader
-from ..data.packed import PackedDataset
+from ..data.packed import PackedDataset, resolve_backbone
 from ..datasets import check_manifest_dataset, get_dataset
 from ..evaluation import average_precision, f1_at_k
 from ..modeling import build_model, ranking_loss
@@ -43,7 +43,7 @@ from .run_record import (
     result_hash,
 )
 from .runtime import (
-    autocast_context, build_label_space, build_scene_head, derive_seed, resolve_amp, scene_features,
+    autocast_context, build_label_space, build_scene_head, derive_seed, resolve_amp, run_inference, scene_features,
     seed_everything,
 )
 from .schedule import build_scheduler
@@ -363,7 +363,7 @@ class Trainer:
         """The model as trained (maybe inside DDP and torch.compile); sets ``self.raw_model`` to
         the bare BiAM inside them, the one that is saved, loaded and evaluated."""
         cfg = self.cfg
-        model = build_model(cfg)
+        model = build_model(cfg, resolve_backbone(cfg.MODEL.BACKBONE, cfg.DATA.ROOT))
         if cfg.MODEL.WEIGHTS:
             ckpt.load_model_weights(model, cfg.MODEL.WEIGHTS)
             self.logger.info(f"initialised from {cfg.MODEL.WEIGHTS}")
@@ -769,8 +769,6 @@ class Trainer:
         """Metrics on the seen labels of the held-out part of the training split."""
         loader = self.loader(self.train_set, self.val_idx, shuffle=False, batch_size=self.cfg.EVAL.BATCH_SIZE)
         columns = torch.arange(self.labels.num_seen)
-        from .runtime import run_inference
-
         scores, labels = run_inference(
             self.raw_model, loader, self.labels.seen, columns, self.device, self.amp_dtype, self.scene_head,
         )

@@ -10,8 +10,6 @@ from .protocols import (
     Protocol,
     chance_level,
     evaluate,
-    evaluate_nus_wide,
-    evaluate_openimages,
     evaluate_random_baseline,
     expected_random_ap,
 )
@@ -22,8 +20,6 @@ __all__ = [
     "average_precision",
     "chance_level",
     "evaluate",
-    "evaluate_nus_wide",
-    "evaluate_openimages",
     "evaluate_random_baseline",
     "expected_random_ap",
     "f1_at_k",

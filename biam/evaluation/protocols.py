@@ -2,8 +2,9 @@
 
 A dataset's protocol (held by its entry in :mod:`biam.datasets`) fixes the K of P/R/F1@K,
 which test images count (all, or per task those with a positive) and which mAP variants are
-reported. :func:`evaluate` applies one; :func:`evaluate_nus_wide` and
-:func:`evaluate_openimages` are the paper's two, with their published defaults.
+reported. :func:`evaluate` applies one; ``evaluate_nus_wide`` and ``evaluate_openimages`` of
+:mod:`biam.datasets.nus_wide` and :mod:`biam.datasets.openimages` are the paper's two, with
+their published defaults.
 
 All take the full score and label matrices over the GZSL label list, seen columns first, then
 the evaluated unseen columns: (N, S + U), torch (CPU or CUDA; computed where the scores are) or
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -34,8 +35,6 @@ __all__ = [
     "Protocol",
     "chance_level",
     "evaluate",
-    "evaluate_nus_wide",
-    "evaluate_openimages",
     "evaluate_random_baseline",
     "expected_random_ap",
 ]
@@ -274,53 +273,8 @@ def evaluate(
     return _evaluate_kept_rows(scores, labels, num_seen, ks, protocol, published_ap and protocol.pooled_ap)
 
 
-def evaluate_nus_wide(
-    scores: ArrayLike,
-    labels: ArrayLike,
-    num_seen: Optional[int] = None,
-    ks: Optional[Sequence[int]] = None,
-) -> EvalResult:
-    """NUS-WIDE protocol: all images; mAP over every evaluated label (no positive counts as 0).
-
-    Args:
-        scores: (N, S + U) scores, seen columns first. labels: (N, S + U) in {-1, 0, +1}.
-        num_seen: S (default 925, NUS-WIDE's).
-        ks: the K of F1@K (default 3 and 5, the paper's).
-    Returns:
-        EvalResult with tasks "zsl" (the U unseen columns) and "gzsl" (all columns).
-    """
-    return evaluate(scores, labels, _registered("nus_wide"), num_seen=num_seen, ks=ks)
 
 
-def evaluate_openimages(
-    scores: ArrayLike,
-    labels: ArrayLike,
-    num_seen: Optional[int] = None,
-    ks: Optional[Sequence[int]] = None,
-    published_ap: bool = False,
-) -> EvalResult:
-    """Open Images protocol (docs/metrics.md), tasks SEEN (the S seen columns), ZSL and GZSL.
-
-    Per task: keep the images with at least one +1 among the task's columns; per-label AP on
-    those images; "mAP" is the mean over all the task's columns, a column without an annotated
-    image counting 0; "mAP_annotated" is the mean over the columns with an annotated image only;
-    "wmAP" weights each label's AP by its +1 images; F1/P/R@K over the kept images and all the
-    task's columns (SEEN: the top K among its annotated columns only, as the original's).
-
-    Args:
-        scores: (N, S + U) scores, seen columns first. labels: (N, S + U) in {-1, 0, +1}.
-        num_seen: S (default 7186, Open Images v4's).
-        ks: the K of F1@K (default 1, 3, 5, 10, 20: 10 and 20 in the paper; the original logs
-            1, 5, 10, 20 for SEEN and GZSL and 1, 3, 10, 20 for ZSL).
-        published_ap: also report the original's pooled, flawed AP function:
-            "published_pooled_mAP", its mean over all 400 columns for ZSL (0 for a column
-            without an annotated image) and over the annotated columns for SEEN and GZSL, and
-            "published_weighted_pooled_mAP", weighted by each column's +1 images (the paper's
-            table); costs sum over images of (annotations per image)^2 work.
-    Returns:
-        EvalResult with tasks "seen", "zsl" and "gzsl".
-    """
-    return evaluate(scores, labels, _registered("openimages"), num_seen=num_seen, ks=ks, published_ap=published_ap)
 
 
 def _evaluate_all_rows(scores: ArrayLike, labels: ArrayLike, num_seen: int, ks: Tuple[int, ...],
@@ -423,7 +377,7 @@ def expected_random_ap(num_pos, num_counted):
 
 def chance_level(
     labels: ArrayLike,
-    dataset: Union[str, Protocol] = "nus_wide",
+    protocol: Protocol,
     num_seen: Optional[int] = None,
     ks: Optional[Sequence[int]] = None,
 ) -> EvalResult:
@@ -435,12 +389,11 @@ def chance_level(
 
     Args:
         labels: (N, S + U) in {-1, 0, +1}.
-        dataset: a registered dataset name (``biam.datasets.list_datasets()``) or a Protocol.
+        protocol: the dataset's protocol (``biam.datasets.get_dataset(name).protocol``).
         num_seen, ks: as in the protocol (its defaults when None).
     Returns:
         EvalResult (no per-label AP).
     """
-    protocol = _as_protocol(dataset)
     num_seen, ks = _protocol_defaults(protocol, num_seen, ks)
     y = labels if isinstance(labels, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(labels))
     if y.dim() != 2:
@@ -480,7 +433,7 @@ def chance_level(
 
 def evaluate_random_baseline(
     labels: ArrayLike,
-    dataset: Union[str, Protocol] = "nus_wide",
+    protocol: Protocol,
     seed: int = 0,
     num_seen: Optional[int] = None,
     ks: Optional[Sequence[int]] = None,
@@ -490,28 +443,20 @@ def evaluate_random_baseline(
 
     Args:
         labels: (N, S + U) in {-1, 0, +1}; the scores are made on its device.
-        dataset: a registered dataset name or a Protocol. seed: random seed (CPU generator,
-            so the result does not depend on the device).
+        protocol: the dataset's protocol. seed: random seed (CPU generator, so the result
+            does not depend on the device).
         num_seen, ks, published_ap: as in :func:`evaluate`.
     Returns:
         EvalResult.
     """
-    protocol = _as_protocol(dataset)
     y = labels if isinstance(labels, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(labels))
     gen = torch.Generator().manual_seed(int(seed))
     scores = torch.rand(tuple(y.shape), generator=gen).to(y.device)
     return evaluate(scores, y, protocol, num_seen=num_seen, ks=ks, published_ap=published_ap)
 
 
-def _registered(name: str) -> Protocol:
-    """The protocol of a registered dataset (ValueError naming the registered ones if unknown)."""
-    from ..datasets import get_dataset  # the registry imports this module for Protocol
-
-    return get_dataset(name).protocol
 
 
-def _as_protocol(dataset: Union[str, Protocol]) -> Protocol:
-    return dataset if isinstance(dataset, Protocol) else _registered(dataset)
 
 
 def _protocol_defaults(protocol: Protocol, num_seen: Optional[int], ks: Optional[Sequence[int]]):

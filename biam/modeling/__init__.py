@@ -1,7 +1,6 @@
-"""Model, scene head and loss."""
+"""The model and its loss."""
 
 from .biam import BiAM, build_model, load_published_state_dict
 from .loss import ranking_loss
-from .scene_head import SceneHead
 
-__all__ = ["BiAM", "build_model", "load_published_state_dict", "ranking_loss", "SceneHead"]
+__all__ = ["BiAM", "build_model", "load_published_state_dict", "ranking_loss"]

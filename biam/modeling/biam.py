@@ -14,11 +14,11 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from ..backbones import DEFAULT_BACKBONE, get_backbone
 from ..utils.precision import at_least_float32
 
-__all__ = ["BiAM", "build_model", "ConvReluBN", "NUM_REGIONS", "load_published_state_dict", "HPARAM_CONFIG_KEYS"]
+__all__ = ["BiAM", "build_model", "ConvReluBN", "load_published_state_dict", "HPARAM_CONFIG_KEYS"]
 
-NUM_REGIONS = 196  # 14 x 14 conv5_4 cells of VGG19, the default grid
 
 # The hyperparameters a checkpoint of ours records (``BiAM.hparams``), with their config keys:
 # they decide what the weights compute. Heads and top-k do not show in parameter shapes, so
@@ -216,9 +216,7 @@ class BiAM(nn.Module):
         gives the grid, and the widths where FEATURE_DIM / SCENE_DIM are 0.
         """
         if backbone is None:
-            from ..backbones import get_backbone
-
-            backbone = get_backbone("vgg19")
+            backbone = get_backbone(cfg.MODEL.BACKBONE or DEFAULT_BACKBONE)
         m = cfg.MODEL
         return dict(
             channel_dim=m.CHANNEL_DIM, heads=m.HEADS, topk=m.TOPK, embed_dim=m.EMBED_DIM,
@@ -265,7 +263,7 @@ class BiAM(nn.Module):
             label_embeddings: (C, embed_dim), rows L2-normalised by the caller.
             scene: (B, scene_dim) scene features (VGG19: fc7).
         Returns:
-            m: (B, R, C), the attention maps of ``biam.predict``; dtype of the computation
+            m: (B, R, C), the attention maps of ``biam-predict``; dtype of the computation
             (float32, or the autocast dtype).
         """
         regions = self._check_inputs(regions, label_embeddings, scene)
@@ -289,14 +287,12 @@ def build_model(cfg: Any, backbone: Any = None) -> BiAM:
     """Translate a config into a ``BiAM`` (the only place that reads ``cfg.MODEL``).
 
     ``backbone``: a ``biam.backbones.Backbone`` or its name, or None for the one
-    ``MODEL.BACKBONE`` names, checked against (or, when "", read from) the manifest of the
-    packed data at ``DATA.ROOT`` (VGG19 where there is none). Its grid, and its widths where
-    ``MODEL.FEATURE_DIM`` / ``MODEL.SCENE_DIM`` are 0, shape the model.
+    ``MODEL.BACKBONE`` names (VGG19 when ""). Callers that train or evaluate on packed data pass
+    the data's backbone (:func:`biam.data.packed.resolve_backbone`). Its grid, and its widths
+    where ``MODEL.FEATURE_DIM`` / ``MODEL.SCENE_DIM`` are 0, shape the model.
     """
-    from ..backbones import get_backbone, resolve_backbone
-
     if backbone is None:
-        backbone = resolve_backbone(cfg.MODEL.BACKBONE, cfg.DATA.ROOT)
+        backbone = get_backbone(cfg.MODEL.BACKBONE or DEFAULT_BACKBONE)
     elif isinstance(backbone, str):
         backbone = get_backbone(backbone)
     return BiAM(**BiAM.from_config(cfg, backbone))

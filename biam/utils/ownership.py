@@ -17,6 +17,7 @@ follows the same two rules:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import fcntl
@@ -26,7 +27,7 @@ import socket
 import sys
 from typing import Any, Dict, Iterable, List, Optional
 
-__all__ = ["LOCK_NAME", "FolderBusyError", "FolderOwnershipError", "FolderLock", "check_output_folder"]
+__all__ = ["LOCK_NAME", "FolderBusyError", "FolderOwnershipError", "FolderLock", "check_output_folder", "claim_output"]
 
 # The lock file; it is ours in every folder, so it never counts as a foreign file.
 LOCK_NAME = ".biam.lock"
@@ -171,3 +172,25 @@ def check_output_folder(folder: str, *, record: str, overwrite: bool = False,
             f"folder, or pass {flag} to write beside them (only this command's own files are replaced; "
             "nothing else is deleted)")
     return None
+
+
+def claim_output(out, overwrite: bool, tool: str):
+    """Take the output folder for this run: a context manager for the whole command.
+
+    On rank 0 (or without torchrun): :class:`FolderLock` on ``out`` (a
+    second extraction there stops at once, naming this one), then the folder must hold this
+    tool's ``manifest.json``, or nothing, or ``overwrite`` must be given
+    (:func:`check_output_folder`). Other ranks write only below
+    ``out/.parts`` and take nothing. Raises FolderBusyError / FolderOwnershipError.
+    """
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        return contextlib.nullcontext()
+    lock = FolderLock(os.fspath(out), " ".join([tool] + sys.argv[1:])).acquire()
+    try:
+        # .parts/ holds the ranks' shards of an interrupted torchrun extraction (ours, no manifest yet).
+        check_output_folder(os.fspath(out), record="manifest.json", overwrite=overwrite, ignore=(".parts",))
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+

@@ -6,23 +6,22 @@ different backbones are refused naming both."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from biam.backbones import BackboneError, backbone_of_manifest, get_backbone, list_backbones, resolve_backbone
+from biam.backbones import BackboneError, backbone_of_manifest, get_backbone, list_backbones
+from biam.data.packed import resolve_backbone
 from biam.config import load_cfg
 from biam.data.packed import PackedDataset, PackedFormatError, PackedWriter, read_manifest
 from biam.engine import checkpoint as ckpt
-from biam.features import FeatureExtractor
+from biam.extraction import FeatureExtractor
 from biam.modeling import build_model
 
 TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
-from conftest import TINY_MODEL_OPTS  # noqa: E402
+from helpers import TINY_MODEL_OPTS
 
 
 def test_registry_lists_both_and_unknown_names_are_errors():
@@ -95,15 +94,22 @@ def test_manifest_records_the_backbone_and_old_manifests_read_as_vgg19(tmp_path)
         backbone_of_manifest(bad, "m.json")
 
 
+def data_backbone(cfg):
+    """The backbone the trainer and the evaluator build the model for: MODEL.BACKBONE checked
+    against (or, when "", read from) the manifest at DATA.ROOT."""
+    return resolve_backbone(cfg.MODEL.BACKBONE, cfg.DATA.ROOT)
+
+
 def test_model_widths_come_from_the_manifest_and_a_named_backbone_must_match(tmp_path):
     _write(tmp_path / "r", "resnet101", 2048, 2048)
     cfg = load_cfg(None, TINY_MODEL_OPTS + ["DATA.ROOT", str(tmp_path / "r")])
-    model = build_model(cfg)
+    model = build_model(cfg, data_backbone(cfg))
     assert model.hparams()["feature_dim"] == 2048 and model.hparams()["scene_dim"] == 2048
     assert model.hparams()["backbone"] == "resnet101"
     assert tuple(model.conv_3X3.body.weight.shape[1:2]) == (2048,)
     # No data: VGG19 widths, as the published checkpoints.
-    plain = build_model(load_cfg(None, TINY_MODEL_OPTS + ["DATA.ROOT", str(tmp_path / "none")]))
+    none = load_cfg(None, TINY_MODEL_OPTS + ["DATA.ROOT", str(tmp_path / "none")])
+    plain = build_model(none, data_backbone(none))
     assert (plain.feature_dim, plain.scene_dim, plain.backbone) == (512, 4096, "vgg19")
     assert build_model(cfg, "vgg19").feature_dim == 512  # an explicit argument wins
     with pytest.raises(BackboneError, match="MODEL.BACKBONE = 'vgg19'.*made by backbone 'resnet101'"):
@@ -114,7 +120,7 @@ def test_checkpoint_of_another_backbone_is_refused_naming_both(tmp_path):
     _write(tmp_path / "r", "resnet101", 2048, 2048)
     vgg_cfg = load_cfg(None, TINY_MODEL_OPTS + ["DATA.ROOT", str(tmp_path / "none")])
     res_cfg = load_cfg(None, TINY_MODEL_OPTS + ["DATA.ROOT", str(tmp_path / "r")])
-    vgg_model, res_model = build_model(vgg_cfg), build_model(res_cfg)
+    vgg_model, res_model = build_model(vgg_cfg, data_backbone(vgg_cfg)), build_model(res_cfg, data_backbone(res_cfg))
     published = tmp_path / "published.pth"
     torch.save(vgg_model.state_dict(), published)  # plain state dict, as the published files
     ours = tmp_path / "ours.pth"
@@ -128,9 +134,9 @@ def test_checkpoint_of_another_backbone_is_refused_naming_both(tmp_path):
         ckpt.load_model_weights(build_model(vgg_cfg), str(ours))
     # Same backbone: loads, as before.
     ckpt.load_model_weights(build_model(vgg_cfg), str(published))
-    ckpt.load_model_weights(build_model(res_cfg), str(ours))
+    ckpt.load_model_weights(build_model(res_cfg, data_backbone(res_cfg)), str(ours))
     # biam-predict extracts with the checkpoint's backbone unless MODEL.BACKBONE names one.
-    from biam.predict import predict_backbone
+    from biam.engine.predict import predict_backbone
 
     assert predict_backbone(vgg_cfg, str(ours)).name == "resnet101"
     assert predict_backbone(vgg_cfg, str(published)).name == "vgg19"
@@ -147,7 +153,7 @@ def test_config_backbone_must_be_registered():
 
 def test_resnet101_extract_train_evaluate(tmp_path):
     """4 generated images through ResNet-101 (random weights, 448 x 448), 1 epoch, evaluation."""
-    from biam.data import shapes_demo
+    from biam.demo import shapes as shapes_demo
     from biam.cli.evaluate import main as evaluate_main
     from biam.engine.trainer import Trainer
 

@@ -3,8 +3,6 @@ training step equal to the same step without DDP. The gloo variant runs the same
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,8 +15,7 @@ from biam.engine.runtime import build_label_space
 from biam.modeling import build_model, ranking_loss
 from biam.utils import comm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import TINY_MODEL_OPTS  # noqa: E402
+from helpers import TINY_MODEL_OPTS
 
 CUDA_MARKS = (pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))
 

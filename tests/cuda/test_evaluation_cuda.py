@@ -5,7 +5,6 @@ with another batch size and with bf16 autocast on the CPU."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,7 @@ from biam.config import load_cfg
 from biam.cli.evaluate import main as evaluate_main
 from biam.engine.trainer import Trainer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import TINY_MODEL_OPTS  # noqa: E402
+from helpers import TINY_MODEL_OPTS
 
 CUDA_MARKS = (pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))
 MODEL_OPTS = ["MODEL.CHANNEL_DIM", "16", "MODEL.HEADS", "2", "MODEL.JOINT_DIM", "32", "DATA.NUM_WORKERS", "0"]

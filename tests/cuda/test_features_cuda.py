@@ -1,6 +1,6 @@
 """Feature extraction on CUDA: feature_extraction/extract_nus_wide.py with --device cuda on a few
 generated images gives the CPU's features. The CPU variant checks the script's CPU output
-against biam.features.FeatureExtractor called directly, with the same comparison."""
+against biam.extraction.FeatureExtractor called directly, with the same comparison."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from biam.data.packed import PackedDataset
-from biam.features import FeatureExtractor, ImageFileDataset, collate_images, load_vgg19
+from biam.backbones import get_backbone, load_backbone
+from biam.data.images import ImageFileDataset, backbone_transform, collate_images
+from biam.extraction import FeatureExtractor
 
 CUDA_MARKS = (pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))
 FE_CONFTEST = Path(__file__).resolve().parents[1] / "feature_extraction" / "conftest.py"
@@ -59,9 +61,10 @@ def direct_cpu_features(release, names):
     _, nus, _ = release
     files = [nus / "Flickr" / Path(*rel.split("\\")) for rel, *_ in TRAIN]
     assert [p.parent.name + "_" + p.name for p in files] == list(names)
-    vgg, _ = load_vgg19(None, random_seed=0, what="test")
-    extractor = FeatureExtractor(vgg)
-    images, _, bad = collate_images([ImageFileDataset(files)[i] for i in range(len(files))])
+    vgg, _ = load_backbone("vgg19", None, random_seed=0, what="test")
+    extractor = FeatureExtractor(vgg, "vgg19")
+    transform = backbone_transform(get_backbone("vgg19"))
+    images, _, bad = collate_images([ImageFileDataset(files, transform)[i] for i in range(len(files))])
     assert not bad
     regions, scene = extractor(images)
     return {"regions": regions.numpy(), "scene": scene.numpy()}

@@ -8,8 +8,6 @@ masks from different generators, and torch.compile draws them differently from e
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,8 +15,7 @@ import torch
 from biam.config import load_cfg
 from biam.engine.trainer import Trainer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import TINY_MODEL_OPTS, check_bad_step_is_skipped  # noqa: E402
+from helpers import TINY_MODEL_OPTS, check_bad_step_is_skipped
 
 CUDA_MARKS = (pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))
 

@@ -6,7 +6,6 @@ annotated-column mAP variants). Nothing else in the package is edited for it.
 """
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +22,7 @@ from biam.engine.trainer import Trainer
 from biam.evaluation import Protocol
 
 TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
-from conftest import TINY_MODEL_OPTS, make_tiny_packed  # noqa: E402
+from helpers import TINY_MODEL_OPTS, make_tiny_packed
 
 
 # ------------------------------------------------------------ the one file of a new dataset

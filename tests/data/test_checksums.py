@@ -3,7 +3,10 @@
 import shutil
 
 from biam.cli.checksums import main
-from biam.data.checksums import KNOWN_FILES, verify_file, verify_tree
+from biam.data.checksums import verify_file, verify_tree
+from biam.datasets import known_release_files
+
+KNOWN_FILES = known_release_files()
 
 # Where each known file sits in ../shared/data (flatter than the release layout).
 SHARED_NAMES = {
@@ -28,9 +31,9 @@ def test_real_release_files_match(shared_data, tmp_path):
     """Uses the real files of ../shared/data (skips without them)."""
     assert set(SHARED_NAMES) == set(KNOWN_FILES)
     for key, rel in SHARED_NAMES.items():
-        assert verify_file(str(shared_data / rel), key) is None, key
+        assert verify_file(str(shared_data / rel), key, KNOWN_FILES[key]) is None, key
     _lay_out(shared_data, tmp_path)
-    report = verify_tree(str(tmp_path))
+    report = verify_tree(str(tmp_path), KNOWN_FILES)
     assert len(report["ok"]) == len(KNOWN_FILES) and not report["bad"] and not report["missing"]
     assert main(["--root", str(tmp_path)]) == 0
 
@@ -40,9 +43,9 @@ def test_changed_and_truncated_files_fail(tmp_path, capsys):
     path = tmp_path / key
     path.parent.mkdir(parents=True)
     path.write_bytes(b"x" * KNOWN_FILES[key].size)  # right size, wrong content
-    assert "sha256" in verify_file(str(path), key)
+    assert "sha256" in verify_file(str(path), key, KNOWN_FILES[key])
     path.write_bytes(b"airport\n")
-    assert "truncated" in verify_file(str(path), key)
+    assert "truncated" in verify_file(str(path), key, KNOWN_FILES[key])
     assert main(["--root", str(tmp_path)]) == 1
     captured = capsys.readouterr()
     assert "BAD" in captured.err and "Concepts81.txt" in captured.err
@@ -50,7 +53,7 @@ def test_changed_and_truncated_files_fail(tmp_path, capsys):
 
 
 def test_packed_checksum_command(tmp_path, capsys):
-    """`python -m biam.data.checksums --packed DIR`: the full SHA-256 check of every shard."""
+    """`biam-checksums --packed DIR`: the full SHA-256 check of every shard."""
     import h5py
     import numpy as np
 

@@ -15,8 +15,8 @@ import pytest
 
 from biam.cli.convert import main as convert_main
 from biam.data.packed import PackedDataset, load_embeddings
-from biam.data.released import read_img_names
-from biam.data.synthetic import SYNTHETIC_PATHS, write_synthetic_nus_wide
+from biam.datasets.nus_wide.release import read_img_names
+from biam.demo.synthetic import SYNTHETIC_PATHS, write_synthetic_nus_wide
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = dict(num_train=48, num_test=16, num_tags=12, num_concepts=5, overlap=2, progress=False)
@@ -105,7 +105,7 @@ def test_bad_record_is_named(tmp_path, field, data, expect, capsys):
 
 def _run_convert(src, out, extra_env=None):
     env = dict(os.environ, PYTHONPATH=str(REPO), **(extra_env or {}))
-    cmd = [sys.executable, "-m", "biam.data.convert", "nus_wide", "--src", str(src), "--out", str(out),
+    cmd = [sys.executable, "-m", "biam.cli.convert", "nus_wide", "--src", str(src), "--out", str(out),
            "--shard-size", "8", "--batch", "4", "--no-scene"]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 

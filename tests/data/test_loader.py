@@ -7,7 +7,7 @@ import torch
 
 from biam.data.loader import build_loader, epoch_order, global_batches
 from biam.data.packed import PackedDataset, PackedWriter
-from biam.data.safe_pickle import safe_load
+from biam.utils.safe_pickle import safe_load
 
 N = 203  # not a multiple of shard, block or batch size, on purpose
 

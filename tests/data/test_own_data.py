@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from biam.data.own_data import (OwnDataError, build_own_dataset, choose_test, choose_unseen, hash_order,
+from biam.datasets.own.annotations import (OwnDataError, build_own_dataset, choose_test, choose_unseen, hash_order,
                                 read_annotations)
 
 ROWS = [  # image, tags, split

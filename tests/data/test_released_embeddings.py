@@ -1,14 +1,15 @@
-"""Tests of biam.data.released label readers and biam.data.embeddings (GloVe, npz, released pickles)."""
+"""Tests of the release readers (biam.datasets.*.release) and biam.data.embeddings (GloVe, npz, released pickles)."""
 
 import pickle
 
 import numpy as np
 import pytest
 
-from biam.data.embeddings import (build_from_glove, label_words, load_embedding_array, read_nus_wide_embeddings,
-                                  save_embedding_array)
-from biam.data.released import (nus_wide_label_names, read_class_descriptions, read_classes_trainable, read_img_names,
-                                 read_lines, read_top400, read_unseen_ids)
+from biam.data.embeddings import build_from_glove, label_words, load_embedding_array, save_embedding_array
+from biam.datasets.nus_wide.release import nus_wide_label_names, read_img_names, read_nus_wide_embeddings
+from biam.datasets.openimages.release import (read_class_descriptions, read_classes_trainable, read_top400,
+                                              read_unseen_ids)
+from biam.utils.text import read_lines
 
 
 def test_nus_wide_label_split(tmp_path):

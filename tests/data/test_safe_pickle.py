@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from biam.data.safe_pickle import UnsafePickleError, safe_load, safe_loads
+from biam.utils.safe_pickle import UnsafePickleError, safe_load, safe_loads
 
 
 class _RunsShell:

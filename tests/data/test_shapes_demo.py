@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from biam.data import shapes_demo
-from biam.data.own_data import build_own_dataset
+from biam.cli.demo_shapes import main as shapes_main
+from biam.demo import shapes as shapes_demo
+from biam.datasets.own.annotations import build_own_dataset
 from biam.data.wordvec import label_embeddings
 
 def kind_of(img: np.ndarray, shape: dict) -> str:
@@ -157,13 +158,13 @@ def test_refuses_a_foreign_folder_and_replaces_only_its_own_files(tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "holiday.jpg").write_bytes(b"precious")
-    assert shapes_demo.main(["--out", str(foreign), "--num-images", "2"]) == 2
+    assert shapes_main(["--out", str(foreign), "--num-images", "2"]) == 2
     assert sorted(p.name for p in foreign.iterdir()) == ["holiday.jpg"]
 
     out = tmp_path / "demo"
-    assert shapes_demo.main(["--out", str(out), "--num-images", "5", "--dim", "4"]) == 0
+    assert shapes_main(["--out", str(out), "--num-images", "5", "--dim", "4"]) == 0
     (out / "notes.txt").write_text("mine")  # a user file added later survives a rerun
-    assert shapes_demo.main(["--out", str(out), "--num-images", "3", "--dim", "4"]) == 0
+    assert shapes_main(["--out", str(out), "--num-images", "3", "--dim", "4"]) == 0
     assert (out / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in (out / "images").iterdir()) == [f"shape_0000{i}.png" for i in range(3)]
     assert len((out / "tags.csv").read_text().splitlines()) == 4

@@ -1,12 +1,11 @@
-"""Tests of biam.data.synthetic: released layout, and that unseen labels are learnable zero-shot."""
+"""Tests of biam.demo.synthetic: released layout, and that unseen labels are learnable zero-shot."""
 
 import numpy as np
 
-from biam.data.embeddings import read_nus_wide_embeddings
 from biam.data.packed import l2_normalize
-from biam.data.released import NusWideReader, nus_wide_label_names, read_img_names
+from biam.datasets.nus_wide.release import NusWideReader, nus_wide_label_names, read_img_names, read_nus_wide_embeddings
 from biam.cli.synthetic import main as synthetic_main
-from biam.data.synthetic import SYNTHETIC_PATHS
+from biam.demo.synthetic import SYNTHETIC_PATHS
 
 
 def _load(root, split, S, U):

@@ -21,9 +21,7 @@ from biam.data.loader import build_loader
 from biam.data.packed import PackedDataset, PackedWriter, save_embeddings
 from biam.engine import checkpoint as ckpt
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
-from conftest import TINY_MODEL_OPTS  # noqa: E402
+from helpers import TINY_MODEL_OPTS
 
 # Dropout off and synchronised batch norm: then one process with batch 2B and two with batch B
 # each compute the same steps on the same (default, shuffled) global batches, and any difference
@@ -69,7 +67,7 @@ def test_two_processes_match_one_process(tiny_packed, tmp_path):
     # discrete choice (a top-k region) and jump to ~1e-3, as it does with the code before the
     # learning-rate fix at a constant rate (2.6e-3 after three epochs, both codes alike).
     common = [*TINY_MODEL_OPTS, "DATA.ROOT", str(tiny_packed), *FLOAT32_BLOCKS, "SOLVER.MAX_EPOCHS", "2"]
-    run([sys.executable, "-m", "biam.train", *common, "SOLVER.BATCH_SIZE", "16", "OUTPUT_DIR", str(one)])
+    run([sys.executable, "-m", "biam.cli.train", *common, "SOLVER.BATCH_SIZE", "16", "OUTPUT_DIR", str(one)])
     run(torchrun(2, "biam.train", *common, "SOLVER.BATCH_SIZE", "8", "OUTPUT_DIR", str(two)))
     a, b = weights(one), weights(two)
     worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
@@ -128,7 +126,7 @@ def _one_process_and_two_ranks(root, tmp_path, batch):
     asserts their weights agree within 1e-4 and returns the common options and both folders."""
     common = [*TINY_MODEL_OPTS, "DATA.ROOT", str(root), *EXACT, "SOLVER.MAX_EPOCHS", "1"]
     one, two = tmp_path / "one", tmp_path / "two"
-    run([sys.executable, "-m", "biam.train", *common, "SOLVER.BATCH_SIZE", str(2 * batch), "OUTPUT_DIR", str(one)])
+    run([sys.executable, "-m", "biam.cli.train", *common, "SOLVER.BATCH_SIZE", str(2 * batch), "OUTPUT_DIR", str(one)])
     run(torchrun(2, "biam.train", *common, "SOLVER.BATCH_SIZE", str(batch), "OUTPUT_DIR", str(two)))
     worst = _max_difference(weights(one), weights(two))
     assert worst < 1e-4, worst
@@ -181,11 +179,11 @@ def test_a_rank_that_keeps_no_image_still_matches_one_process(tmp_path):
 
 def test_distributed_evaluation_equals_single_process(tiny_packed, tmp_path):
     train_out = tmp_path / "train"
-    run([sys.executable, "-m", "biam.train", *TINY_MODEL_OPTS, "DATA.ROOT", str(tiny_packed), "OUTPUT_DIR", str(train_out),
+    run([sys.executable, "-m", "biam.cli.train", *TINY_MODEL_OPTS, "DATA.ROOT", str(tiny_packed), "OUTPUT_DIR", str(train_out),
          "SOLVER.MAX_EPOCHS", "2", "SOLVER.FINETUNE_EPOCHS", "0", "EVAL.TEST_AFTER_FINETUNE", "False"])
     weights_file = ckpt.latest_checkpoint(str(train_out / "checkpoints"))
     common = [*TINY_MODEL_OPTS, "DATA.ROOT", str(tiny_packed), "EVAL.BATCH_SIZE", "10", "--checkpoint", weights_file]
-    single = run([sys.executable, "-m", "biam.evaluate", *common, "OUTPUT_DIR", str(tmp_path / "e1")])
+    single = run([sys.executable, "-m", "biam.cli.evaluate", *common, "OUTPUT_DIR", str(tmp_path / "e1")])
     multi = run(torchrun(2, "biam.evaluate", *common, "OUTPUT_DIR", str(tmp_path / "e2")))
     # Evaluation writes its own folder OUTPUT_DIR/eval/<split>-<checkpoint name>/.
     name = "test-" + Path(weights_file).stem

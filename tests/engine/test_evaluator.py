@@ -2,8 +2,6 @@
 
 import json
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,12 +10,10 @@ import torch
 from biam.config import load_cfg
 from biam.data.packed import PackedDataset, load_embeddings
 from biam.cli.evaluate import main
-from biam.evaluation import evaluate_nus_wide
+from biam.datasets.nus_wide import evaluate_nus_wide
 from biam.modeling import build_model
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
-from conftest import TINY_MODEL_OPTS  # noqa: E402
+from helpers import TINY_MODEL_OPTS
 
 
 def test_evaluator_matches_direct_computation(tiny_packed, tmp_path):

@@ -22,8 +22,7 @@ from biam.cli.train import main
 from biam.engine.trainer import Trainer
 
 TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
-from conftest import TINY_MODEL_OPTS  # noqa: E402
+from helpers import TINY_MODEL_OPTS
 
 SHORT = ["SOLVER.MAX_EPOCHS", "2", "SOLVER.FINETUNE_EPOCHS", "0", "EVAL.TEST_AFTER_FINETUNE", "False"]
 
@@ -123,7 +122,7 @@ def test_output_dir_that_is_a_file_is_named(tiny_packed, tmp_path, capsys):
 
 def test_second_training_and_evaluation_stop_at_once_naming_the_holder(tiny_packed, tmp_path, capsys):
     out = tmp_path / "busy"
-    first = subprocess.Popen([sys.executable, "-m", "biam.train", *args_for(tiny_packed, out, "SOLVER.MAX_EPOCHS", "200")],
+    first = subprocess.Popen([sys.executable, "-m", "biam.cli.train", *args_for(tiny_packed, out, "SOLVER.MAX_EPOCHS", "200")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              env=dict(os.environ, PYTHONPATH=str(TESTS.parent)))
     try:
@@ -219,7 +218,7 @@ def test_resume_refuses_a_checkpoint_of_another_run_and_names_mistyped_fields(ti
 def test_training_split_without_a_positive_seen_label_fails_before_training(tmp_path, capsys):
     import h5py
 
-    from conftest import make_tiny_packed
+    from helpers import make_tiny_packed
 
     root = make_tiny_packed(tmp_path / "packed", num_train=32, num_test=16, shard_size=20)
     for shard in sorted(root.glob("train-*.h5")):
@@ -235,7 +234,7 @@ def test_training_split_without_a_positive_seen_label_fails_before_training(tmp_
 
 
 def test_hostile_or_wrong_scene_head_weights_are_named(tmp_path, capsys):
-    from conftest import make_tiny_packed
+    from helpers import make_tiny_packed
 
     root = make_tiny_packed(tmp_path / "packed", num_train=24, num_test=16, shard_size=64, scene=False)
 

@@ -7,8 +7,6 @@ rate its optimiser used in each of its 40 epochs); tests that read it skip witho
 import csv
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,9 +15,7 @@ from biam.config import load_cfg
 from biam.engine.schedule import build_scheduler, lr_at_epoch, recipe_lr
 from biam.engine.trainer import Trainer
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
-from conftest import TINY_MODEL_OPTS  # noqa: E402
+from helpers import TINY_MODEL_OPTS
 
 NUS = dict(base_lr=1e-3, warmup_epochs=3, total_epochs=40, min_lr=5e-4, finetune_lr=3.33e-4)
 

@@ -2,15 +2,13 @@
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
 from biam.config import load_cfg
 from biam.engine.trainer import Trainer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import TINY_MODEL_OPTS  # noqa: E402
+from helpers import TINY_MODEL_OPTS
 
 def test_training_writes_readable_event_files(tiny_packed, tmp_path):
     pytest.importorskip("tensorboard")

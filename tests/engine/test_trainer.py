@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,9 +17,7 @@ from biam.engine import checkpoint as ckpt
 from biam.cli.train import main
 from biam.engine.trainer import Trainer, TrainingDiverged
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
-from conftest import TINY_MODEL_OPTS, check_bad_step_is_skipped  # noqa: E402
+from helpers import TINY_MODEL_OPTS, check_bad_step_is_skipped
 
 
 def cfg_for(data_root, out_dir, *extra):
@@ -77,7 +74,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_packed, tmp_path):
     straight = tmp_path / "straight"
     Trainer(cfg_for(tiny_packed, straight)).run()
     out = tmp_path / "killed"
-    args = [sys.executable, "-m", "biam.train", *TINY_MODEL_OPTS, "DATA.ROOT", str(tiny_packed), "OUTPUT_DIR", str(out)]
+    args = [sys.executable, "-m", "biam.cli.train", *TINY_MODEL_OPTS, "DATA.ROOT", str(tiny_packed), "OUTPUT_DIR", str(out)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "checkpoints" / "checkpoint_epoch_0002.pth").exists():
@@ -115,7 +112,7 @@ def test_nan_features_stop_the_run_naming_the_image(tmp_path):
     """A NaN that reached a shard after conversion (the converter refuses them) is caught."""
     import h5py
 
-    from conftest import make_tiny_packed
+    from helpers import make_tiny_packed
 
     root = make_tiny_packed(tmp_path / "packed", num_train=32, num_test=16, shard_size=64)
     with h5py.File(root / "train-00000.h5", "r+") as f:
@@ -153,7 +150,7 @@ def test_cli_reports_config_errors(tmp_path, capsys):
 
 
 def test_openimages_recipe_drops_crowded_images_and_uses_its_protocol(tmp_path):
-    from conftest import make_tiny_packed
+    from helpers import make_tiny_packed
 
     # 24 seen labels: the Open Images SEEN row takes its top 20 among the seen labels.
     root = make_tiny_packed(tmp_path / "oi", num_train=48, num_test=24, num_seen=24, num_unseen=20, shard_size=64,

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from biam.datasets import get_dataset
+from biam.datasets.nus_wide import evaluate_nus_wide
+from biam.datasets.openimages import evaluate_openimages
 from biam.evaluation import (
     EvalResult,
     average_precision,
     chance_level,
-    evaluate_nus_wide,
-    evaluate_openimages,
     evaluate_random_baseline,
     expected_random_ap,
     f1_at_k,
@@ -53,7 +54,7 @@ def test_numpy_and_torch_inputs_agree():
 def test_table_has_the_paper_rows_and_columns():
     scores, labels = _nus_data(seed=2)
     res = evaluate_nus_wide(scores, labels, num_seen=12)
-    text = res.format_table(chance=chance_level(labels, "nus_wide", num_seen=12))
+    text = res.format_table(chance=chance_level(labels, get_dataset("nus_wide").protocol, num_seen=12))
     lines = text.splitlines()
     assert lines[0].split() == ["P@3", "R@3", "F1@3", "P@5", "R@5", "F1@5", "mAP"]
     assert lines[1].startswith("ZSL ") and lines[2].startswith("GZSL ")
@@ -194,7 +195,7 @@ def test_protocol_errors():
     with pytest.raises(ValueError, match="K=6 is not possible for ZSL: it has 5 labels"):
         evaluate_nus_wide(scores, labels, num_seen=12, ks=(6,))
     with pytest.raises(ValueError, match="dataset"):
-        chance_level(labels, "coco")
+        chance_level(labels, get_dataset("coco").protocol)
 
 
 def test_expected_random_ap_formula_against_simulation():
@@ -211,10 +212,10 @@ def test_expected_random_ap_formula_against_simulation():
 def test_random_baseline_is_near_chance_and_seeded():
     g = torch.Generator().manual_seed(9)
     labels = torch.where(torch.rand(3000, 20, generator=g) < 0.1, 1, -1).to(torch.int8)
-    a = evaluate_random_baseline(labels, "nus_wide", seed=3, num_seen=10)
-    b = evaluate_random_baseline(labels, "nus_wide", seed=3, num_seen=10)
+    a = evaluate_random_baseline(labels, get_dataset("nus_wide").protocol, seed=3, num_seen=10)
+    b = evaluate_random_baseline(labels, get_dataset("nus_wide").protocol, seed=3, num_seen=10)
     assert a.to_dict() == b.to_dict()
-    ch = chance_level(labels, "nus_wide", num_seen=10)
+    ch = chance_level(labels, get_dataset("nus_wide").protocol, num_seen=10)
     for task in ("zsl", "gzsl"):
         assert a.metrics[task]["mAP"] == pytest.approx(ch.metrics[task]["mAP"], abs=0.01)
         assert a.metrics[task]["R@5"] == pytest.approx(ch.metrics[task]["R@5"], abs=0.03)
@@ -223,13 +224,12 @@ def test_random_baseline_is_near_chance_and_seeded():
 
 def test_openimages_chance_level_averages_columns_like_the_protocol():
     _, labels = _oi_data()
-    ch = chance_level(labels, "openimages", num_seen=3, ks=(1,)).metrics["zsl"]
+    ch = chance_level(labels, get_dataset("openimages").protocol, num_seen=3, ks=(1,)).metrics["zsl"]
     # Two of the three unseen columns are annotated; the third counts 0 in mAP.
     assert ch["mAP"] == pytest.approx(ch["mAP_annotated"] * 2 / 3)
 
 
 def test_protocols_come_from_the_dataset_registry():
-    from biam.datasets import get_dataset
     from biam.evaluation import Protocol, evaluate
 
     scores, labels = _nus_data(seed=3)
@@ -239,7 +239,7 @@ def test_protocols_come_from_the_dataset_registry():
     own = evaluate(scores, labels, get_dataset("own").protocol, num_seen=12)
     assert own.dataset == "own" and own.to_dict() == evaluate_nus_wide(scores, labels, num_seen=12).to_dict()
     with pytest.raises(ValueError, match="no fixed seen-label count"):
-        chance_level(labels, "own")
+        chance_level(labels, get_dataset("own").protocol)
     # Every image kept, annotated-column metrics: a column without annotations counts 0.
     y = labels.clone()
     y[:, 13] = 0

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from biam.data import shapes_demo
-from biam.data.own_data import build_own_dataset
+from biam.demo import shapes as shapes_demo
+from biam.datasets.own.annotations import build_own_dataset
 from biam.data.packed import PackedDataset, load_embeddings, read_manifest
 from biam.data.wordvec import label_embeddings
 
@@ -84,7 +84,7 @@ def test_out_with_other_files_is_refused_and_kept(tmp_path, capsys):
     """extract_own takes --out like the other extractors: a folder holding files it did not
     write is refused (exit 2, nothing touched) once the inputs have been checked."""
     from biam.cli.extract_own import main
-    from biam.data import shapes_demo
+    from biam.demo import shapes as shapes_demo
 
     demo = tmp_path / "shapes"
     shapes_demo.generate(demo, num_images=4, size=32, seed=3, dim=8)

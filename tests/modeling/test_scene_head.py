@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from biam.modeling import SceneHead
+from biam.backbones.vgg19 import SceneHead
 
 
 @pytest.fixture(scope="module")

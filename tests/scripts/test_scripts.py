@@ -142,7 +142,7 @@ def _write_released_openimages(src: Path, seed=0, num_seen=30, num_unseen=40, nu
     import h5py
     import numpy as np
 
-    from biam.data.synthetic import feature_pool, write_released_keys
+    from biam.demo.synthetic import feature_pool, write_released_keys
 
     rng = np.random.default_rng(seed)
     base = src / "OpenImages"

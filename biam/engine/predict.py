@@ -1,11 +1,11 @@
 """``biam-predict``: tag images with any label list, optionally with attention figures.
 
-    python -m biam.predict photo.jpg photos/ --labels labels.txt --glove glove.6B.300d.txt \
+    biam-predict photo.jpg photos/ --labels labels.txt --glove glove.6B.300d.txt \
         --checkpoint pretrained_weights/model_best_nus.pth [--top-k 5] [--json] [--visualize figs/] \
         [--config-file configs/nus_wide.yaml] [MODEL.HEADS 8 ...]
 
 Images (files, and folders searched recursively) go through the extractors' pipeline
-(:mod:`biam.features`: 224x224 resize, VGG19 conv5_4 regions and fc7 scene), then through BiAM
+(:mod:`biam.extraction`: the backbone's resize, regions and scene feature), then through BiAM
 with the label embeddings L2-normalised; each image gets its top-K labels and scores. Labels
 are known only through their embeddings, so any label list works (zero-shot): ``--labels``
 (one name a line) with ``--embeddings`` (.npy/.npz rows in label order) or ``--glove`` (a GloVe
@@ -34,8 +34,18 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import torch
 
-from .utils.io import atomic_open, write_json
-from .utils.ownership import FolderLock, FolderOwnershipError, check_output_folder
+from ..backbones import DEFAULT_BACKBONE, check_weights_available, get_backbone
+from ..config import load_cfg
+from ..data import embeddings as emb
+from ..data.images import ImageFileDataset, backbone_transform, collate_images, load_image
+from ..data.packed import l2_normalize
+from ..extraction import build_extractor
+from ..modeling import build_model
+from ..utils.io import atomic_open, write_json
+from ..utils.ownership import LOCK_NAME, FolderLock, FolderOwnershipError, check_output_folder
+from ..utils.text import read_lines
+from .checkpoint import checkpoint_backbone, load_checkpoint, load_model_weights
+from .visualize import save_attention_figure
 
 __all__ = ["run", "split_inputs", "collect_images", "load_label_embeddings", "IMAGE_EXTENSIONS",
            "FIGURE_RECORD", "FIGURE_SUFFIX"]
@@ -87,9 +97,6 @@ def collect_images(inputs: Sequence[str]) -> List[str]:
 
 def load_label_embeddings(args, names: List[str], embed_dim: int) -> torch.Tensor:
     """(C, embed_dim) float32 label embeddings, rows L2-normalised, in the order of ``names``."""
-    from .data import embeddings as emb
-    from .data.packed import l2_normalize
-
     if args.embeddings:
         path = Path(args.embeddings)
         if path.suffix == ".npz" and path.is_file():
@@ -155,8 +162,6 @@ def prepare_figure_folder(folder: str, images: Sequence[str], overwrite: bool):
                 raise FolderOwnershipError(f"{Path(folder) / FIGURE_RECORD}: not a biam-predict record; "
                                            "choose another --visualize folder")
             owned = {f for f in figures if isinstance(f, str) and f.endswith(FIGURE_SUFFIX) and "/" not in f}
-        from .utils.ownership import LOCK_NAME
-
         taken = {e for e in os.listdir(folder) if e not in owned} | {LOCK_NAME, FIGURE_RECORD}
     except BaseException:
         lock.release()
@@ -186,8 +191,6 @@ def _predict_loop(args, images, names, loader, extractor, model, label_emb, k, r
     from tqdm import tqdm
 
     device = label_emb.device
-    if args.visualize:
-        from .visualize import save_attention_figure
     with torch.no_grad(), tqdm(total=len(images), unit="img", desc="predict", file=sys.stderr) as bar:
         for batch, index, failed in loader:
             for i, u in failed:
@@ -215,8 +218,6 @@ def _predict_loop(args, images, names, loader, extractor, model, label_emb, k, r
 
 def run(args) -> int:
     """Tag the images of parsed ``biam-predict`` arguments -> exit status (0, or 1 if some were unreadable)."""
-    from .config import load_cfg
-
     inputs, opts = split_inputs(args.opts)
     cfg = load_cfg(args.config_file or None, opts)
     images = collect_images(inputs)
@@ -245,9 +246,6 @@ def predict_backbone(cfg, checkpoint: str):
     """The backbone that computes features for ``checkpoint``: ``MODEL.BACKBONE`` when set (a
     checkpoint of another backbone is then refused when its weights load), else the one the
     checkpoint records or its widths imply (published files: VGG19), else VGG19."""
-    from .backbones import DEFAULT_BACKBONE, get_backbone
-    from .engine.checkpoint import checkpoint_backbone, load_checkpoint
-
     if cfg.MODEL.BACKBONE:
         return get_backbone(cfg.MODEL.BACKBONE)
     return get_backbone(checkpoint_backbone(load_checkpoint(checkpoint)) or DEFAULT_BACKBONE)
@@ -255,12 +253,6 @@ def predict_backbone(cfg, checkpoint: str):
 
 def _tag(args, cfg, images, used_names: set, written: set) -> int:
     from torch.utils.data import DataLoader
-
-    from .data.released import read_lines
-    from .engine.checkpoint import load_model_weights
-    from .features import (ImageFileDataset, backbone_from_args, check_weights_available, collate_images,
-                           image_transform, load_image)
-    from .modeling import build_model
 
     try:
         names = read_lines(args.labels)
@@ -277,12 +269,12 @@ def _tag(args, cfg, images, used_names: set, written: set) -> int:
     model = build_model(cfg, backbone)
     load_model_weights(model, args.checkpoint)
     model = model.to(device).eval()
-    extractor, vgg_source = backbone_from_args(backbone.name, args.vgg_weights, args.random_vgg, "biam-predict")
+    extractor, vgg_source = build_extractor(backbone.name, args.vgg_weights, args.random_vgg, "biam-predict")
     extractor = extractor.to(device)
     label_emb = label_emb.to(device)
     k = min(args.top_k, len(names))
 
-    loader = DataLoader(ImageFileDataset(images, image_transform(backbone.input_size)), batch_size=args.batch_size,
+    loader = DataLoader(ImageFileDataset(images, backbone_transform(backbone)), batch_size=args.batch_size,
                         num_workers=args.workers,
                         collate_fn=collate_images, shuffle=False)
     results: dict = {}
@@ -308,10 +300,3 @@ def _tag(args, cfg, images, used_names: set, written: set) -> int:
           (f", {len(bad)} unreadable" if bad else "") + (f"; figures in {args.visualize}" if args.visualize else ""),
           file=sys.stderr)
     return 1 if bad else 0
-
-
-if __name__ == "__main__":
-    # `python -m biam.predict`: the same command as biam-predict (biam.cli.predict).
-    from biam.cli.predict import main
-
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Open Images v4 (2018_04) human-verified image labels -> sparse label rows for feature extraction.
 
-Used by ``python feature_extraction/extract_openimages.py`` (:mod:`biam.cli.extract_openimages`).
+Used by ``python feature_extraction/extract_openimages.py`` (``biam-extract-openimages``).
 Labels: columns are the 7186 ``classes-trainable.txt`` ids (seen) then the 2594
 ``unseen_labels.pkl`` ids (unseen); an annotated (image, class) pair gets ``2 * Confidence - 1``
 (+1 verified present, -1 verified absent), every other pair 0 (unknown). Repeated rows of one
@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
-from biam import features
-from biam.data import embeddings as emb
-from biam.data.released import RecordError, not_utf8_where, read_class_descriptions
+from ...data import embeddings as emb
+from ...data.released import RecordError
+from ...data.splits import SparseLabels
+from ...utils.text import not_utf8_where
+from .release import read_class_descriptions, read_openimages_embeddings
 
 SPLITS = ("train", "validation", "test")
 CONFIDENCE = {"0": 0, "1": 1, "0.0": 0, "1.0": 1}
@@ -35,12 +37,12 @@ def annotation_csv(meta_dir: Path, split: str) -> Path:
                             "(or annotations-human-imagelabels.csv); pass --csv FILE")
 
 
-def read_annotations(path: Path, columns: dict) -> Tuple[List[str], features.SparseLabels, dict]:
+def read_annotations(path: Path, columns: dict) -> Tuple[List[str], SparseLabels, dict]:
     """Merge the human-verified image labels of one CSV into sparse label rows.
 
     Input: the CSV (header ``ImageID,Source,LabelName,Confidence``) and ``columns`` class id ->
     label column. Output: image ids in order of first appearance, their labels
-    (:class:`biam.features.SparseLabels`, ``2 * Confidence - 1`` where annotated) and counts
+    (:class:`biam.SparseLabels`, ``2 * Confidence - 1`` where annotated) and counts
     ``{"rows", "ignored_rows", "ignored_classes", "duplicates", "conflicts"}``.
     """
     from tqdm import tqdm
@@ -72,7 +74,7 @@ def read_annotations(path: Path, columns: dict) -> Tuple[List[str], features.Spa
     rows = uniq // max(num_cols, 1)
     indptr = np.zeros(len(order) + 1, dtype=np.int64)
     np.add.at(indptr, rows + 1, 1)
-    labels = features.SparseLabels(len(order), num_cols, np.cumsum(indptr), uniq % max(num_cols, 1), merged_max)
+    labels = SparseLabels(len(order), num_cols, np.cumsum(indptr), uniq % max(num_cols, 1), merged_max)
     return list(order), labels, stats
 
 
@@ -106,14 +108,17 @@ def _read_rows(path: Path, reader, bar, columns: dict, order: dict, img_idx: lis
         vals.append(2 * CONFIDENCE[conf] - 1)
 
 
-def load_label_embeddings(args, meta_dir: Path, seen: List[str], unseen: List[str]):
-    """(seen (S, D), unseen (U, D)) float32 raw rows from the released pickle or a GloVe file
-    (GloVe: class names from class-descriptions.csv, multi-word names averaged)."""
-    if args.embeddings:
-        return emb.read_openimages_embeddings(args.embeddings, num_seen=len(seen), num_unseen=len(unseen))
-    names = read_class_descriptions(args.class_descriptions or meta_dir / "class-descriptions.csv")
+def load_label_embeddings(meta_dir: Path, seen: List[str], unseen: List[str], *, embeddings: Optional[str] = None,
+                          glove: Optional[str] = None, glove_missing: str = "error",
+                          class_descriptions: Optional[str] = None):
+    """(seen (S, D), unseen (U, D)) float32 raw rows from the released pickle (``embeddings``) or a
+    GloVe text file (``glove``: class names from ``class_descriptions``, by default
+    ``meta_dir/class-descriptions.csv``, multi-word names averaged)."""
+    if embeddings:
+        return read_openimages_embeddings(embeddings, num_seen=len(seen), num_unseen=len(unseen))
+    names = read_class_descriptions(class_descriptions or meta_dir / "class-descriptions.csv")
     missing = [c for c in seen + unseen if c not in names]
     if missing:
         raise KeyError(f"class-descriptions.csv has no name for {len(missing)} class id(s), e.g. {missing[:5]}")
-    vectors = emb.build_from_glove([names[c] for c in seen + unseen], args.glove, missing=args.glove_missing)
+    vectors = emb.build_from_glove([names[c] for c in seen + unseen], glove, missing=glove_missing)
     return vectors[: len(seen)], vectors[len(seen):]

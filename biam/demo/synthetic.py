@@ -26,7 +26,7 @@ compute and needs sizes, not signal: :func:`feature_pool`, :func:`random_labels`
 field) and :func:`write_random_packed` (a packed split with stored scene features).
 :func:`write_learnable_packed` writes a tiny learnable packed dataset directly (the tests').
 
-CLI: ``python -m biam.data.synthetic --out DIR [--num-train N --num-test N ...]``.
+CLI: ``biam-synthetic --out DIR [--num-train N --num-test N ...]``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ from typing import Dict, List, Optional, Sequence
 import h5py
 import numpy as np
 
-from .released import NUS_WIDE_LAYOUT
+from ..data.packed import PackedWriter, save_embeddings
+from ..datasets.nus_wide.release import NUS_WIDE_LAYOUT
 
 __all__ = ["write_synthetic_nus_wide", "SYNTHETIC_PATHS", "feature_pool", "random_labels", "write_released_keys",
            "write_released_random", "write_random_packed", "write_learnable_packed"]
@@ -242,8 +243,6 @@ def write_random_packed(root, split: str, n: int, seed: int, num_seen: int, num_
                         openimages: bool = False) -> dict:
     """A packed split of ``n`` random images with stored (random) scene features; returns its
     manifest. Labels are Open Images-like with ``openimages``; embeddings.npz is written once."""
-    from .packed import PackedWriter, save_embeddings
-
     rng = np.random.default_rng(seed)
     seen = [f"tag{i}" for i in range(num_seen)]
     unseen = [f"concept{i}" for i in range(num_unseen)]
@@ -271,8 +270,6 @@ def write_learnable_packed(root, *, num_train: int = 96, num_test: int = 48, num
     present labels (one seen always) are written into 8 regions each as relu(P @ embedding)
     over weak noise, so a model that learns P^T transfers to unseen labels. Returns ``root``.
     """
-    from .packed import PackedWriter, save_embeddings
-
     rng = np.random.default_rng(seed)
     seen = rng.normal(size=(num_seen, 300)).astype(np.float32)
     mix_of = rng.integers(0, num_seen, size=(num_unseen, 2))
@@ -299,10 +296,3 @@ def write_learnable_packed(root, *, num_train: int = 96, num_test: int = 48, num
         writer.append(regions, labels, [f"{split}_{i:04d}.jpg" for i in range(n)], scene=sc)
         writer.close()
     return root
-
-
-if __name__ == "__main__":
-    # `python -m biam.data.synthetic`: the command lives in biam.cli.synthetic.
-    from biam.cli.synthetic import main
-
-    raise SystemExit(main())

@@ -44,7 +44,7 @@ by code point) and per split the relative image paths and an int8 label matrix (
 +1 present and -1 absent, seen columns first -- the layout of NUS-WIDE's labels, which the
 NUS-WIDE evaluation protocol reads. As in NUS-WIDE, the train split keeps its unseen columns and
 images; training reads only the seen columns. :meth:`OwnDataset.split_spec` hands a split to the
-feature extractor (:func:`biam.features.run_split`).
+feature extractor (:func:`biam.extraction.extract_split`).
 
 Errors (:class:`OwnDataError`) name the file and line of the record at fault.
 """
@@ -61,6 +61,8 @@ from pathlib import Path, PurePosixPath
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from ...data.splits import SplitSpec
 
 __all__ = [
     "TAG_SEPARATOR", "SPLITS", "UNSEEN_RULES", "OwnDataError", "Record", "OwnSplit", "OwnDataset",
@@ -326,9 +328,7 @@ class OwnDataset:
     notes: List[str] = field(default_factory=list)
 
     def split_spec(self, split: str, dataset: str = "own"):
-        """The :class:`biam.features.SplitSpec` of ``split`` (image files joined to the folder)."""
-        from ..features import SplitSpec
-
+        """The :class:`biam.data.splits.SplitSpec` of ``split`` (image files joined to the folder)."""
         s = self.splits[split]
         return SplitSpec(split=split, dataset=dataset, paths=[str(self.images_root / p) for p in s.images],
                          names=[image_name(p) for p in s.images], labels=s.labels, seen=list(self.seen),

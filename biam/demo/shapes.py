@@ -1,6 +1,6 @@
 """A small generated dataset of coloured shapes, for the worked example of docs/own_data.md.
 
-    python -m biam.data.shapes_demo --out demo/shapes [--num-images 100] [--num-test 30] [--size 96] [--seed 0]
+    biam-demo-shapes --out demo/shapes [--num-images 100] [--num-test 30] [--size 96] [--seed 0]
 
 Each image has a grey background (``plain``, ``stripes`` or ``dots``, of a random grey level and
 pattern size) and one or two shapes, each in its own quarter of the image, of a random kind
@@ -47,18 +47,16 @@ only the files listed in its ``shapes_demo.json``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 __all__ = ["SEEN_COLOURS", "UNSEEN_COLOURS", "COLOURS", "KINDS", "BACKGROUNDS", "UNSEEN", "MARKER", "all_tags",
-           "draw_image", "generate", "main"]
+           "draw_image", "generate"]
 
 # The seen colours, and the unseen ones with the two seen colours each one mixes. An unseen
 # colour's RGB is the exact mean of its parents' RGB, and its word vector the mean of theirs
@@ -278,38 +276,3 @@ def generate(out: os.PathLike, *, num_images: int = 100, num_test: Optional[int]
             "seen": seen, "unseen": list(UNSEEN), "files": files}
     (out / MARKER).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     return info
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m biam.data.shapes_demo",
-        description="Write a small tagged-image dataset of coloured shapes (images, tags.csv, seen.txt, unseen.txt, "
-                    "a GloVe-format word-vector file) for the worked example of docs/own_data.md.")
-    parser.add_argument("--out", required=True, metavar="DIR",
-                        help="new or empty folder (or one this command wrote before: its files are replaced)")
-    parser.add_argument("--num-images", type=int, default=100, metavar="N", help="images to draw (default 100)")
-    parser.add_argument("--num-test", type=int, default=None, metavar="N",
-                        help="of which test images, listed in test.txt (default 30%%); the others go to train.txt")
-    parser.add_argument("--size", type=int, default=96, metavar="PX", help="image side in pixels (default 96, >= 32)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files (default 0)")
-    parser.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format (default png)")
-    parser.add_argument("--dim", type=int, default=300, metavar="D",
-                        help="word-vector width (default 300, the model's default MODEL.EMBED_DIM)")
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        info = generate(args.out, num_images=args.num_images, num_test=args.num_test, size=args.size, seed=args.seed,
-                        image_format=args.format, dim=args.dim)
-    except (FileExistsError, ValueError) as err:
-        print(f"shapes_demo: error: {err}", file=sys.stderr)
-        return 2
-    print(f"shapes_demo: wrote {info['num_images']} images ({info['num_test']} test), {len(info['seen'])} seen and {len(info['unseen'])} "
-          f"unseen tags to {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """The NUS-WIDE image release (image lists, tags, ground truth) -> split specs for feature extraction.
 
-Used by ``python feature_extraction/extract_nus_wide.py`` (:mod:`biam.cli.extract_nus_wide`).
+Used by ``python feature_extraction/extract_nus_wide.py`` (``biam-extract-nus-wide``).
 The expected release layout is described in datasets/NUS-WIDE/README.md. Labels are +1/-1 in
 the 925 + 81 column order: seen = the tags of TagList1k.txt that are not concepts, in tag-file
 order (from Train_Tags1k.dat / Test_Tags1k.dat), then the 81 concepts of Concepts81.txt in file
@@ -10,13 +10,15 @@ order (from the ground-truth files Labels_<concept>_<Split>.txt).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from biam import features
-from biam.data import embeddings as emb
-from biam.data.released import RecordError, read_lines
+from ...data import embeddings as emb
+from ...data.released import RecordError
+from ...data.splits import SplitSpec
+from ...utils.text import read_lines
+from .release import read_nus_wide_embeddings
 
 SPLIT_FILES = {"train": ("TrainImagelist.txt", "Train_Tags1k.dat", "Train"),
                "test": ("TestImagelist.txt", "Test_Tags1k.dat", "Test")}
@@ -101,7 +103,7 @@ def groundtruth_dir(root: Path) -> Path:
 
 
 def build_split(root: Path, split: str, tags_total: int, seen_idx: np.ndarray, concepts: List[str],
-                seen: List[str]) -> features.SplitSpec:
+                seen: List[str]) -> SplitSpec:
     """Image files, names and (N, S + U) int8 +1/-1 labels of one split of the release."""
     list_file, tag_file, suffix = SPLIT_FILES[split]
     paths, names = parse_image_list(root / "ImageList" / list_file, root / "Flickr")
@@ -110,16 +112,18 @@ def build_split(root: Path, split: str, tags_total: int, seen_idx: np.ndarray, c
     gt = groundtruth_dir(root)
     unseen = np.stack([read_concept_column(gt / f"Labels_{c}_{suffix}.txt", n, names) for c in concepts], axis=1)
     labels = np.concatenate([tags[:, seen_idx], unseen], axis=1).astype(np.int8) * 2 - 1
-    return features.SplitSpec(
+    return SplitSpec(
         split=split, dataset="nus_wide", paths=paths, names=names, labels=labels, seen=seen, unseen=concepts,
         extra={"source": {"tool": "feature_extraction/extract_nus_wide.py", "nus_root": str(root)}},
     )
 
 
-def load_label_embeddings(args, tags_path: Path, seen_idx: np.ndarray, seen: List[str], concepts: List[str]):
-    """(seen (S, D), unseen (U, D)) float32 raw rows from the released pickle or a GloVe file."""
-    if args.embeddings:
-        return emb.read_nus_wide_embeddings(args.embeddings, seen_idx, num_tags=len(read_lines(tags_path)),
-                                            num_concepts=len(concepts))
-    vectors = emb.build_from_glove(seen + concepts, args.glove, missing=args.glove_missing)
+def load_label_embeddings(tags_path: Path, seen_idx: np.ndarray, seen: List[str], concepts: List[str], *,
+                          embeddings: Optional[str] = None, glove: Optional[str] = None, glove_missing: str = "error"):
+    """(seen (S, D), unseen (U, D)) float32 raw rows from the released pickle (``embeddings``) or
+    a GloVe text file (``glove``; ``glove_missing`` as :func:`biam.data.embeddings.build_from_glove`)."""
+    if embeddings:
+        return read_nus_wide_embeddings(embeddings, seen_idx, num_tags=len(read_lines(tags_path)),
+                                        num_concepts=len(concepts))
+    vectors = emb.build_from_glove(seen + concepts, glove, missing=glove_missing)
     return vectors[: len(seen)], vectors[len(seen):]

@@ -16,13 +16,15 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..data import released
-from ..data.embeddings import read_openimages_embeddings
-from ..data.packed import PackedWriter, save_embeddings
-from ..evaluation.protocols import Protocol
-from .catalog import DatasetInfo, ReleasedLayout, register_dataset
+from ...data.convert import convert_split, scene_fn
+from ...data.packed import PackedWriter, save_embeddings
+from ...data.released import RecordError
+from ...evaluation.metrics import ArrayLike
+from ...evaluation.protocols import EvalResult, Protocol, evaluate
+from ..catalog import DatasetInfo, ReleasedLayout, register_dataset
+from . import release
 
-__all__ = ["NAME", "OPENIMAGES", "OPENIMAGES_PATHS", "convert_openimages"]
+__all__ = ["NAME", "OPENIMAGES", "evaluate_openimages", "OPENIMAGES_PATHS", "convert_openimages"]
 
 NAME = "openimages"
 # Default locations relative to --src (the released ``datasets/`` folder).
@@ -39,42 +41,40 @@ def convert_openimages(src: Path, out: Path, *, paths: dict, splits: Sequence[st
                        shard_size: int = 1024, dtype: str = "float16", scene_head=None, scene_source: Optional[str] = None,
                        overwrite: bool = False, batch: int = 64) -> dict:
     """Convert Open Images. ``paths``: keys of :data:`OPENIMAGES_PATHS` plus ``train_dir``, ``test_h5``."""
-    from ..data.convert import _convert_split, _scene_fn
-
-    seen = released.read_classes_trainable(paths["classes"])
-    unseen = released.read_unseen_ids(paths["unseen_ids"])
-    top400 = released.read_top400(paths["top400"], num_unseen=len(unseen))
-    seen_emb, unseen_emb = read_openimages_embeddings(paths["embeddings"], len(seen), len(unseen))
+    seen = release.read_classes_trainable(paths["classes"])
+    unseen = release.read_unseen_ids(paths["unseen_ids"])
+    top400 = release.read_top400(paths["top400"], num_unseen=len(unseen))
+    seen_emb, unseen_emb = release.read_openimages_embeddings(paths["embeddings"], len(seen), len(unseen))
     extra = {}
     if paths.get("descriptions") and Path(paths["descriptions"]).is_file():
-        desc = released.read_class_descriptions(paths["descriptions"])
+        desc = release.read_class_descriptions(paths["descriptions"])
         # An id without a description keeps its id as its name (listed, never silent).
         missing = [i for i in seen + unseen if i not in desc]
         if missing:
             print(f"note: {len(missing)} class id(s) have no description in {paths['descriptions']}, "
                   f"e.g. {missing[:3]}; their ids are used as names", file=sys.stderr)
         extra["label_descriptions"] = {"seen": [desc.get(i, i) for i in seen], "unseen": [desc.get(i, i) for i in unseen]}
-    scene = _scene_fn(scene_head)
+    scene = scene_fn(scene_head)
     manifest = None
     for k, split in enumerate(splits):
         if split == "train":
             if not paths.get("train_dir"):
                 raise FileNotFoundError("Open Images: give the training shard folder with --train-dir")
-            reader = released.OpenImagesReader(released.openimages_shard_files(paths["train_dir"]),
+            reader = release.OpenImagesReader(release.openimages_shard_files(paths["train_dir"]),
                                                num_seen=len(seen), num_unseen=None, unseen_pad=len(unseen))
         else:
             if not paths.get("test_h5"):
                 raise FileNotFoundError("Open Images: give the test feature file with --test-h5")
-            reader = released.OpenImagesReader([paths["test_h5"]], num_seen=len(seen), num_unseen=len(unseen))
+            reader = release.OpenImagesReader([paths["test_h5"]], num_seen=len(seen), num_unseen=len(unseen))
         names = [i for _, ids in reader.index() for i in ids]
         if len(set(names)) != len(names):
-            raise released.RecordError(f"Open Images {split}: an image id appears in more than one file")
+            raise RecordError(f"Open Images {split}: an image id appears in more than one file")
         writer = PackedWriter(out, split, dataset=NAME, seen_labels=seen, unseen_labels=unseen, unseen_eval=top400,
                               shard_size=shard_size, dtype=dtype, scene_source=scene_source, resume=not overwrite,
                               overwrite=overwrite, extra=extra)
         if k == 0:
             save_embeddings(out, seen_emb, unseen_emb)  # after the manifest, the folder's record
-        _convert_split(writer, reader.records, names, scene, batch, f"openimages {split}", out)
+        convert_split(writer, reader.records, names, scene, batch, f"openimages {split}", out)
         manifest = writer.manifest
     return manifest
 
@@ -87,6 +87,7 @@ OPENIMAGES = register_dataset(DatasetInfo(
     protocol=Protocol(name=NAME, ks=(1, 3, 5, 10, 20), num_seen=7186, rows="with_positive",
                       annotated_metrics=True, pooled_ap=True, tasks=("seen", "zsl", "gzsl"),
                       pooled_mean_annotated=("seen", "gzsl"), f1_annotated=("seen",)),
+    known_files=release.KNOWN_FILES,
     released=ReleasedLayout(
         help="Open Images v4 (7186 seen, 2594 unseen, top-400 evaluated)",
         paths=OPENIMAGES_PATHS,
@@ -99,3 +100,35 @@ OPENIMAGES = register_dataset(DatasetInfo(
         },
     ),
 ))
+
+
+def evaluate_openimages(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    num_seen: Optional[int] = None,
+    ks: Optional[Sequence[int]] = None,
+    published_ap: bool = False,
+) -> EvalResult:
+    """Open Images protocol (docs/metrics.md), tasks SEEN (the S seen columns), ZSL and GZSL.
+
+    Per task: keep the images with at least one +1 among the task's columns; per-label AP on
+    those images; "mAP" is the mean over all the task's columns, a column without an annotated
+    image counting 0; "mAP_annotated" is the mean over the columns with an annotated image only;
+    "wmAP" weights each label's AP by its +1 images; F1/P/R@K over the kept images and all the
+    task's columns (SEEN: the top K among its annotated columns only, as the original's).
+
+    Args:
+        scores: (N, S + U) scores, seen columns first. labels: (N, S + U) in {-1, 0, +1}.
+        num_seen: S (default 7186, Open Images v4's).
+        ks: the K of F1@K (default 1, 3, 5, 10, 20: 10 and 20 in the paper; the original logs
+            1, 5, 10, 20 for SEEN and GZSL and 1, 3, 10, 20 for ZSL).
+        published_ap: also report the original's pooled, flawed AP function:
+            "published_pooled_mAP", its mean over all 400 columns for ZSL (0 for a column
+            without an annotated image) and over the annotated columns for SEEN and GZSL, and
+            "published_weighted_pooled_mAP", weighted by each column's +1 images (the paper's
+            table); costs sum over images of (annotations per image)^2 work.
+    Returns:
+        EvalResult with tasks "seen", "zsl" and "gzsl".
+    """
+    return evaluate(scores, labels, OPENIMAGES.protocol, num_seen=num_seen, ks=ks, published_ap=published_ap)
+
