@@ -20,7 +20,11 @@ mkdir -p "$out"
 log="$out/gpu_check.log"
 {
     echo "device_check: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -n), $(python3 --version 2>&1) at $(command -v python3)"
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 || echo "nvidia-smi: not found"
+    if command -v nvidia-smi > /dev/null 2>&1; then
+        nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
+    else
+        echo "nvidia-smi: not found"
+    fi
     ls "$wheels"/*.whl 2>&1
 } >> "$log"
 t0=$(date +%s)

@@ -139,10 +139,21 @@ def machine() -> Dict[str, Any]:
                  "huggingface_hub", "safetensors"):
         try:
             mod = __import__(name)
-            info[name] = f"{getattr(mod, '__version__', '?')} at {Path(mod.__file__).parent}"
+            version = getattr(mod, "__version__", None) or dist_version(name)
+            info[name] = f"{version} at {Path(mod.__file__).parent}"
         except Exception as err:  # noqa: BLE001 - an import that fails in any way is what this records
             info[name] = f"not importable: {type(err).__name__}: {err}"
     return info
+
+
+def dist_version(module: str) -> str:
+    """The installed distribution's version of ``module`` (yacs has no ``__version__``), or "?"."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(module)
+    except metadata.PackageNotFoundError:
+        return "?"
 
 
 def child_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
