@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # docs/benchmarks.md holds measured figures and is rewritten whole by the benchmark work.
 SKIP_DOCS = {"docs/benchmarks.md"}
 # Folders of this repository that a path in the docs may start with.
-REPO_DIRS = ("biam/", "tests/", "scripts/", "configs/", "docs/", "feature_extraction/", "datasets/")
+REPO_DIRS = ("biam/", "tests/", "scripts/", "configs/", "docs/", "feature_extraction/", "datasets/", ".ci/")
 CODE_SUFFIXES = (".py", ".sh", ".yaml", ".md")
 # Calls of other libraries' functions that the docs may name.
 FOREIGN = {"torch", "np", "numpy", "nn", "F", "os", "json", "h5py", "yaml", "math", "random", "pickle", "sys",

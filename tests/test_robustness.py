@@ -254,7 +254,8 @@ def test_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
     ckpt.save_checkpoint(str(d), 1, {"epoch": 1, "w": torch.arange(100, dtype=torch.float32)})
     first = d / "checkpoint_epoch_0001.pth"
     before = sha256(first)
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONDONTWRITEBYTECODE="1")
+    path = os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH")] if p)  # carried packages stay on it
+    env = dict(os.environ, PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1")
     done = subprocess.run([sys.executable, "-c", _WRITE_NEXT, str(d)], preexec_fn=_small_file_limit, env=env,
                           capture_output=True, text=True, timeout=120)
     # torch's zip writer reports the failed write (EFBIG) as a RuntimeError; save_checkpoint

@@ -29,6 +29,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--in-process", action="store_true",
                    help="run every part in this process (memory peaks are then cumulative)")
     p.add_argument("--compile-cpu", action="store_true", help="also torch.compile our model on the CPU")
+    p.add_argument("--batch-search", type=int, default=-1,
+                   help="largest batch the largest-batch search tries (0: no search; default: the mode's)")
     p.add_argument("--part-timeout", type=float, default=0.0,
                    help="stop a (part, way) subprocess after this many seconds and go on (0: no limit)")
     p.add_argument("--budget", type=float, default=0.0,

@@ -38,6 +38,8 @@ def run_part_subprocess(args: argparse.Namespace, part: str, way: str, data_dir:
         cmd += ["--images", str(args.images)]
     if args.compile_cpu:
         cmd.append("--compile-cpu")
+    if args.batch_search >= 0:
+        cmd += ["--batch-search", str(args.batch_search)]
     try:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as err:
@@ -140,6 +142,8 @@ def sizes_from_args(args: argparse.Namespace) -> Sizes:
         sizes = replace(sizes, train_steps=int(args.steps))
     if args.images:
         sizes = replace(sizes, data_images=int(args.images), test_images=int(args.images))
+    if getattr(args, "batch_search", -1) >= 0:
+        sizes = replace(sizes, largest_batch_max=int(args.batch_search))
     return sizes
 
 

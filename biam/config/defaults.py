@@ -116,9 +116,13 @@ _C.DATA.BLOCK_SIZE = 8
 # DataLoader worker processes per rank (int >= 0)
 _C.DATA.NUM_WORKERS = 2
 
-# Load the training images into RAM once ("auto": when they take under half the free
-# memory and there is one process (each rank would hold a copy), "on": always (error if they
-# cannot fit), "off")
+# Where the training images are held ("auto", "device", "on", "off"). "device": copied once onto
+# the training device (a GPU's memory; RAM on a CPU run) and every batch gathered there, with no
+# host-to-device copy per step (error if they cannot fit); "on": copied once into RAM (error if
+# they cannot fit); "off": read from the packed files every epoch; "auto": "device" on CUDA when
+# they fit in free GPU memory with a quarter of the card (at least 4 GiB) left for training, on
+# every rank; else "on" when they take under half the free RAM and there is one process (each
+# rank would hold a copy); else "off". Every choice gives the same batches and results.
 _C.DATA.IN_MEMORY = "auto"
 
 # Check shard SHA-256 checksums against the manifest before training (bool)
@@ -251,7 +255,7 @@ _C.PLOT_CURVE = True
 
 _ALLOWED = {
     "MODEL.ATTENTION": ("fused", "published"),
-    "DATA.IN_MEMORY": ("auto", "on", "off"),
+    "DATA.IN_MEMORY": ("auto", "device", "on", "off"),
     "DATA.SAMPLING": ("shuffle", "randperm", "blocks"),
     "SOLVER.SCHEDULE": ("cosine", "constant"),
     "SOLVER.BAD_LOSS": ("stop", "skip"),

@@ -34,6 +34,12 @@ consecutive images and compressed shards go through HDF5 slice reads.
 Workers: every batch is an independent item, so DataLoader workers (any number) yield exactly
 the same batches in the same order as ``num_workers=0``. Each worker opens its own HDF5 handles
 lazily (see :class:`biam.data.packed.PackedDataset`).
+
+Where the images come from (``in_memory``): the packed files (False), a copy in RAM (True, or
+"auto" when it fits), or tensors on the training device (``"device"``, or "auto" when the
+device is a CUDA GPU with room: :mod:`biam.data.resident`), where a batch is gathered by index
+with no host-to-device copy. The batches (images, order, ranks' shares) are the same for every
+choice; only where their bytes are read differs.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .packed import PackedDataset, PackedFormatError
+from .resident import ResidentSplit, device_memory, fits_on_device, image_bytes
 
 __all__ = ["SAMPLING", "epoch_order", "global_batches", "BatchLoader", "build_loader"]
 
@@ -232,12 +239,13 @@ class _BatchSource(Dataset):
     """Map-style dataset whose item ``k`` is batch ``k`` of the current epoch (already collated)."""
 
     def __init__(self, dataset: PackedDataset, batches: List[np.ndarray], memory: Optional[dict], float32: bool = True,
-                 direct: Optional[_DirectReader] = None):
+                 direct: Optional[_DirectReader] = None, require_positive: int = 0):
         self.dataset = dataset
         self.batches = batches
         self.memory = memory
         self.float32 = float32
         self.direct = direct
+        self.require_positive = int(require_positive)
         self.fields = ["regions", "scene", "labels"] if dataset.has_scene else ["regions", "labels"]
 
     def __len__(self) -> int:
@@ -259,6 +267,12 @@ class _BatchSource(Dataset):
                 np.take(self.memory[f], rows, axis=0, out=out[f])
         else:
             self._read(idx, out)
+        if self.require_positive:
+            # As the resident path does before gathering (see BatchLoader): the same rows.
+            keep = (out["labels"][:, :self.require_positive] > 0).any(axis=1)
+            if not keep.all():
+                idx = idx[keep]
+                out = {f: np.ascontiguousarray(a[keep]) for f, a in out.items()}
         # float16 -> float32 here, in the worker, so a CPU training process gets ready tensors;
         # for a GPU the stored dtype travels (half the bytes to pin and copy) and converts there.
         feats = _as_float32 if self.float32 else torch.from_numpy
@@ -269,6 +283,8 @@ class _BatchSource(Dataset):
         }
         if ds.has_scene:
             batch["scene"] = feats(out["scene"])
+        if self.require_positive:
+            batch["keep"] = torch.ones(len(idx), dtype=torch.bool)
         return batch
 
 
@@ -327,6 +343,8 @@ class BatchLoader:
         drop_last: bool = False,
         float32: bool = True,
         direct_reads: bool = True,
+        device: Union[str, torch.device, None] = None,
+        require_positive: int = 0,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -349,6 +367,10 @@ class BatchLoader:
         self.drop_last = bool(drop_last)
         self.float32 = bool(float32)
         self.direct_reads = bool(direct_reads)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.require_positive = int(require_positive)
+        if self.require_positive < 0:
+            raise ValueError(f"require_positive must be >= 0, got {require_positive}")
         self._direct: Optional[_DirectReader] = None
         # Pinning needs an accelerator; without one torch only warns, so skip it quietly.
         self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
@@ -365,10 +387,13 @@ class BatchLoader:
             if len(self.indices) != len(idx):
                 raise ValueError("indices: contains repeated image indices")
         self.memory = None
+        self.resident: Optional[ResidentSplit] = None
         if in_memory:
             need = self.memory_bytes()
             if in_memory == "auto":
-                if need <= 0.5 * _available_ram():
+                if fits_on_device(need, self.device):
+                    self.resident = self._load_resident()
+                elif need <= 0.5 * _available_ram():
                     self.memory = self._load_memory()
             elif in_memory is True:
                 avail = _available_ram()
@@ -376,16 +401,35 @@ class BatchLoader:
                     raise MemoryError(f"in_memory: split '{dataset.split}' subset needs {need / 2**30:.1f} GiB, "
                                       f"only {avail / 2**30:.1f} GiB available; use in_memory=False or 'auto'")
                 self.memory = self._load_memory()
+            elif in_memory == "device":
+                self._check_device_room(need)
+                self.resident = self._load_resident()
             else:
-                raise ValueError(f"in_memory must be True, False or 'auto', got {in_memory!r}")
+                raise ValueError(f"in_memory must be True, False, 'auto' or 'device', got {in_memory!r}")
+
+    def _check_device_room(self, need: int) -> None:
+        """An explicit "device" needs the subset to fit in the device's free memory (RAM on a CPU)."""
+        if self.device.type == "cuda":
+            free, total = device_memory(self.device)
+            where = f"{self.device} ({free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB)"
+        else:
+            free = int(0.9 * _available_ram())
+            where = f"RAM ({free / 2**30:.1f} GiB available)"
+        if need > free:
+            raise MemoryError(f"in_memory 'device': split '{self.dataset.split}' subset ({len(self.indices)} images) "
+                              f"needs {need / 2**30:.1f} GiB, more than {where}; use in_memory=False or 'auto'")
+
+    def _load_resident(self) -> ResidentSplit:
+        return ResidentSplit(self.dataset, self.indices, self.device, require_positive=self.require_positive)
 
     def memory_bytes(self) -> int:
-        """Bytes the subset takes in RAM in its stored dtype (what in-memory mode loads)."""
-        ds = self.dataset
-        per = ds.channels * ds.num_regions * ds.feature_dtype.itemsize + ds.num_labels
-        if ds.has_scene:
-            per += ds.scene_dim * ds.feature_dtype.itemsize
-        return int(per * len(self.indices))
+        """Bytes the subset takes in its stored dtypes (what in-memory and device modes hold)."""
+        return image_bytes(self.dataset) * len(self.indices)
+
+    @property
+    def where(self) -> str:
+        """Where the batches come from: "device" (resident on ``self.device``), "ram" or "disk"."""
+        return "device" if self.resident is not None else "ram" if self.memory is not None else "disk"
 
     def _load_memory(self) -> dict:
         from tqdm import tqdm
@@ -445,7 +489,7 @@ class BatchLoader:
         return self.num_batches_for_rank(self.rank)
 
     def _direct_reader(self) -> Optional[_DirectReader]:
-        if self.memory is not None or not self.direct_reads:
+        if self.memory is not None or self.resident is not None or not self.direct_reads:
             return None
         if self._direct is None:
             ds = self.dataset
@@ -453,7 +497,12 @@ class BatchLoader:
         return self._direct
 
     def __iter__(self) -> Iterator[Dict[str, torch.Tensor]]:
-        source = _BatchSource(self.dataset, self.batches(), self.memory, self.float32, self._direct_reader())
+        if self.resident is not None:
+            # Gathered on the device, in this process: no workers, nothing to pin.
+            yield from self.resident.batches(self.batches(), float32=self.float32)
+            return
+        source = _BatchSource(self.dataset, self.batches(), self.memory, self.float32, self._direct_reader(),
+                              self.require_positive)
         if self.num_workers == 0:
             for k in range(len(source)):
                 batch = source[k]
@@ -491,6 +540,8 @@ def build_loader(
     drop_last: bool = False,
     float32: bool = True,
     direct_reads: bool = True,
+    device: Union[str, torch.device, None] = None,
+    require_positive: int = 0,
 ) -> BatchLoader:
     """Batches of ``dataset`` for one rank.
 
@@ -504,12 +555,21 @@ def build_loader(
     restricts the epoch to a subset of image indices. ``sampling``: "shuffle" (a uniform
     permutation per epoch), "randperm" (an independent uniform draw per batch, as published) or
     "blocks" (``block_size`` consecutive images per block; see the module docstring).
-    ``in_memory``: True loads the subset into RAM once (MemoryError if it cannot fit),
-    ``"auto"`` does so only when it takes under half the free RAM. ``direct_reads=False`` reads
-    every image through HDF5 instead of the file offsets. Create the loader once and call
-    ``set_epoch``.
+    ``in_memory``: True loads the subset into RAM once (MemoryError if it cannot fit);
+    ``"device"`` copies it once onto ``device`` (a :class:`biam.data.resident.ResidentSplit`;
+    MemoryError if it does not fit in the free device memory, RAM for a CPU) and gathers every
+    batch there: ``regions``, ``scene`` and ``labels`` are then tensors on ``device``,
+    ``index`` stays on the host, and there are no workers; ``"auto"`` picks ``device`` when
+    ``device`` is a CUDA GPU where the subset fits with room for training
+    (:func:`biam.data.resident.fits_on_device`), else RAM when the subset takes under half the
+    free RAM, else the files. ``require_positive=k`` leaves out of every batch the images
+    without a positive (+1) label among their first ``k`` label columns (the seen labels: such
+    images add nothing to the ranking loss), and then each batch carries ``keep``, a (B,) bool
+    host tensor (all True): a trainer can take its rows as decided without reading labels
+    back from the device. ``direct_reads=False`` reads every image through HDF5 instead of the
+    file offsets. Create the loader once and call ``set_epoch``.
     """
     return BatchLoader(dataset, batch_size=batch_size, shuffle=shuffle, seed=seed, epoch=epoch, indices=indices,
                        rank=rank, world_size=world_size, num_workers=num_workers, sampling=sampling,
                        block_size=block_size, in_memory=in_memory, pin_memory=pin_memory, drop_last=drop_last,
-                       float32=float32, direct_reads=direct_reads)
+                       float32=float32, direct_reads=direct_reads, device=device, require_positive=require_positive)

@@ -44,7 +44,7 @@ FREE_KEYS = {
     "COMPILE": "torch.compile on or off (same maths)",
     "CHANNELS_LAST": "memory layout on CUDA (same maths)",
     "DATA.NUM_WORKERS": "loader processes",
-    "DATA.IN_MEMORY": "whether the training images are held in RAM",
+    "DATA.IN_MEMORY": "where the training images are held (disk, RAM or device: the same batches)",
     "DATA.VERIFY_CHECKSUMS": "an extra check of the shards",
     "KEEP_CHECKPOINTS": "how many checkpoints are kept",
     "PLOT_CURVE": "the curve plot",

@@ -28,6 +28,7 @@ from torch import nn
 from ..config import dump_cfg
 from ..data.loader import build_loader
 from ..data.packed import PackedDataset, resolve_backbone
+from ..data.resident import fits_on_device, image_bytes
 from ..datasets import check_manifest_dataset, get_dataset
 from ..evaluation import average_precision, f1_at_k
 from ..modeling import build_model, ranking_loss
@@ -55,12 +56,16 @@ class TrainingDiverged(RuntimeError):
     """A batch's loss was NaN, infinite or above SOLVER.MAX_LOSS and SOLVER.BAD_LOSS is 'stop'."""
 
 
-def in_memory_mode(setting: str, world_size: int = 1):
+def in_memory_mode(setting: str, world_size: int = 1, on_device: bool = False):
     """Config ``DATA.IN_MEMORY`` -> the loader's ``in_memory`` argument.
 
-    Every rank would hold its own copy of the whole split (its blocks change every epoch), and
-    each would judge the free memory alone, so "auto" stays on disk when there are several ranks.
+    ``on_device``: the split fits on the training device of every rank with room for training
+    (:meth:`Trainer.resident_fits`), so "auto" holds it there ("device"). Otherwise "auto" means
+    RAM for one process only: every rank would hold its own copy of the whole split in the
+    machine's one RAM (its batches change every epoch), so with several it stays on disk.
     """
+    if setting == "device" or (setting == "auto" and on_device):
+        return "device"
     if setting == "auto" and world_size > 1:
         return False
     return {"auto": "auto", "on": True, "off": False}[setting]
@@ -338,24 +343,42 @@ class Trainer:
 
     def loader(self, dataset: PackedDataset, indices, *, shuffle: bool, batch_size: int, in_memory=False):
         cfg = self.cfg
+        resident = in_memory == "device"
         return build_loader(
             dataset, batch_size=batch_size, shuffle=shuffle, seed=cfg.SEED, indices=indices,
             rank=self.rank, world_size=self.world, num_workers=cfg.DATA.NUM_WORKERS,
             sampling=cfg.DATA.SAMPLING, block_size=cfg.DATA.BLOCK_SIZE, in_memory=in_memory,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=self.device.type == "cuda" and not resident,
             float32=self.device.type != "cuda",  # a GPU gets the stored float16 and converts it itself
+            # Resident batches are gathered on the device without the images that have no positive
+            # seen label (train_step drops those; here it need not read labels back to do so).
+            device=self.device if resident else None, require_positive=self.labels.num_seen if resident else 0,
         )
+
+    def resident_fits(self, indices) -> bool:
+        """Whether ``DATA.IN_MEMORY auto`` holds these training images on the device: a CUDA
+        device where they fit with room for training (:func:`biam.data.resident.fits_on_device`),
+        on every rank (one all-reduce), so that all ranks read their batches the same way."""
+        if self.cfg.DATA.IN_MEMORY != "auto" or self.device.type != "cuda":
+            return False
+        fits = fits_on_device(image_bytes(self.train_set) * len(indices), self.device)
+        if self.world > 1:
+            fits = comm.all_reduce_sum(torch.tensor(0.0 if fits else 1.0, device=self.device)).item() == 0
+        return fits
 
     def phase_loader(self):
         """The shuffling loader of the current phase: the training part, or all training images."""
         indices = self.train_idx if self.phase == "train" else self.all_train_idx
         if self.train_loader is None or self.train_loader_phase != self.phase:
             self.train_loader = None  # release the previous phase's in-memory copy first
+            mode = in_memory_mode(self.cfg.DATA.IN_MEMORY, self.world, self.resident_fits(indices))
             self.train_loader = self.loader(self.train_set, indices, shuffle=True, batch_size=self.cfg.SOLVER.BATCH_SIZE,
-                                            in_memory=in_memory_mode(self.cfg.DATA.IN_MEMORY, self.world))
+                                            in_memory=mode)
             self.train_loader_phase = self.phase
-            if self.train_loader.memory is not None:
-                self.logger.info(f"{len(indices)} training images held in RAM "
+            where = self.train_loader.where
+            if where != "disk":
+                place = f"on {self.device}" if where == "device" else "in RAM"
+                self.logger.info(f"{len(indices)} training images held {place} "
                                  f"({self.train_loader.memory_bytes() / 2**30:.2f} GiB)")
         return self.train_loader
 
@@ -634,9 +657,10 @@ class Trainer:
         cfg = self.cfg
         labels = batch["labels"][:, :num_seen]
         # Images without a positive seen label add nothing to the ranking loss; as published,
-        # they are dropped before the forward so batch-norm statistics match too.
-        keep = (labels > 0).any(dim=1)
-        n_kept = int(keep.sum())  # the labels are on the host: no device sync
+        # they are dropped before the forward so batch-norm statistics match too. A resident
+        # batch (labels on the device) comes without them and says so in its host-side "keep".
+        keep = batch["keep"] if "keep" in batch else (labels > 0).any(dim=1)
+        n_kept = int(keep.sum())  # on the host: no device sync
         if n_kept < len(keep):
             batch = {k: v[keep] for k, v in batch.items()}
             labels = labels[keep]

@@ -104,7 +104,8 @@ def test_bad_record_is_named(tmp_path, field, data, expect, capsys):
 
 
 def _run_convert(src, out, extra_env=None):
-    env = dict(os.environ, PYTHONPATH=str(REPO), **(extra_env or {}))
+    path = os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH")] if p)  # carried packages stay on it
+    env = dict(os.environ, PYTHONPATH=path, **(extra_env or {}))
     cmd = [sys.executable, "-m", "biam.cli.convert", "nus_wide", "--src", str(src), "--out", str(out),
            "--shard-size", "8", "--batch", "4", "--no-scene"]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

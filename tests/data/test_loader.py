@@ -117,6 +117,54 @@ def test_in_memory_equals_disk(packed):
             assert torch.equal(a[k], b[k])
 
 
+@pytest.mark.parametrize("sampling", ["shuffle", "randperm", "blocks"])
+def test_device_resident_batches_equal_streamed_batches(packed, sampling):
+    """in_memory="device" (here the CPU) gathers by index the batches the streamed loader reads:
+    the same images in the same order, the same bytes, on every rank; require_positive leaves
+    out the same images in both (those without a positive among the first 2 labels)."""
+    ds, labels = packed
+    dropped = ~(labels[:, :2] > 0).any(axis=1)
+    assert 0 < dropped.sum() < N  # some images are left out: the filter is exercised
+    subset = np.setdiff1d(np.arange(N), [5, 77, 150])
+    for world in (1, 2):
+        for rank in range(world):
+            kw = dict(batch_size=16, shuffle=True, seed=3, sampling=sampling, block_size=4, indices=subset,
+                      rank=rank, world_size=world, require_positive=2, float32=False)
+            streamed = build_loader(ds, **kw)
+            resident = build_loader(ds, in_memory="device", device="cpu", **kw)
+            assert streamed.where == "disk" and resident.where == "device" and resident.resident.nbytes > 0
+            for epoch in (0, 1):
+                streamed.set_epoch(epoch)
+                resident.set_epoch(epoch)
+                a, b = list(streamed), list(resident)
+                assert len(a) == len(b) == len(streamed)
+                for x, y in zip(a, b):
+                    assert x.keys() == y.keys() == {"regions", "scene", "labels", "index", "keep"}
+                    for k in x:
+                        assert x[k].dtype == y[k].dtype and torch.equal(x[k], y[k]), (sampling, world, epoch, k)
+                    assert not dropped[x["index"].numpy()].any() and bool(x["keep"].all())
+                got = np.concatenate([x["index"].numpy() for x in b])
+                want = np.concatenate(streamed.batches())
+                np.testing.assert_array_equal(got, want[~dropped[want]])
+    # float32=True converts on the device as the streamed loader does in its workers.
+    kw = dict(batch_size=16, shuffle=True, seed=3)
+    for x, y in zip(build_loader(ds, **kw), build_loader(ds, in_memory="device", device="cpu", **kw)):
+        assert "keep" not in y and y["regions"].dtype == torch.float32
+        for k in x:
+            assert torch.equal(x[k], y[k]), k
+
+
+def test_device_resident_refuses_what_does_not_fit(packed, monkeypatch):
+    import biam.data.loader as loader_mod
+
+    ds, _ = packed
+    monkeypatch.setattr(loader_mod, "_available_ram", lambda: 1000)
+    with pytest.raises(MemoryError, match=r"in_memory 'device': split 'train' subset \(203 images\)"):
+        build_loader(ds, batch_size=8, shuffle=True, in_memory="device", device="cpu")
+    # "auto" never picks the device for a CPU, and stays on disk when RAM is short.
+    assert build_loader(ds, batch_size=8, shuffle=True, in_memory="auto", device="cpu").where == "disk"
+
+
 def test_stored_dtype_batches_equal_float32_batches(tmp_path):
     """float32=False (what a GPU run uses) ships the stored float16 unchanged: the same numbers
     in half the bytes, for the device to convert."""

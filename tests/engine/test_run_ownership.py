@@ -37,6 +37,13 @@ def snapshot(folder):
             if p.is_file() and p.name != ".biam.lock"}
 
 
+def _child_env():
+    """This environment with the checkout first on PYTHONPATH (what was there stays after it: on
+    a machine whose yacs comes from a folder of carried wheels, say)."""
+    path = [str(TESTS.parent), os.environ.get("PYTHONPATH")]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p))
+
+
 def _wait_for(cond, what, timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -51,7 +58,7 @@ def _hold_lock(folder):
     code = ("import sys, time; from biam.utils.ownership import FolderLock; "
             "FolderLock(sys.argv[1], 'holder-for-test').acquire(); print('locked', flush=True); time.sleep(600)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(TESTS.parent)))
+                            env=_child_env())
     assert proc.stdout.readline().strip() == "locked"
     return proc
 
@@ -124,7 +131,7 @@ def test_second_training_and_evaluation_stop_at_once_naming_the_holder(tiny_pack
     out = tmp_path / "busy"
     first = subprocess.Popen([sys.executable, "-m", "biam.cli.train", *args_for(tiny_packed, out, "SOLVER.MAX_EPOCHS", "200")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             env=dict(os.environ, PYTHONPATH=str(TESTS.parent)))
+                             env=_child_env())
     try:
         _wait_for(lambda: (out / "checkpoints" / "checkpoint_epoch_0001.pth").exists(), "the first run's epoch 1")
         before = json.loads((out / "run.json").read_text())
