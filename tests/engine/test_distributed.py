@@ -68,7 +68,7 @@ def test_two_processes_match_one_process(tiny_packed, tmp_path):
     # learning-rate fix at a constant rate (2.6e-3 after three epochs, both codes alike).
     common = [*TINY_MODEL_OPTS, "DATA.ROOT", str(tiny_packed), *FLOAT32_BLOCKS, "SOLVER.MAX_EPOCHS", "2"]
     run([sys.executable, "-m", "biam.cli.train", *common, "SOLVER.BATCH_SIZE", "16", "OUTPUT_DIR", str(one)])
-    run(torchrun(2, "biam.train", *common, "SOLVER.BATCH_SIZE", "8", "OUTPUT_DIR", str(two)))
+    run(torchrun(2, "biam.cli.train", *common, "SOLVER.BATCH_SIZE", "8", "OUTPUT_DIR", str(two)))
     a, b = weights(one), weights(two)
     worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
     # Stated tolerance: 1e-4 absolute after 2 epochs.
@@ -127,7 +127,7 @@ def _one_process_and_two_ranks(root, tmp_path, batch):
     common = [*TINY_MODEL_OPTS, "DATA.ROOT", str(root), *EXACT, "SOLVER.MAX_EPOCHS", "1"]
     one, two = tmp_path / "one", tmp_path / "two"
     run([sys.executable, "-m", "biam.cli.train", *common, "SOLVER.BATCH_SIZE", str(2 * batch), "OUTPUT_DIR", str(one)])
-    run(torchrun(2, "biam.train", *common, "SOLVER.BATCH_SIZE", str(batch), "OUTPUT_DIR", str(two)))
+    run(torchrun(2, "biam.cli.train", *common, "SOLVER.BATCH_SIZE", str(batch), "OUTPUT_DIR", str(two)))
     worst = _max_difference(weights(one), weights(two))
     assert worst < 1e-4, worst
     return common, one, two
@@ -173,7 +173,7 @@ def test_a_rank_that_keeps_no_image_still_matches_one_process(tmp_path):
         assert a["skipped_batches"] == b["skipped_batches"]
     # Per-rank batch norm (the default DIST_BN) runs the same data without error.
     per_rank = [x if x != "sync" else "per-rank" for x in common]
-    run(torchrun(2, "biam.train", *per_rank, "SOLVER.BATCH_SIZE", "2", "OUTPUT_DIR", str(tmp_path / "per_rank")))
+    run(torchrun(2, "biam.cli.train", *per_rank, "SOLVER.BATCH_SIZE", "2", "OUTPUT_DIR", str(tmp_path / "per_rank")))
     assert all(torch.isfinite(v).all() for v in weights(tmp_path / "per_rank").values() if v.is_floating_point())
 
 
@@ -184,7 +184,7 @@ def test_distributed_evaluation_equals_single_process(tiny_packed, tmp_path):
     weights_file = ckpt.latest_checkpoint(str(train_out / "checkpoints"))
     common = [*TINY_MODEL_OPTS, "DATA.ROOT", str(tiny_packed), "EVAL.BATCH_SIZE", "10", "--checkpoint", weights_file]
     single = run([sys.executable, "-m", "biam.cli.evaluate", *common, "OUTPUT_DIR", str(tmp_path / "e1")])
-    multi = run(torchrun(2, "biam.evaluate", *common, "OUTPUT_DIR", str(tmp_path / "e2")))
+    multi = run(torchrun(2, "biam.cli.evaluate", *common, "OUTPUT_DIR", str(tmp_path / "e2")))
     # Evaluation writes its own folder OUTPUT_DIR/eval/<split>-<checkpoint name>/.
     name = "test-" + Path(weights_file).stem
     m1 = json.loads((tmp_path / "e1" / "eval" / name / "metrics.json").read_text())
@@ -217,10 +217,10 @@ def test_killed_rank_stops_the_job_and_resume_continues(tiny_packed, tmp_path):
     common = [*TINY_MODEL_OPTS, "DATA.ROOT", str(tiny_packed), *EXACT, "SOLVER.BATCH_SIZE", "8",
               "SOLVER.MAX_EPOCHS", "4"]
     straight = tmp_path / "straight"
-    run(torchrun(2, "biam.train", *common, "OUTPUT_DIR", str(straight)))
+    run(torchrun(2, "biam.cli.train", *common, "OUTPUT_DIR", str(straight)))
 
     out = tmp_path / "killed"
-    launcher = subprocess.Popen(torchrun(2, "biam.train", *common, "OUTPUT_DIR", str(out)),
+    launcher = subprocess.Popen(torchrun(2, "biam.cli.train", *common, "OUTPUT_DIR", str(out)),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     first = out / "checkpoints" / "checkpoint_epoch_0001.pth"
     deadline = time.time() + 180
@@ -234,7 +234,7 @@ def test_killed_rank_stops_the_job_and_resume_continues(tiny_packed, tmp_path):
     last = ckpt.latest_checkpoint(str(out / "checkpoints"))
     assert not (out / "checkpoints" / "checkpoint_epoch_0004.pth").exists()
     ckpt.load_checkpoint(last)  # complete and loadable
-    run(torchrun(2, "biam.train", *common, "OUTPUT_DIR", str(out), "--resume"))
+    run(torchrun(2, "biam.cli.train", *common, "OUTPUT_DIR", str(out), "--resume"))
     a, b = weights(straight), weights(out)
     for k in a:
         assert torch.allclose(a[k].double(), b[k].double(), atol=1e-6), k
