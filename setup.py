@@ -22,7 +22,7 @@ setup(
         "pillow>=9.0",
     ],
     extras_require={
-        "test": ["pytest>=7", "scikit-learn>=1.0"],
+        "test": ["pytest>=7", "scikit-learn>=1.0", "ruff>=0.6"],
         # Training writes TensorBoard event files to OUTPUT_DIR/tb when this is installed.
         "tb": ["tensorboard>=2.10"],
     },

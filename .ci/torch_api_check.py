@@ -3,7 +3,9 @@ torch this interpreter imports (to rehearse another torch, e.g. the lent GPU mac
     python .ci/torch_api_check.py biam tests feature_extraction scripts
 Prints the names that do not resolve and the files that use them; exit code 1 when there are any.
 Keyword arguments are not checked here: the test suite run under that torch checks them."""
-import importlib, re, sys
+import importlib
+import re
+import sys
 from pathlib import Path
 import torch
 import torch.nn.functional as F
@@ -21,7 +23,8 @@ for name in sorted(names):
     ok = True
     for i, a in enumerate(parts[1:], 1):
         if hasattr(obj, a):
-            obj = getattr(obj, a); continue
+            obj = getattr(obj, a)
+            continue
         try:  # a submodule not yet imported
             obj = importlib.import_module(".".join(["torch"] + parts[1:i + 1]) if parts[0] == "torch" else "x")
         except ImportError:

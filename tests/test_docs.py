@@ -24,7 +24,8 @@ REPO_DIRS = ("biam/", "tests/", "scripts/", "configs/", "docs/", "feature_extrac
 CODE_SUFFIXES = (".py", ".sh", ".yaml", ".md")
 # Calls of other libraries' functions that the docs may name.
 FOREIGN = {"torch", "np", "numpy", "nn", "F", "os", "json", "h5py", "yaml", "math", "random", "pickle", "sys",
-           "time", "tqdm", "ceil", "floor", "sqrt", "exp", "log", "nonzero", "argsort", "topk", "sha256", "hashlib", "dist", "plt", "matplotlib", "argparse", "pathlib", "Path", "cv2", "PIL", "Image",
+           "time", "tqdm", "ceil", "floor", "sqrt", "exp", "log", "nonzero", "argsort", "topk", "sha256", "hashlib", "dist", "plt",
+           "matplotlib", "argparse", "pathlib", "Path", "cv2", "PIL", "Image",
            "print", "len", "range", "open", "float", "int", "str", "list", "dict", "sorted", "max", "min", "sum",
            "model", "optimizer", "scaler", "torchvision", "tensorboard", "self", "super", "cfg", "loader"}
 

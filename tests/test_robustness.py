@@ -31,8 +31,9 @@ from biam.cli.evaluate import main as evaluate_main
 from biam.engine.trainer import Trainer
 from biam.modeling import build_model
 
-REPO = Path(__file__).resolve().parents[1]
 from helpers import TINY_MODEL_OPTS, make_tiny_packed
+
+REPO = Path(__file__).resolve().parents[1]
 
 SEEN = [f"tag{i}" for i in range(12)]
 UNSEEN = [f"concept{i}" for i in range(6)]

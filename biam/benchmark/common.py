@@ -89,7 +89,8 @@ SIZES = {
     # (whole epoch, largest-batch search, the original's test pass extrapolated) on the CPU.
     "tiny": Sizes("tiny", released_train=48, released_test=16, packed_train=48, packed_test=24,
                   data_images=32, train_steps=1, warmup_steps=1, batch=4,
-                  eval_nus_rows=600, eval_nus_loop_cols=40, eval_oi_rows=800, eval_oi_loop_cols=30, eval_nus_f1_rows=200, eval_oi_f1_rows=200,
+                  eval_nus_rows=600, eval_nus_loop_cols=40, eval_oi_rows=800, eval_oi_loop_cols=30,
+                  eval_nus_f1_rows=200, eval_oi_f1_rows=200,
                   test_images=24, profile_steps=1, test_batch=8, whole_epoch=True, largest_batch_max=8,
                   oi_images=16, oi_steps=1, data_windows=3, data_window_s=0.0, data_warmup_s=0.0,
                   data_steady_images=192),

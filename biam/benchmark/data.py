@@ -128,7 +128,7 @@ def steady_split(ctx: Ctx, min_images: int) -> Path:
         shutil.rmtree(root)
     root.mkdir(parents=True)
     listed = []
-    for r in range(rounds):
+    for _ in range(rounds):
         for sh in shards:
             name = shard_filename("train", len(listed))
             try:

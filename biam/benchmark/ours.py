@@ -74,7 +74,7 @@ def largest_batch(trainer, device: torch.device, start: int, limit: int, budget_
             y = torch.where(torch.rand(b, emb.shape[0], device=device) < 0.02, 1, -1).to(torch.int8)
             y[:, 0] = 1
 
-            def step() -> None:
+            def step(x=x, scene=scene, y=y) -> None:
                 opt.zero_grad(set_to_none=True)
                 with autocast_context(device, trainer.amp_dtype):
                     scores = model(x, emb, scene)

@@ -141,7 +141,7 @@ def build_from_glove(label_names: Sequence[str], glove_txt_path: os.PathLike, *,
     if empty:
         if missing == "skip-word":
             raise KeyError(f"{path}: no word of label(s) {empty} is in the file (use missing='zero' for zero rows)")
-        warnings.warn(f"{path}: label(s) {empty} have no known word; their embedding rows are zero")
+        warnings.warn(f"{path}: label(s) {empty} have no known word; their embedding rows are zero", stacklevel=2)
     return out
 
 

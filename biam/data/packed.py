@@ -378,12 +378,12 @@ class PackedWriter:
         for shard in entry["shards"]:
             file = self.root / shard["file"]
             if not file.is_file():
-                warnings.warn(f"{file}: listed in the manifest but missing; it and later shards will be rewritten")
+                warnings.warn(f"{file}: listed in the manifest but missing; it and later shards will be rewritten", stacklevel=2)
                 break
             digest = sha256_file(file)
             if digest != shard["sha256"]:
                 warnings.warn(f"{file}: sha256 {digest[:12]}... differs from the manifest's "
-                              f"{shard['sha256'][:12]}...; it and later shards will be rewritten")
+                              f"{shard['sha256'][:12]}...; it and later shards will be rewritten", stacklevel=2)
                 break
             kept.append(shard)
         if len(kept) < len(entry["shards"]) and entry.get("complete"):

@@ -40,7 +40,9 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def _report_lines(rows) -> str:
     # Tabs and newlines inside a reason would break the table; flatten them.
-    clean = (lambda s: str(s).replace("\t", " ").replace("\r", " ").replace("\n", " "))
+    def clean(s) -> str:
+        return str(s).replace("\t", " ").replace("\r", " ").replace("\n", " ")
+
     return "".join(f"{clean(n)}\t{clean(p)}\t{clean(r)}\n" for n, p, r in rows)
 
 

@@ -263,7 +263,7 @@ def iter_rows(path: Path, url_column: str, use_md5: bool, limit: Optional[int]) 
             url = (row.get(url_column) or "").strip()
             where = f"{path}: line {line}, image {image_id or '<empty>'}"
 
-            def bad(reason: str, detail: str) -> Outcome:
+            def bad(reason: str, detail: str, image_id=image_id, line=line, url=url, where=where) -> Outcome:
                 job = Job(image_id or f"<line {line}>", url, None, line)
                 return Outcome(job, False, reason, f"{where}: {detail}")
 

@@ -20,8 +20,9 @@ from biam.engine import checkpoint as ckpt
 from biam.extraction import FeatureExtractor
 from biam.modeling import build_model
 
-TESTS = Path(__file__).resolve().parents[1]
 from helpers import TINY_MODEL_OPTS
+
+TESTS = Path(__file__).resolve().parents[1]
 
 
 def test_registry_lists_both_and_unknown_names_are_errors():

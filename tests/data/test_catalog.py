@@ -21,8 +21,9 @@ from biam.cli.evaluate import main as evaluate_main
 from biam.engine.trainer import Trainer
 from biam.evaluation import Protocol
 
-TESTS = Path(__file__).resolve().parents[1]
 from helpers import TINY_MODEL_OPTS, make_tiny_packed
+
+TESTS = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------ the one file of a new dataset

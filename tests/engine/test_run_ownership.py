@@ -21,8 +21,9 @@ from biam.cli import evaluate as evaluate_cli
 from biam.cli.train import main
 from biam.engine.trainer import Trainer
 
-TESTS = Path(__file__).resolve().parents[1]
 from helpers import TINY_MODEL_OPTS
+
+TESTS = Path(__file__).resolve().parents[1]
 
 SHORT = ["SOLVER.MAX_EPOCHS", "2", "SOLVER.FINETUNE_EPOCHS", "0", "EVAL.TEST_AFTER_FINETUNE", "False"]
 
