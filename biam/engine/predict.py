@@ -36,7 +36,7 @@ import torch
 
 from ..backbones import DEFAULT_BACKBONE, check_weights_available, get_backbone
 from ..config import load_cfg
-from ..data import embeddings as emb
+from ..data import wordvec as emb
 from ..data.images import ImageFileDataset, backbone_transform, collate_images, load_image
 from ..data.packed import l2_normalize
 from ..extraction import build_extractor
