@@ -401,7 +401,7 @@ class Predictor:
 
     def visualize(self, image: ImageInput, labels, out_path: Union[str, os.PathLike], k: int = 5, **label_kw) -> Path:
         """Write the attention figure (the image and its top-``k`` labels' maps) of one image to
-        ``out_path`` (written whole or not at all) and return the path."""
+        ``out_path`` (its folder created; written whole or not at all) and return the path."""
         label_set = self.labels(labels, **label_kw)
         entry = self._one(image, label_set, k)
         order = [label_set.names.index(name) for name, _ in entry.labels]
@@ -409,6 +409,7 @@ class Predictor:
         fig = render_attention_figure(shown, entry.region_scores[order], [t[0] for t in entry.labels],
                                       [t[1] for t in entry.labels])
         out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)  # as save_attention_figure
         with atomic_open(out_path, "wb") as fh:
             fig.savefig(fh, dpi=DPI, format="png")
         return out_path
