@@ -1,7 +1,8 @@
 """``biam-evaluate`` (``python -m biam.cli.evaluate``): evaluate a checkpoint on the test split.
 
 Exit status: 0 done; 1 bad data, checkpoint or output folder; 2 config error or no weights;
-4 another evaluation of the same checkpoint and split is writing its folder.
+4 another evaluation of the same checkpoint and split is writing its folder; 5 the system
+refused a read or write (disk full, permission, I/O error: the message names the file).
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from ..utils import comm
 from ..utils.io import write_json
 from ..utils.logging import setup_logger
 from ..utils.ownership import FolderBusyError, FolderOwnershipError
-from ._errors import ExitOn, load_config, run_main
+from ._errors import ExitOn, load_config, run_main, system_error
 
 EXITS = (
     ExitOn(FolderBusyError, 4),
     ExitOn((ckpt.CheckpointError, PackedFormatError, FileNotFoundError, ValueError, FolderOwnershipError), 1),
+    system_error(),
 )
 
 

@@ -222,7 +222,7 @@ def check_output_folder(folder: str, *, record: str, overwrite: bool = False,
     return None
 
 
-def claim_output(out, overwrite: bool, tool: str):
+def claim_output(out, overwrite: bool, tool: str, argv: Optional[Iterable[str]] = None):
     """Take the output folder for this run: a context manager for the whole command.
 
     On rank 0 (or without torchrun): :class:`FolderLock` on ``out`` (a
@@ -233,7 +233,8 @@ def claim_output(out, overwrite: bool, tool: str):
     """
     if int(os.environ.get("RANK", "0") or 0) != 0:
         return contextlib.nullcontext()
-    lock = FolderLock(os.fspath(out), " ".join([tool] + sys.argv[1:])).acquire()
+    args = list(sys.argv[1:] if argv is None else argv)
+    lock = FolderLock(os.fspath(out), " ".join([tool] + args)).acquire()
     try:
         refuse_link(os.path.join(os.fspath(out), ".parts"), "the ranks' parts folder")
         # .parts/ holds the ranks' shards of an interrupted torchrun extraction (ours, no manifest yet).
