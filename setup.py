@@ -22,7 +22,9 @@ setup(
         "pillow>=9.0",
     ],
     extras_require={
-        "test": ["pytest>=7", "scikit-learn>=1.0", "ruff>=0.6"],
+        # CLIP backbones and text encoders (docs/methods.md); in [test] so CI runs their tests.
+        "clip": ["open-clip-torch>=2.24"],
+        "test": ["pytest>=7", "scikit-learn>=1.0", "ruff>=0.6", "open-clip-torch>=2.24"],
         # Training writes TensorBoard event files to OUTPUT_DIR/tb when this is installed.
         "tb": ["tensorboard>=2.10"],
     },
@@ -38,6 +40,7 @@ setup(
             "biam-extract-nus-wide=biam.cli.extract_nus_wide:main",
             "biam-extract-openimages=biam.cli.extract_openimages:main",
             "biam-extract-own=biam.cli.extract_own:main",
+            "biam-embed-labels=biam.cli.embed_labels:main",
             "biam-benchmark=biam.benchmark:main",
         ]
     },

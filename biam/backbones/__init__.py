@@ -35,6 +35,9 @@ from .weights import (
 # The registered backbones: one module each.
 from . import vgg19 as _vgg19  # noqa: E402,F401  (isort: skip)
 from . import resnet101 as _resnet101  # noqa: E402,F401  (isort: skip)
+# CLIP (open_clip, the optional [clip] extra; imported only when one is built).
+from . import clip_rn50 as _clip_rn50  # noqa: E402,F401  (isort: skip)
+from . import clip_vit_b16 as _clip_vit_b16  # noqa: E402,F401  (isort: skip)
 
 __all__ = [
     "Backbone", "BackboneError", "DEFAULT_BACKBONE", "PathLike", "WeightsNotFoundError", "backbone_of_manifest",

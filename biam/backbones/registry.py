@@ -50,6 +50,12 @@ class Backbone:
             taking regions (B, channels, rows * cols) to (B, scene_dim); None otherwise.
         mean, std: the per-channel normalisation of its input images (RGB in [0, 1]).
         label: its name in messages (default: ``name``).
+        open_weights: for a backbone whose weights are not a torchvision state dict (the CLIP
+            backbones, built by open_clip): ``(weights or None, random seed or None, tool) ->
+            (net, source)``, used by :func:`biam.backbones.load_backbone` instead of ``load_net``
+            and torchvision's cache; None: the torchvision way.
+        check_weights: with ``open_weights``: ``(weights, random seed, tool) -> None``, raising
+            what ``open_weights`` would (used by :func:`biam.backbones.check_weights_available`).
     """
 
     name: str
@@ -67,6 +73,10 @@ class Backbone:
     mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)  # ImageNet's
     std: Tuple[float, float, float] = (0.229, 0.224, 0.225)
     label: str = ""
+    open_weights: Optional[Callable[[Optional[PathLike], Optional[int], str], Tuple[nn.Module, str]]] = field(
+        default=None, repr=False, compare=False)
+    check_weights: Optional[Callable[[Optional[PathLike], Optional[int], str], None]] = field(
+        default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if not self.label:

@@ -106,6 +106,8 @@ def load_backbone(name: str, weights: Optional[PathLike] = None, random_seed: Op
         ValueError naming the file when it is missing, unreadable or not this architecture.
     """
     bb = get_backbone(name)
+    if bb.open_weights is not None:  # not torchvision's (CLIP: open_clip files or tags)
+        return bb.open_weights(weights, random_seed, what)
     if weights is None and random_seed is not None:
         return bb.load_net(None, int(random_seed)), f"random-seed-{int(random_seed)}"
     check_weights_available(weights, random_seed, what, backbone=name)
@@ -144,6 +146,9 @@ def check_weights_available(weights: Optional[PathLike], random_seed: Optional[i
     if weights is None and random_seed is not None:
         return
     bb = get_backbone(backbone)
+    if bb.check_weights is not None:
+        bb.check_weights(weights, random_seed, what)
+        return
     label = bb.label
     path = Path(weights) if weights is not None else torchvision_cache_file(bb.weights_file)
     if not path.is_file():

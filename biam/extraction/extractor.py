@@ -4,7 +4,10 @@ Everything that turns pixels into features goes through :class:`FeatureExtractor
 feature extractors (``feature_extraction/``) and ``biam-predict`` compute exactly what the
 released features hold (docs/data_format.md): the backbone's region extractor -> (B, C, rows,
 cols), stored channel-major as (B, C, rows * cols), region index = row * cols + col; the scene
-feature (B, scene_dim) through the backbone's frozen scene head.
+feature (B, scene_dim) through the backbone's frozen scene head. A backbone whose scene feature
+needs more than the region map (CLIP ViT-B/16: the class token) has a region extractor that
+returns the pair ``(map, scene)``; its scene head is then not used. Any grid the backbone states
+(7 x 7 for CLIP RN50, 14 x 14 for the others) is checked and flattened the same way.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ __all__ = ["FeatureExtractor", "build_extractor"]
 class FeatureExtractor(nn.Module):
     """Region features and scene features of normalised images, for one registered backbone.
 
-    Built from the backbone's torchvision network (:func:`load_backbone`): ``body`` = its region
+    Built from the backbone's network (torchvision's, or open_clip's CLIP model) (:func:`load_backbone`): ``body`` = its region
     extractor and ``scene_head`` = its scene head, so both come from the same weights (VGG19:
     ``vgg.features[:-1]`` and ``SceneHead.from_torchvision(vgg)``). Always in eval mode, no gradients.
 
@@ -50,12 +53,16 @@ class FeatureExtractor(nn.Module):
         if images.dim() != 4 or images.shape[1:] != (3, size, size):
             raise ValueError(f"FeatureExtractor ({bb.name}) expects (B, 3, {size}, {size}) images, "
                              f"got {tuple(images.shape)}")
-        fmap = self.body(images)
+        out = self.body(images)
+        fmap, scene = out if isinstance(out, tuple) else (out, None)
         if fmap.shape[1:] != (bb.channels, *bb.grid):
             raise RuntimeError(f"backbone {bb.name}: its region extractor gave {tuple(fmap.shape[1:])}, "
                                f"its registry entry states {(bb.channels, *bb.grid)}")
         regions = fmap.flatten(2).float()
-        scene = self.scene_head(fmap).float()
+        scene = (self.scene_head(fmap) if scene is None else scene).float()
+        if scene.shape[1:] != (bb.scene_dim,):
+            raise RuntimeError(f"backbone {bb.name}: its scene feature has shape {tuple(scene.shape[1:])}, "
+                               f"its registry entry states ({bb.scene_dim},)")
         return regions, scene
 
 

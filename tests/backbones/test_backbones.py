@@ -26,8 +26,9 @@ TESTS = Path(__file__).resolve().parents[1]
 
 
 def test_registry_lists_both_and_unknown_names_are_errors():
-    assert list_backbones() == ["resnet101", "vgg19"]
-    with pytest.raises(BackboneError, match="unknown backbone 'vit'.*resnet101, vgg19"):
+    # The CLIP backbones (issue #24) are registered beside the two torchvision ones.
+    assert list_backbones() == ["clip_rn50", "clip_vit_b16", "resnet101", "vgg19"]
+    with pytest.raises(BackboneError, match="unknown backbone 'vit'.*clip_rn50, clip_vit_b16, resnet101, vgg19"):
         get_backbone("vit")
 
 
