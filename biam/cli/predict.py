@@ -25,6 +25,7 @@ import argparse
 import json
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -155,8 +156,12 @@ def run(args) -> int:
         _check_output(Path(args.output), images, args.overwrite)
     # Labels first: a bad label file or embedding fails before any folder is made or model loaded.
     names = read_label_file(args.labels)
-    labels = embed_labels(names, cfg.MODEL.EMBED_DIM, embeddings=args.embeddings, word_vectors=args.glove,
-                          missing=args.glove_missing, labels_source=args.labels)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        labels = embed_labels(names, cfg.MODEL.EMBED_DIM, embeddings=args.embeddings, word_vectors=args.glove,
+                              missing=args.glove_missing, labels_source=args.labels)
+    for w in caught:  # --glove-missing zero: the labels that will score the same for every image
+        print(f"biam-predict: warning: {w.message} (they score the same for every image)", file=sys.stderr)
     figures = FigureFolder(args.visualize, images, args.overwrite) if args.visualize else None
     try:
         predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, weights=args.vgg_weights,

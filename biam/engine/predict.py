@@ -162,8 +162,9 @@ def embed_labels(names: Sequence[str], embed_dim: int, *, embeddings=None, word_
 
     ``embeddings``: a (C, E) array or a ``.npy`` / ``.npz`` file; else ``word_vectors``: a GloVe /
     fastText text file (multi-word labels averaged; ``missing`` as
-    :func:`biam.data.wordvec.label_embeddings`). Shape, non-finite, zero and overflowing rows are
-    refused naming the source and the label (:func:`biam.data.wordvec.normalize_rows`).
+    :func:`biam.data.wordvec.label_embeddings`; ``"zero"`` warns, UserWarning, for the zero rows it
+    gives). Shape, non-finite, zero and overflowing rows are refused naming the source and the
+    label (:func:`biam.data.wordvec.normalize_rows`).
     """
     names = check_label_names(names, labels_source)
     if embeddings is not None:
@@ -185,11 +186,7 @@ def embed_labels(names: Sequence[str], embed_dim: int, *, embeddings=None, word_
     if vectors.shape != (len(names), embed_dim):
         raise ValueError(f"{source}: embeddings of shape {vectors.shape}, expected ({len(names)}, {embed_dim}) "
                          f"for the {len(names)} labels of {labels_source} (MODEL.EMBED_DIM {embed_dim})")
-    rows = wordvec.normalize_rows(vectors, source, names, allow_zero=allow_zero)
-    zero = np.flatnonzero(~rows.any(axis=1))
-    if len(zero):
-        print(f"biam-predict: warning: label(s) {[names[i] for i in zero]} have zero embeddings and score "
-              "the same for every image", file=sys.stderr)
+    rows = wordvec.normalize_rows(vectors, source, names, allow_zero=allow_zero)  # zero rows: already warned
     return LabelSet(names, torch.from_numpy(rows), source)
 
 

@@ -250,3 +250,15 @@ def test_figures_of_a_killed_visualize_run_are_ours_on_the_rerun(tmp_path):
     assert len(after) == 26 and not any("-1_" in name for name in after)
     assert set(before) <= set(after)
     assert json.loads((figs / "biam-predict.json").read_text())["figures"] == after
+
+
+def test_glove_missing_zero_warns_once_and_tags(tmp_path, capsys):
+    images, common = _predict_setup(tmp_path)
+    _glove(tmp_path / "glove.txt", ["sky", "red", "car", "dog"])  # no "water"
+    common = [c if c != str(tmp_path / "emb.npy") else str(tmp_path / "glove.txt") for c in common]
+    common[common.index("--embeddings")] = "--glove"
+    assert main([str(images[0]), *common, "--glove-missing", "zero"]) == 0
+    err = capsys.readouterr().err
+    assert "biam-predict: warning:" in err and "['water']" in err and "Traceback" not in err
+    assert main([str(images[0]), *common]) == 2
+    assert "glove.txt: 1 of 4 labels are not in the word-vector file" in capsys.readouterr().err
