@@ -377,7 +377,8 @@ class Predictor:
                             entry.region_scores = maps[b].T.reshape(len(names), rows, cols).cpu().numpy()
                         if figures is not None:
                             shown = load_image(images[i]) if _is_path(images[i]) else images[i].convert("RGB")
-                            entry.figure = figures.write(name, shown, maps[b][:, top_idx[b]].T.cpu().numpy(),
+                            stem = name if _is_path(images[i]) else f"image-{i}"  # no "<", ">" in file names
+                            entry.figure = figures.write(stem, shown, maps[b][:, top_idx[b]].T.cpu().numpy(),
                                                          [t[0] for t in entry.labels], [t[1] for t in entry.labels],
                                                          self.grid)
                         results[i] = entry
