@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="biam-predict",
         description="Top-K labels (and attention maps) of images for any label list, with a BiAM checkpoint.",
         epilog="Positional arguments are images or folders, optionally followed by KEY VALUE config overrides "
-               "(e.g. MODEL.HEADS 8); model options must match the checkpoint.")
+               "(e.g. MODEL.HEADS 8), also after the options; model options must match the checkpoint.")
     parser.add_argument("--labels", required=True, metavar="FILE", help="label names, one a line")
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--embeddings", metavar="FILE", help=".npy (C, 300) or .npz (one array, or 'seen' + 'unseen' "
