@@ -1,7 +1,7 @@
 """Tagging images with any label list: the :class:`Predictor` (the Python API behind ``biam-predict``).
 
     from biam.engine import Predictor
-    p = Predictor.from_checkpoint("model_best.pth", device="cpu", weights="vgg19-dcbb9e9d.pth")
+    p = Predictor.from_checkpoint("model_best.pth", device="cpu", weights="imagenet_weights.pth")
     result = p.tag(["photo.jpg", pil_image], ["sky", "red car"], word_vectors="glove.6B.300d.txt", k=5)
     result["photo.jpg"].labels          # [("sky", 0.91), ("red car", 0.40)], best first
     p.attention("photo.jpg", labels)    # (C, rows, cols) region scores on the backbone's grid
@@ -394,7 +394,7 @@ class Predictor:
 
     def attention(self, image: ImageInput, labels, **label_kw) -> np.ndarray:
         """(C, rows, cols) float32 region scores of one image for every label, in label order, on
-        the backbone's grid (VGG19: 14 x 14). Raises ValueError for an unreadable image."""
+        the backbone's grid (``backbone.grid``). Raises ValueError for an unreadable image."""
         return self._one(image, labels, 1, **label_kw).region_scores
 
     def visualize(self, image: ImageInput, labels, out_path: Union[str, os.PathLike], k: int = 5, **label_kw) -> Path:
