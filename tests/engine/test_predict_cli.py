@@ -262,3 +262,17 @@ def test_glove_missing_zero_warns_once_and_tags(tmp_path, capsys):
     assert "biam-predict: warning:" in err and "['water']" in err and "Traceback" not in err
     assert main([str(images[0]), *common]) == 2
     assert "glove.txt: 1 of 4 labels are not in the word-vector file" in capsys.readouterr().err
+
+
+def test_predictor_from_checkpoint_gives_the_commands_results(tmp_path, capsys):
+    from biam.engine import Predictor
+
+    images, common = _predict_setup(tmp_path)
+    assert main([str(images[0]), *common, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["results"][0]["labels"]
+    p = Predictor.from_checkpoint(tmp_path / "model.pth", device="cpu", random_weights=0)
+    result = p.tag([images[0]], LABELS, k=2, embeddings=tmp_path / "emb.npy", region_scores=True)
+    assert result[str(images[0])].labels == [(t["label"], t["score"]) for t in shown]
+    assert result.images[0].region_scores.shape == (len(LABELS), *p.backbone.grid)
+    with pytest.raises(ValueError, match="labels need embeddings"):
+        p.tag([images[0]], LABELS)
