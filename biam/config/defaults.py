@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import yaml
 from yacs.config import CfgNode as CN
 
-from ..backbones import list_backbones
+from ..backbones import get_backbone, list_backbones
 from ..datasets import get_dataset, list_datasets
 from ..modeling import list_methods
 from ..utils.io import atomic_open
@@ -36,7 +36,8 @@ _C.MODEL.CHANNEL_DIM = 256
 # published Open Images scripts: 16)
 _C.MODEL.HEADS = 8
 
-# Number of top region scores averaged into an image score (1..196; published: 6)
+# Number of top region scores averaged into an image score (1..the backbone's regions, rows x
+# cols of its grid; checked when the model is built for the data's backbone; published: 6)
 _C.MODEL.TOPK = 6
 
 # Width of the label embeddings (positive int; GloVe: 300)
@@ -242,8 +243,10 @@ _C.DTYPE = "float32"
 # Compile the model with torch.compile: "auto" (on for CUDA, off on CPU), "on", "off"
 _C.COMPILE = "auto"
 
-# Use channels-last memory format on CUDA (bool)
-_C.CHANNELS_LAST = True
+# Channels-last memory format of the model and its input regions: "auto" (on CUDA, where it
+# speeds up convolutions; off on the CPU), "on" (on every device, the CPU included), "off".
+# Earlier configs' True / False read as "auto" / "off"
+_C.CHANNELS_LAST = "auto"
 
 # Batch norm across processes: "per-rank" (as the original's single process) or "sync"
 _C.DIST_BN = "per-rank"
@@ -268,8 +271,24 @@ _ALLOWED = {
     "AMP": ("auto", "bf16", "fp16", "off"),
     "DTYPE": ("float32", "float64"),
     "COMPILE": ("auto", "on", "off"),
+    "CHANNELS_LAST": ("auto", "on", "off"),
     "DIST_BN": ("per-rank", "sync"),
 }
+
+
+# Values earlier versions wrote, translated when a config is loaded: CHANNELS_LAST was a bool
+# (True: on CUDA), and run folders and checkpoints of those versions hold it.
+_LEGACY_VALUES = {"CHANNELS_LAST": {True: "auto", False: "off"}}
+
+
+def _upgrade_legacy(loaded: CN) -> None:
+    for key, table in _LEGACY_VALUES.items():
+        *parents, leaf = key.split(".")
+        node = loaded
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(leaf), bool):
+            node[leaf] = table[node[leaf]]
 
 
 def get_cfg_defaults() -> CN:
@@ -321,11 +340,16 @@ def check_cfg(cfg: CN) -> None:
         raise ConfigError(f"DTYPE = 'float64' runs without autocast; AMP = {cfg.AMP!r} must be 'auto' or 'off'")
     if m.CHANNEL_DIM % m.HEADS:
         raise ConfigError(f"MODEL.CHANNEL_DIM = {m.CHANNEL_DIM} is not divisible by MODEL.HEADS = {m.HEADS}")
-    if not 1 <= m.TOPK <= 196:
-        raise ConfigError(f"MODEL.TOPK = {m.TOPK}; must be in 1..196 (there are 196 regions)")
     if m.BACKBONE and m.BACKBONE not in list_backbones():
         raise ConfigError(f"MODEL.BACKBONE = {m.BACKBONE!r}; allowed values: '' (the data's), "
                           + ", ".join(map(repr, list_backbones())))
+    # The backbone is known here only when named; else the data's decides (checked again when the
+    # model is built for it), and no registered backbone has more regions than the largest.
+    names = [m.BACKBONE] if m.BACKBONE else list_backbones()
+    regions = max(get_backbone(n).num_regions for n in names)
+    if not 1 <= m.TOPK <= regions:
+        where = f"backbone {m.BACKBONE} has" if m.BACKBONE else "the registered backbones have at most"
+        raise ConfigError(f"MODEL.TOPK = {m.TOPK}; must be in 1..{regions} ({where} {regions} regions)")
     for key, value in (("MODEL.ATTN_DROPOUT", m.ATTN_DROPOUT), ("MODEL.SCENE_DROPOUT", m.SCENE_DROPOUT)):
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{key} = {value!r}; must be in [0, 1)")
@@ -365,7 +389,10 @@ def load_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (), freeze
         if config_file.endswith(".py"):
             raise ConfigError(f"{config_file}: Python config files are not accepted (configs are parsed, never run)")
         try:
-            cfg.merge_from_file(config_file)
+            with open(config_file, encoding="utf-8") as f:
+                loaded = cfg.load_cfg(f)  # yaml.safe_load, as merge_from_file
+            _upgrade_legacy(loaded)
+            cfg.merge_from_other_cfg(loaded)
         except yaml.YAMLError as err:
             # Also what a !!python/... tag gives: yacs parses with yaml.safe_load, which refuses it.
             raise ConfigError(f"{config_file}: not a plain YAML config ({err}); configs are parsed, never run") from None
@@ -377,6 +404,8 @@ def load_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (), freeze
     if len(opts) % 2:
         raise ConfigError(f"overrides must be KEY VALUE pairs, got an odd number of tokens: {opts}")
     for key, value in zip(opts[0::2], opts[1::2]):
+        if key in _LEGACY_VALUES and value in ("True", "False"):
+            value = _LEGACY_VALUES[key][value == "True"]
         try:
             cfg.merge_from_list([key, value])
         except (KeyError, AssertionError) as err:
