@@ -8,7 +8,8 @@ of the wrong type are errors. The resolved config is written beside every run's 
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple
 
 import yaml
 from yacs.config import CfgNode as CN
@@ -261,19 +262,73 @@ _C.MAX_STEPS_PER_EPOCH = 0
 _C.PLOT_CURVE = True
 
 
-_ALLOWED = {
-    "MODEL.ATTENTION": ("fused", "published"),
-    "DATA.IN_MEMORY": ("auto", "device", "on", "off"),
-    "DATA.SAMPLING": ("shuffle", "randperm", "blocks"),
-    "SOLVER.SCHEDULE": ("cosine", "constant"),
-    "SOLVER.BAD_LOSS": ("stop", "skip"),
-    "DEVICE": ("auto", "cuda", "cpu"),
-    "AMP": ("auto", "bf16", "fp16", "off"),
-    "DTYPE": ("float32", "float64"),
-    "COMPILE": ("auto", "on", "off"),
-    "CHANNELS_LAST": ("auto", "on", "off"),
-    "DIST_BN": ("per-rank", "sync"),
+@dataclass(frozen=True)
+class KeyRule:
+    """What a key may hold beyond its yacs type (its comment above says it in words).
+
+    ``allowed``: its values; ``bound``: "positive" or "non_negative"; ``free_on_resume``: why a
+    resumed run may change it (it does not change the weights a run ends with, on one device
+    type; :func:`biam.engine.run_record.config_changes`), "" when it changes the result.
+    """
+
+    allowed: Tuple[str, ...] = ()
+    bound: str = ""
+    free_on_resume: str = ""
+
+
+# The one table of key rules: read by check_cfg, by the resume comparison (FREE_ON_RESUME) and by
+# the tests that hold the comments above and docs/training.md to it. Registry-backed keys
+# (DATA.DATASET, MODEL.NAME, MODEL.BACKBONE) take their values from the registries in check_cfg.
+KEY_RULES: Dict[str, KeyRule] = {
+    "MODEL.CHANNEL_DIM": KeyRule(bound="positive"),
+    "MODEL.HEADS": KeyRule(bound="positive"),
+    "MODEL.EMBED_DIM": KeyRule(bound="positive"),
+    "MODEL.FEATURE_DIM": KeyRule(bound="non_negative"),
+    "MODEL.JOINT_DIM": KeyRule(bound="positive"),
+    "MODEL.SCENE_DIM": KeyRule(bound="non_negative"),
+    "MODEL.ATTENTION": KeyRule(allowed=("fused", "published")),
+    "DATA.MAX_POSITIVES": KeyRule(bound="non_negative"),
+    "DATA.SAMPLING": KeyRule(allowed=("shuffle", "randperm", "blocks")),
+    "DATA.BLOCK_SIZE": KeyRule(bound="positive"),
+    "DATA.NUM_WORKERS": KeyRule(bound="non_negative", free_on_resume="loader processes"),
+    "DATA.IN_MEMORY": KeyRule(allowed=("auto", "device", "on", "off"),
+                              free_on_resume="where the training images are held (disk, RAM or device: the same batches)"),
+    "DATA.VERIFY_CHECKSUMS": KeyRule(free_on_resume="an extra check of the shards"),
+    "SOLVER.BASE_LR": KeyRule(bound="positive"),
+    "SOLVER.WEIGHT_DECAY": KeyRule(bound="non_negative"),
+    "SOLVER.BATCH_SIZE": KeyRule(bound="positive"),
+    "SOLVER.MAX_EPOCHS": KeyRule(bound="positive"),
+    "SOLVER.WARMUP_EPOCHS": KeyRule(bound="non_negative"),
+    "SOLVER.SCHEDULE": KeyRule(allowed=("cosine", "constant")),
+    "SOLVER.MIN_LR": KeyRule(bound="non_negative"),
+    "SOLVER.FINETUNE_EPOCHS": KeyRule(bound="non_negative"),
+    "SOLVER.FINETUNE_LR": KeyRule(bound="positive"),
+    # What happens to a batch already known to be bad: the message of a run stopped on one
+    # tells the user to resume with these changed.
+    "SOLVER.BAD_LOSS": KeyRule(allowed=("stop", "skip"), free_on_resume="what is done with a bad batch"),
+    "SOLVER.MAX_LOSS": KeyRule(bound="positive", free_on_resume="the loss above which a batch is bad"),
+    "EVAL.START_EPOCH": KeyRule(bound="positive"),
+    "EVAL.PERIOD": KeyRule(bound="positive"),
+    "EVAL.BATCH_SIZE": KeyRule(bound="positive", free_on_resume="inference batch size (scores are per image)"),
+    "EVAL.TEST_AFTER_FINETUNE": KeyRule(
+        free_on_resume="test reports after fine-tuning epochs (the weights are the same)"),
+    "EVAL.REPORT_CHANCE": KeyRule(free_on_resume="an extra report"),
+    "EVAL.PUBLISHED_OPENIMAGES_AP": KeyRule(free_on_resume="an extra report"),
+    "OUTPUT_DIR": KeyRule(free_on_resume="where the outputs go"),
+    "DEVICE": KeyRule(allowed=("auto", "cuda", "cpu"),
+                      free_on_resume="the device (numerics differ only by the device's rounding)"),
+    "AMP": KeyRule(allowed=("auto", "bf16", "fp16", "off")),
+    "DTYPE": KeyRule(allowed=("float32", "float64")),
+    "COMPILE": KeyRule(allowed=("auto", "on", "off"), free_on_resume="torch.compile on or off (same maths)"),
+    "CHANNELS_LAST": KeyRule(allowed=("auto", "on", "off"), free_on_resume="memory layout (same maths)"),
+    "DIST_BN": KeyRule(allowed=("per-rank", "sync")),
+    "KEEP_CHECKPOINTS": KeyRule(bound="positive", free_on_resume="how many checkpoints are kept"),
+    "MAX_STEPS_PER_EPOCH": KeyRule(bound="non_negative"),
+    "PLOT_CURVE": KeyRule(free_on_resume="the curve plot"),
 }
+
+# Keys a resumed run may change, with the reason (biam.engine.run_record reads it as FREE_KEYS).
+FREE_ON_RESUME: Dict[str, str] = {k: r.free_on_resume for k, r in KEY_RULES.items() if r.free_on_resume}
 
 
 # Values earlier versions wrote, translated when a config is loaded: CHANNELS_LAST was a bool
@@ -309,30 +364,18 @@ def _get(cfg: CN, key: str):
 
 def check_cfg(cfg: CN) -> None:
     """Checks across keys; raises ``ConfigError`` naming the key and the allowed values."""
-    checks = list(_ALLOWED.items()) + [("DATA.DATASET", tuple(list_datasets())), ("MODEL.NAME", tuple(list_methods()))]
+    checks = [(k, r.allowed) for k, r in KEY_RULES.items() if r.allowed]
+    checks += [("DATA.DATASET", tuple(list_datasets())), ("MODEL.NAME", tuple(list_methods()))]
     for key, allowed in checks:
         if _get(cfg, key) not in allowed:
             raise ConfigError(f"{key} = {_get(cfg, key)!r}; allowed values: {', '.join(map(repr, allowed))}")
-    m, s, e, d = cfg.MODEL, cfg.SOLVER, cfg.EVAL, cfg.DATA
-    positive = {
-        "MODEL.CHANNEL_DIM": m.CHANNEL_DIM, "MODEL.HEADS": m.HEADS, "MODEL.EMBED_DIM": m.EMBED_DIM,
-        "MODEL.JOINT_DIM": m.JOINT_DIM, "SOLVER.BASE_LR": s.BASE_LR, "SOLVER.BATCH_SIZE": s.BATCH_SIZE, "SOLVER.MAX_EPOCHS": s.MAX_EPOCHS,
-        "SOLVER.FINETUNE_LR": s.FINETUNE_LR, "SOLVER.MAX_LOSS": s.MAX_LOSS, "EVAL.PERIOD": e.PERIOD,
-        "EVAL.START_EPOCH": e.START_EPOCH, "EVAL.BATCH_SIZE": e.BATCH_SIZE, "DATA.BLOCK_SIZE": d.BLOCK_SIZE,
-        "KEEP_CHECKPOINTS": cfg.KEEP_CHECKPOINTS,
-    }
-    for key, value in positive.items():
-        if not value > 0:
+    for key, rule in KEY_RULES.items():
+        value = _get(cfg, key)
+        if rule.bound == "positive" and not value > 0:
             raise ConfigError(f"{key} = {value!r}; must be positive")
-    non_negative = {
-        "SOLVER.WARMUP_EPOCHS": s.WARMUP_EPOCHS, "SOLVER.MIN_LR": s.MIN_LR, "SOLVER.WEIGHT_DECAY": s.WEIGHT_DECAY,
-        "SOLVER.FINETUNE_EPOCHS": s.FINETUNE_EPOCHS, "MODEL.FEATURE_DIM": m.FEATURE_DIM,
-        "MODEL.SCENE_DIM": m.SCENE_DIM, "DATA.NUM_WORKERS": d.NUM_WORKERS,
-        "DATA.MAX_POSITIVES": d.MAX_POSITIVES, "MAX_STEPS_PER_EPOCH": cfg.MAX_STEPS_PER_EPOCH,
-    }
-    for key, value in non_negative.items():
-        if value < 0:
+        if rule.bound == "non_negative" and value < 0:
             raise ConfigError(f"{key} = {value!r}; must be >= 0")
+    m, s, e, d = cfg.MODEL, cfg.SOLVER, cfg.EVAL, cfg.DATA
     if not 0 <= cfg.SEED < 2**32:
         # numpy seeds (the loaders' shuffles) are unsigned 32-bit values.
         raise ConfigError(f"SEED = {cfg.SEED!r}; must be an int in 0..{2**32 - 1}")
