@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..backbones import DEFAULT_BACKBONE, get_backbone
 from ..data.packed import PackedWriter, save_embeddings
 from .common import REPO, commit_label, rewrite_between
 
@@ -50,8 +51,10 @@ ROWS: Dict[str, Optional[str]] = {
 
 
 def make_data(root: Path, seed: int = 0) -> Path:
-    """The 100 training (+ 24 test) images: 15 training images have only an unseen positive."""
+    """The 100 training (+ 24 test) images of the default backbone's shapes: 15 training images
+    have only an unseen positive."""
     rng = np.random.default_rng(seed)
+    backbone = get_backbone(DEFAULT_BACKBONE)
     save_embeddings(root, rng.normal(size=(NUM_SEEN, 300)).astype(np.float32),
                     rng.normal(size=(NUM_UNSEEN, 300)).astype(np.float32))
     dropped = np.zeros(NUM_TRAIN, dtype=bool)
@@ -67,9 +70,9 @@ def make_data(root: Path, seed: int = 0) -> Path:
             else:
                 labels[i, rng.choice(NUM_SEEN + NUM_UNSEEN, size=2, replace=False)] = 1
                 labels[i, rng.integers(NUM_SEEN)] = 1
-        regions = np.abs(rng.normal(size=(n, 512, 196))).astype(np.float32)
+        regions = np.abs(rng.normal(size=(n, backbone.channels, backbone.num_regions))).astype(np.float32)
         writer.append(regions, labels, [f"{split}_{i:04d}.jpg" for i in range(n)],
-                      scene=np.abs(rng.normal(size=(n, 4096))).astype(np.float32))
+                      scene=np.abs(rng.normal(size=(n, backbone.scene_dim))).astype(np.float32))
         writer.close()
     return root
 

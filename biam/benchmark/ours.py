@@ -56,7 +56,10 @@ def largest_batch(trainer, device: torch.device, start: int, limit: int, budget_
     """
     model, opt = trainer.model, trainer.optimizer
     emb = trainer.labels.seen
-    four_d = device.type == "cuda" and trainer.cfg.CHANNELS_LAST  # as the trainer feeds it
+    four_d = trainer.channels_last  # as the trainer feeds it
+    bb = trainer.backbone
+    (rows, cols), channels = bb.grid, trainer.raw_model.feature_dim if hasattr(trainer.raw_model, "feature_dim") else bb.channels
+    scene_dim = trainer.raw_model.scene_dim if hasattr(trainer.raw_model, "scene_dim") else bb.scene_dim
     tried: List[Dict[str, Any]] = []
     b = start
     stopped = f"reached the search limit {limit}"
@@ -67,10 +70,10 @@ def largest_batch(trainer, device: torch.device, start: int, limit: int, budget_
             break
         try:
             if four_d:
-                x = torch.rand(b, 512, 14, 14, device=device).contiguous(memory_format=torch.channels_last)
+                x = torch.rand(b, channels, rows, cols, device=device).contiguous(memory_format=torch.channels_last)
             else:
-                x = torch.rand(b, 512, 196, device=device)
-            scene = torch.rand(b, 4096, device=device)
+                x = torch.rand(b, channels, rows * cols, device=device)
+            scene = torch.rand(b, scene_dim, device=device)
             y = torch.where(torch.rand(b, emb.shape[0], device=device) < 0.02, 1, -1).to(torch.int8)
             y[:, 0] = 1
 

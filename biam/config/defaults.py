@@ -8,12 +8,13 @@ of the wrong type are errors. The resolved config is written beside every run's 
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple
 
 import yaml
 from yacs.config import CfgNode as CN
 
-from ..backbones import list_backbones
+from ..backbones import get_backbone, list_backbones
 from ..datasets import get_dataset, list_datasets
 from ..modeling import list_methods
 from ..utils.io import atomic_open
@@ -36,7 +37,8 @@ _C.MODEL.CHANNEL_DIM = 256
 # published Open Images scripts: 16)
 _C.MODEL.HEADS = 8
 
-# Number of top region scores averaged into an image score (1..196; published: 6)
+# Number of top region scores averaged into an image score (1..the backbone's regions, rows x
+# cols of its grid; checked when the model is built for the data's backbone; published: 6)
 _C.MODEL.TOPK = 6
 
 # Width of the label embeddings (positive int; GloVe: 300)
@@ -242,8 +244,10 @@ _C.DTYPE = "float32"
 # Compile the model with torch.compile: "auto" (on for CUDA, off on CPU), "on", "off"
 _C.COMPILE = "auto"
 
-# Use channels-last memory format on CUDA (bool)
-_C.CHANNELS_LAST = True
+# Channels-last memory format of the model and its input regions: "auto" (on CUDA, where it
+# speeds up convolutions; off on the CPU), "on" (on every device, the CPU included), "off".
+# Earlier configs' True / False read as "auto" / "off"
+_C.CHANNELS_LAST = "auto"
 
 # Batch norm across processes: "per-rank" (as the original's single process) or "sync"
 _C.DIST_BN = "per-rank"
@@ -258,18 +262,88 @@ _C.MAX_STEPS_PER_EPOCH = 0
 _C.PLOT_CURVE = True
 
 
-_ALLOWED = {
-    "MODEL.ATTENTION": ("fused", "published"),
-    "DATA.IN_MEMORY": ("auto", "device", "on", "off"),
-    "DATA.SAMPLING": ("shuffle", "randperm", "blocks"),
-    "SOLVER.SCHEDULE": ("cosine", "constant"),
-    "SOLVER.BAD_LOSS": ("stop", "skip"),
-    "DEVICE": ("auto", "cuda", "cpu"),
-    "AMP": ("auto", "bf16", "fp16", "off"),
-    "DTYPE": ("float32", "float64"),
-    "COMPILE": ("auto", "on", "off"),
-    "DIST_BN": ("per-rank", "sync"),
+@dataclass(frozen=True)
+class KeyRule:
+    """What a key may hold beyond its yacs type (its comment above says it in words).
+
+    ``allowed``: its values; ``bound``: "positive" or "non_negative"; ``free_on_resume``: why a
+    resumed run may change it (it does not change the weights a run ends with, on one device
+    type; :func:`biam.engine.run_record.config_changes`), "" when it changes the result.
+    """
+
+    allowed: Tuple[str, ...] = ()
+    bound: str = ""
+    free_on_resume: str = ""
+
+
+# The one table of key rules: read by check_cfg, by the resume comparison (FREE_ON_RESUME) and by
+# the tests that hold the comments above and docs/training.md to it. Registry-backed keys
+# (DATA.DATASET, MODEL.NAME, MODEL.BACKBONE) take their values from the registries in check_cfg.
+KEY_RULES: Dict[str, KeyRule] = {
+    "MODEL.CHANNEL_DIM": KeyRule(bound="positive"),
+    "MODEL.HEADS": KeyRule(bound="positive"),
+    "MODEL.EMBED_DIM": KeyRule(bound="positive"),
+    "MODEL.FEATURE_DIM": KeyRule(bound="non_negative"),
+    "MODEL.JOINT_DIM": KeyRule(bound="positive"),
+    "MODEL.SCENE_DIM": KeyRule(bound="non_negative"),
+    "MODEL.ATTENTION": KeyRule(allowed=("fused", "published")),
+    "DATA.MAX_POSITIVES": KeyRule(bound="non_negative"),
+    "DATA.SAMPLING": KeyRule(allowed=("shuffle", "randperm", "blocks")),
+    "DATA.BLOCK_SIZE": KeyRule(bound="positive"),
+    "DATA.NUM_WORKERS": KeyRule(bound="non_negative", free_on_resume="loader processes"),
+    "DATA.IN_MEMORY": KeyRule(allowed=("auto", "device", "on", "off"),
+                              free_on_resume="where the training images are held (disk, RAM or device: the same batches)"),
+    "DATA.VERIFY_CHECKSUMS": KeyRule(free_on_resume="an extra check of the shards"),
+    "SOLVER.BASE_LR": KeyRule(bound="positive"),
+    "SOLVER.WEIGHT_DECAY": KeyRule(bound="non_negative"),
+    "SOLVER.BATCH_SIZE": KeyRule(bound="positive"),
+    "SOLVER.MAX_EPOCHS": KeyRule(bound="positive"),
+    "SOLVER.WARMUP_EPOCHS": KeyRule(bound="non_negative"),
+    "SOLVER.SCHEDULE": KeyRule(allowed=("cosine", "constant")),
+    "SOLVER.MIN_LR": KeyRule(bound="non_negative"),
+    "SOLVER.FINETUNE_EPOCHS": KeyRule(bound="non_negative"),
+    "SOLVER.FINETUNE_LR": KeyRule(bound="positive"),
+    # What happens to a batch already known to be bad: the message of a run stopped on one
+    # tells the user to resume with these changed.
+    "SOLVER.BAD_LOSS": KeyRule(allowed=("stop", "skip"), free_on_resume="what is done with a bad batch"),
+    "SOLVER.MAX_LOSS": KeyRule(bound="positive", free_on_resume="the loss above which a batch is bad"),
+    "EVAL.START_EPOCH": KeyRule(bound="positive"),
+    "EVAL.PERIOD": KeyRule(bound="positive"),
+    "EVAL.BATCH_SIZE": KeyRule(bound="positive", free_on_resume="inference batch size (scores are per image)"),
+    "EVAL.TEST_AFTER_FINETUNE": KeyRule(
+        free_on_resume="test reports after fine-tuning epochs (the weights are the same)"),
+    "EVAL.REPORT_CHANCE": KeyRule(free_on_resume="an extra report"),
+    "EVAL.PUBLISHED_OPENIMAGES_AP": KeyRule(free_on_resume="an extra report"),
+    "OUTPUT_DIR": KeyRule(free_on_resume="where the outputs go"),
+    "DEVICE": KeyRule(allowed=("auto", "cuda", "cpu"),
+                      free_on_resume="the device (numerics differ only by the device's rounding)"),
+    "AMP": KeyRule(allowed=("auto", "bf16", "fp16", "off")),
+    "DTYPE": KeyRule(allowed=("float32", "float64")),
+    "COMPILE": KeyRule(allowed=("auto", "on", "off"), free_on_resume="torch.compile on or off (same maths)"),
+    "CHANNELS_LAST": KeyRule(allowed=("auto", "on", "off"), free_on_resume="memory layout (same maths)"),
+    "DIST_BN": KeyRule(allowed=("per-rank", "sync")),
+    "KEEP_CHECKPOINTS": KeyRule(bound="positive", free_on_resume="how many checkpoints are kept"),
+    "MAX_STEPS_PER_EPOCH": KeyRule(bound="non_negative"),
+    "PLOT_CURVE": KeyRule(free_on_resume="the curve plot"),
 }
+
+# Keys a resumed run may change, with the reason (biam.engine.run_record reads it as FREE_KEYS).
+FREE_ON_RESUME: Dict[str, str] = {k: r.free_on_resume for k, r in KEY_RULES.items() if r.free_on_resume}
+
+
+# Values earlier versions wrote, translated when a config is loaded: CHANNELS_LAST was a bool
+# (True: on CUDA), and run folders and checkpoints of those versions hold it.
+_LEGACY_VALUES = {"CHANNELS_LAST": {True: "auto", False: "off"}}
+
+
+def _upgrade_legacy(loaded: CN) -> None:
+    for key, table in _LEGACY_VALUES.items():
+        *parents, leaf = key.split(".")
+        node = loaded
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(leaf), bool):
+            node[leaf] = table[node[leaf]]
 
 
 def get_cfg_defaults() -> CN:
@@ -290,30 +364,18 @@ def _get(cfg: CN, key: str):
 
 def check_cfg(cfg: CN) -> None:
     """Checks across keys; raises ``ConfigError`` naming the key and the allowed values."""
-    checks = list(_ALLOWED.items()) + [("DATA.DATASET", tuple(list_datasets())), ("MODEL.NAME", tuple(list_methods()))]
+    checks = [(k, r.allowed) for k, r in KEY_RULES.items() if r.allowed]
+    checks += [("DATA.DATASET", tuple(list_datasets())), ("MODEL.NAME", tuple(list_methods()))]
     for key, allowed in checks:
         if _get(cfg, key) not in allowed:
             raise ConfigError(f"{key} = {_get(cfg, key)!r}; allowed values: {', '.join(map(repr, allowed))}")
-    m, s, e, d = cfg.MODEL, cfg.SOLVER, cfg.EVAL, cfg.DATA
-    positive = {
-        "MODEL.CHANNEL_DIM": m.CHANNEL_DIM, "MODEL.HEADS": m.HEADS, "MODEL.EMBED_DIM": m.EMBED_DIM,
-        "MODEL.JOINT_DIM": m.JOINT_DIM, "SOLVER.BASE_LR": s.BASE_LR, "SOLVER.BATCH_SIZE": s.BATCH_SIZE, "SOLVER.MAX_EPOCHS": s.MAX_EPOCHS,
-        "SOLVER.FINETUNE_LR": s.FINETUNE_LR, "SOLVER.MAX_LOSS": s.MAX_LOSS, "EVAL.PERIOD": e.PERIOD,
-        "EVAL.START_EPOCH": e.START_EPOCH, "EVAL.BATCH_SIZE": e.BATCH_SIZE, "DATA.BLOCK_SIZE": d.BLOCK_SIZE,
-        "KEEP_CHECKPOINTS": cfg.KEEP_CHECKPOINTS,
-    }
-    for key, value in positive.items():
-        if not value > 0:
+    for key, rule in KEY_RULES.items():
+        value = _get(cfg, key)
+        if rule.bound == "positive" and not value > 0:
             raise ConfigError(f"{key} = {value!r}; must be positive")
-    non_negative = {
-        "SOLVER.WARMUP_EPOCHS": s.WARMUP_EPOCHS, "SOLVER.MIN_LR": s.MIN_LR, "SOLVER.WEIGHT_DECAY": s.WEIGHT_DECAY,
-        "SOLVER.FINETUNE_EPOCHS": s.FINETUNE_EPOCHS, "MODEL.FEATURE_DIM": m.FEATURE_DIM,
-        "MODEL.SCENE_DIM": m.SCENE_DIM, "DATA.NUM_WORKERS": d.NUM_WORKERS,
-        "DATA.MAX_POSITIVES": d.MAX_POSITIVES, "MAX_STEPS_PER_EPOCH": cfg.MAX_STEPS_PER_EPOCH,
-    }
-    for key, value in non_negative.items():
-        if value < 0:
+        if rule.bound == "non_negative" and value < 0:
             raise ConfigError(f"{key} = {value!r}; must be >= 0")
+    m, s, e, d = cfg.MODEL, cfg.SOLVER, cfg.EVAL, cfg.DATA
     if not 0 <= cfg.SEED < 2**32:
         # numpy seeds (the loaders' shuffles) are unsigned 32-bit values.
         raise ConfigError(f"SEED = {cfg.SEED!r}; must be an int in 0..{2**32 - 1}")
@@ -321,11 +383,16 @@ def check_cfg(cfg: CN) -> None:
         raise ConfigError(f"DTYPE = 'float64' runs without autocast; AMP = {cfg.AMP!r} must be 'auto' or 'off'")
     if m.CHANNEL_DIM % m.HEADS:
         raise ConfigError(f"MODEL.CHANNEL_DIM = {m.CHANNEL_DIM} is not divisible by MODEL.HEADS = {m.HEADS}")
-    if not 1 <= m.TOPK <= 196:
-        raise ConfigError(f"MODEL.TOPK = {m.TOPK}; must be in 1..196 (there are 196 regions)")
     if m.BACKBONE and m.BACKBONE not in list_backbones():
         raise ConfigError(f"MODEL.BACKBONE = {m.BACKBONE!r}; allowed values: '' (the data's), "
                           + ", ".join(map(repr, list_backbones())))
+    # The backbone is known here only when named; else the data's decides (checked again when the
+    # model is built for it), and no registered backbone has more regions than the largest.
+    names = [m.BACKBONE] if m.BACKBONE else list_backbones()
+    regions = max(get_backbone(n).num_regions for n in names)
+    if not 1 <= m.TOPK <= regions:
+        where = f"backbone {m.BACKBONE} has" if m.BACKBONE else "the registered backbones have at most"
+        raise ConfigError(f"MODEL.TOPK = {m.TOPK}; must be in 1..{regions} ({where} {regions} regions)")
     for key, value in (("MODEL.ATTN_DROPOUT", m.ATTN_DROPOUT), ("MODEL.SCENE_DROPOUT", m.SCENE_DROPOUT)):
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{key} = {value!r}; must be in [0, 1)")
@@ -365,7 +432,10 @@ def load_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (), freeze
         if config_file.endswith(".py"):
             raise ConfigError(f"{config_file}: Python config files are not accepted (configs are parsed, never run)")
         try:
-            cfg.merge_from_file(config_file)
+            with open(config_file, encoding="utf-8") as f:
+                loaded = cfg.load_cfg(f)  # yaml.safe_load, as merge_from_file
+            _upgrade_legacy(loaded)
+            cfg.merge_from_other_cfg(loaded)
         except yaml.YAMLError as err:
             # Also what a !!python/... tag gives: yacs parses with yaml.safe_load, which refuses it.
             raise ConfigError(f"{config_file}: not a plain YAML config ({err}); configs are parsed, never run") from None
@@ -377,6 +447,8 @@ def load_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (), freeze
     if len(opts) % 2:
         raise ConfigError(f"overrides must be KEY VALUE pairs, got an odd number of tokens: {opts}")
     for key, value in zip(opts[0::2], opts[1::2]):
+        if key in _LEGACY_VALUES and value in ("True", "False"):
+            value = _LEGACY_VALUES[key][value == "True"]
         try:
             cfg.merge_from_list([key, value])
         except (KeyError, AssertionError) as err:

@@ -10,13 +10,13 @@ unchanged.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ..backbones import Backbone
+from ..backbones import DEFAULT_BACKBONE, Backbone, get_backbone
 from ..utils.precision import at_least_float32
 from .loss import ranking_loss
 from .registry import register_method
@@ -162,9 +162,10 @@ class BiAM(nn.Module):
         feature_dim: channels of the input region features (VGG19 conv5_4: 512; ResNet-101: 2048).
         joint_dim: width of the joint visual-semantic space (512).
         scene_dim: width of the scene feature (VGG19 fc7: 4096; ResNet-101 pooled: 2048).
-        grid: (rows, cols) of the region grid (both registered backbones: (14, 14)).
-        backbone: name of the backbone whose features the model reads (``biam.backbones``);
-            recorded in our checkpoints so that features of another backbone are refused.
+        grid: (rows, cols) of the region grid; None: the grid of ``backbone``'s registry entry.
+        backbone: name of the backbone whose features the model reads (``biam.backbones``; default
+            the registry's DEFAULT_BACKBONE); recorded in our checkpoints so that features of another
+            backbone are refused. ``from_config`` passes both from the data's backbone.
         attn_dropout: dropout on attention weights and after ``w_o`` (0.1).
         scene_dropout: dropout on the scene feature before ``w_g`` (0.2).
         attention: "fused" (scaled_dot_product_attention) or "published" (explicit softmax
@@ -184,10 +185,12 @@ class BiAM(nn.Module):
         attn_dropout: float = 0.1,
         scene_dropout: float = 0.2,
         attention: str = "fused",
-        grid: Tuple[int, int] = (14, 14),
-        backbone: str = "vgg19",
+        grid: Optional[Tuple[int, int]] = None,
+        backbone: str = DEFAULT_BACKBONE,
     ):
         super().__init__()
+        if grid is None:
+            grid = get_backbone(backbone).grid  # ``from_config`` always passes the data's backbone's
         self.grid = (int(grid[0]), int(grid[1]))
         self.num_regions = self.grid[0] * self.grid[1]
         if not 1 <= topk <= self.num_regions:
@@ -224,6 +227,10 @@ class BiAM(nn.Module):
         gives the grid, and the widths where FEATURE_DIM / SCENE_DIM are 0.
         """
         m = cfg.MODEL
+        if not 1 <= m.TOPK <= backbone.num_regions:
+            rows, cols = backbone.grid
+            raise ValueError(f"MODEL.TOPK = {m.TOPK}; must be in 1..{backbone.num_regions} (backbone {backbone.name} "
+                             f"has {rows} x {cols} = {backbone.num_regions} regions)")
         return cls(
             channel_dim=m.CHANNEL_DIM, heads=m.HEADS, topk=m.TOPK, embed_dim=m.EMBED_DIM,
             feature_dim=m.FEATURE_DIM or backbone.channels, joint_dim=m.JOINT_DIM,

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
-    "init_distributed", "destroy", "is_dist", "get_rank", "get_world_size", "get_local_rank",
+    "init_distributed", "destroy", "is_dist", "get_rank", "get_world_size",
     "is_main_process", "barrier", "all_gather_rows", "all_reduce_sum", "broadcast_object",
     "broadcast_module_state",
 ]
@@ -31,10 +31,6 @@ def get_rank() -> int:
 
 def get_world_size() -> int:
     return dist.get_world_size() if is_dist() else 1
-
-
-def get_local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0")) if is_dist() else 0
 
 
 def is_main_process() -> bool:

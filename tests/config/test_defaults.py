@@ -94,3 +94,89 @@ def test_paper_recipe_values():
     assert (oi.SOLVER.BASE_LR, oi.DATA.MAX_POSITIVES, oi.SOLVER.MAX_EPOCHS) == (1e-4, 40, 10)
     # The original's train_openimages.sh and evaluate_openimages.sh pass --heads 16; NUS-WIDE uses 8.
     assert (oi.MODEL.HEADS, nus.MODEL.HEADS) == (16, 8)
+
+
+# ------------------------------------------------------------ the one table of key rules
+def _key_comments():
+    """``{key: the comment block above it}`` read from biam/config/defaults.py."""
+    import re
+    from pathlib import Path
+
+    src = (Path(__file__).resolve().parents[2] / "biam" / "config" / "defaults.py").read_text(encoding="utf-8")
+    comments, block = {}, []
+    for line in src.splitlines():
+        if line.startswith("#"):
+            block.append(line)
+            continue
+        m = re.match(r"^_C\.([A-Z0-9_.]+) = ", line)
+        if m and not line.endswith("CN()"):  # a section, not a key
+            comments[m.group(1)] = "\n".join(block)
+        block = []
+    return comments
+
+
+def _default(key):
+    node = get_cfg_defaults()
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def test_every_key_has_a_comment_and_every_rule_a_key():
+    from biam.config import KEY_RULES
+
+    comments = _key_comments()
+    flat = {}
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                flat[f"{prefix}{k}"] = v
+
+    walk(get_cfg_defaults(), "")
+    assert set(comments) == set(flat)
+    assert all(text.strip() for text in comments.values()), [k for k, t in comments.items() if not t.strip()]
+    assert set(KEY_RULES) <= set(flat)
+
+
+def test_allowed_values_and_bounds_come_from_the_table_and_its_comments_say_them():
+    from biam.config import KEY_RULES
+
+    comments = _key_comments()
+    for key, rule in KEY_RULES.items():
+        for value in rule.allowed:
+            assert f'"{value}"' in comments[key], f"{key}: the comment above it does not name {value!r}"
+        if rule.allowed:
+            with pytest.raises(ConfigError, match=f"{key} = 'nope'; allowed values: "
+                                                  + ", ".join(repr(v) for v in rule.allowed)):
+                load_cfg(None, [key, "nope"])
+        if rule.bound:
+            negative = "-1.0" if isinstance(_default(key), float) else "-1"
+            with pytest.raises(ConfigError, match=f"{key} = {negative}; must be"):
+                load_cfg(None, [key, negative])
+
+
+def test_the_keys_free_on_resume_are_the_tables_and_the_docs_list_them():
+    import re
+    from pathlib import Path
+
+    from biam.config import FREE_ON_RESUME
+    from biam.engine import run_record
+
+    # The resume comparison reads its keys (run_record.FREE_KEYS) from this table once it imports FREE_ON_RESUME.
+    assert set(run_record.FREE_KEYS) == set(FREE_ON_RESUME)
+    text = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text(encoding="utf-8")
+    always = text.split("  * always:", 1)[1].split("\n  * ", 1)[0]
+    assert set(re.findall(r"`([A-Z][A-Z0-9_.]*)`", always)) == set(FREE_ON_RESUME)
+
+
+def test_channels_last_reads_the_bool_of_earlier_configs(tmp_path):
+    assert load_cfg(None, []).CHANNELS_LAST == "auto"
+    assert load_cfg(None, ["CHANNELS_LAST", "True"]).CHANNELS_LAST == "auto"
+    assert load_cfg(None, ["CHANNELS_LAST", "False"]).CHANNELS_LAST == "off"
+    old = tmp_path / "old.yaml"
+    old.write_text("CHANNELS_LAST: false\nSOLVER:\n  BASE_LR: 0.002\n")
+    cfg = load_cfg(str(old))
+    assert (cfg.CHANNELS_LAST, cfg.SOLVER.BASE_LR) == ("off", 0.002)

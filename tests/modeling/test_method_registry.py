@@ -29,19 +29,20 @@ from helpers import TINY_MODEL_OPTS
 TOY_FILE = Path(__file__).with_name("toy_method.py")
 
 
-def _toy_module():
-    """Import tests/modeling/toy_method.py once per process (it registers "toy" when imported)."""
+@pytest.fixture(scope="module")
+def toy():
+    """Import tests/modeling/toy_method.py (it registers "toy" when imported), as a user's script
+    imports its method's file; unregistered after this module's tests (others list the methods)."""
     if "toy_method" not in sys.modules:
         spec = importlib.util.spec_from_file_location("toy_method", TOY_FILE)
         module = importlib.util.module_from_spec(spec)
         sys.modules["toy_method"] = module
         spec.loader.exec_module(module)
-    return sys.modules["toy_method"]
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return _toy_module()
+    module = sys.modules["toy_method"]
+    if "toy" not in list_methods():  # imported by an earlier session of this process
+        register_method("toy", loss=module.toy_loss)(module.ToyMethod)
+    yield module
+    unregister_method("toy")
 
 
 def opts_for(data_root, out_dir, *extra):
@@ -123,9 +124,9 @@ def test_a_method_in_one_file_trains_evaluates_resumes_and_predicts(toy, tiny_pa
     (tmp_path / "labels.txt").write_text("sky\ndog\nwater\n")
     np.save(tmp_path / "emb.npy", rng.normal(size=(3, 300)).astype(np.float32))
     capsys.readouterr()
-    rc = predict_main([str(tmp_path / "imgs"), "MODEL.NAME", "toy", "--labels", str(tmp_path / "labels.txt"),
-                       "--embeddings", str(tmp_path / "emb.npy"), "--checkpoint", str(straight / "model_best.pth"),
-                       "--random-vgg", "0", "--device", "cpu", "--top-k", "2", "--json"])
+    rc = predict_main(["--labels", str(tmp_path / "labels.txt"), "--embeddings", str(tmp_path / "emb.npy"),
+                       "--checkpoint", str(straight / "model_best.pth"), "--random-vgg", "0", "--device", "cpu",
+                       "--top-k", "2", "--json", str(tmp_path / "imgs"), "MODEL.NAME", "toy"])
     assert rc == 0
     result = json.loads(capsys.readouterr().out)
     assert [Path(r["image"]).name for r in result["results"]] == ["a.png", "b.png"]
