@@ -420,3 +420,23 @@ def test_gpu_benchmark_script_says_when_there_is_no_gpu(tmp_path):
     assert done.returncode != 0
     assert "no CUDA device" in done.stderr and "python -m biam.benchmark" in done.stderr
     assert not (tmp_path / "bench").exists()  # nothing half-made
+
+
+def test_doc_option_writes_the_table_between_its_markers_only(tmp_path):
+    # A real (tiny) run of one part with --doc: the markers' content is replaced by how the
+    # figures were made and the table, every other byte of the page is kept.
+    page = tmp_path / "page.md"
+    before, after = "# Title\n\nkept text\n\n", "\n\nkept after\n"
+    page.write_text(before + "<!-- benchmark-cpu:begin -->\nold figures\n<!-- benchmark-cpu:end -->" + after)
+    assert bm.main(["--tiny", "--parts", "eval_nus", "--doc", str(page)]) == 0
+    text = page.read_text()
+    assert text.startswith(before + "<!-- benchmark-cpu:begin -->\nMade by `python -m biam.benchmark --tiny --parts eval_nus")
+    assert text.endswith("<!-- benchmark-cpu:end -->" + after)
+    assert "old figures" not in text and "at commit " in text
+    assert "| evaluation | NUS-WIDE metrics" in text and "load average" in text
+    # A page without the markers is refused before anything runs, and left as it was.
+    bare = tmp_path / "bare.md"
+    bare.write_text("no markers\n")
+    assert bm.main(["--tiny", "--parts", "eval_nus", "--doc", str(bare)]) == 2
+    assert bare.read_text() == "no markers\n"
+    assert bm.main(["--tiny", "--doc", str(tmp_path / "missing.md")]) == 2

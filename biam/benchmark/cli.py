@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from pathlib import Path
 from typing import Optional, Sequence
 
-from .common import PARTS, SIZES, WAYS
+from .common import PARTS, SIZES, WAYS, check_markers, commit_label, rewrite_between
 from .harness import run_benchmark, run_child, write_report
-from .report import format_table
+from .report import format_table, load_average, markdown_section
 
 DESCRIPTION = "``biam-benchmark``: our way of working measured side by side with the original's, in one run."
 
@@ -36,6 +38,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=0.0,
                    help="seconds for the whole run, data building included: each (part, way) gets at most "
                         "what is left, and none starts once it is spent (0: no limit)")
+    p.add_argument("--doc", default="", metavar="PAGE",
+                   help="also write the table into PAGE (docs/benchmarks.md) between its markers "
+                        "<!-- benchmark-DEVICE:begin --> and <!-- benchmark-DEVICE:end -->, with the command, "
+                        "date, commit and machine; nothing else of the page changes")
     p.add_argument("--mode", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     p.add_argument("--child-out", default="", help=argparse.SUPPRESS)
@@ -53,6 +59,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     if args.child:
         return run_child(args)
+    marks = (f"<!-- benchmark-{args.device}:begin -->", f"<!-- benchmark-{args.device}:end -->")
+    if args.doc:  # checked before the run, which takes minutes
+        try:
+            check_markers(Path(args.doc), *marks)
+        except (OSError, ValueError) as err:
+            print(f"biam-benchmark: --doc: {err}", file=sys.stderr)
+            return 2
+    commit = commit_label()  # the code measured: read before the run, which takes minutes
+    start, load = time.perf_counter(), load_average()
     on_update = (lambda r: write_report(args.out, r)) if args.out else None
     report = run_benchmark(args, on_update=on_update)
     m = report["meta"]
@@ -79,5 +94,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.out:
         write_report(args.out, report)
         print(f"wrote {args.out}")
+    if args.doc:
+        rewrite_between(Path(args.doc), *marks, markdown_section(report, commit, time.perf_counter() - start, load))
+        print(f"wrote the {args.device} table of {args.doc}")
     return 1 if report["failures"] or report["skipped"] else 0
 

@@ -4,6 +4,7 @@ runs in, and the small timing helpers (device sync, timed call, profile, peak RS
 from __future__ import annotations
 
 import resource
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any, Callable, Dict, List
 import torch
 import torch.nn.functional as F
 
+from ..utils.io import atomic_open
+
 NUM_SEEN, NUM_UNSEEN = 925, 81
 OI_SEEN, OI_UNSEEN = 7186, 400
 NUS_TEST_IMAGES = 107_859
@@ -19,6 +22,35 @@ NUS_TRAIN_IMAGES = 161_789
 OI_TEST_IMAGES = 125_436
 PARTS = ("data", "train", "train_oi", "eval_nus", "eval_oi", "testpass")
 WAYS = ("original", "ours")
+REPO = Path(__file__).resolve().parents[2]
+
+
+# ------------------------------------------------------------- pages of figures (docs/)
+def commit_label() -> str:
+    """The checkout's commit (short hash), "with uncommitted changes" when tracked files differ."""
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                           cwd=REPO).stdout.strip()
+    return (done.stdout.strip() or "unknown") + (" with uncommitted changes" if dirty else "")
+
+
+def check_markers(page: Path, begin: str, end: str) -> str:
+    """The text of ``page``; ValueError unless it holds ``begin`` and then ``end``, once each."""
+    body = Path(page).read_text(encoding="utf-8")
+    if body.count(begin) != 1 or body.count(end) != 1 or body.index(begin) > body.index(end):
+        raise ValueError(f"{page}: needs the markers {begin} and {end}, once each and in that order")
+    return body
+
+
+def rewrite_between(page: Path, begin: str, end: str, text: str) -> None:
+    """Replace what is between the markers ``begin`` and ``end`` of ``page`` by ``text``
+    (atomically); nothing else of the page changes, and the markers must be there."""
+    page = Path(page)
+    body = check_markers(page, begin, end)
+    head, rest = body.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    with atomic_open(page, "w") as fh:
+        fh.write(f"{head}{begin}\n{text}\n{end}{tail}")
 
 
 # --------------------------------------------------------------------------------- sizes

@@ -31,9 +31,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from ..utils.io import atomic_open
+from .common import REPO, commit_label, rewrite_between
 
-REPO = Path(__file__).resolve().parents[2]
 PAGE = REPO / "docs" / "fidelity.md"
 BEGIN, END = "<!-- fidelity-runs:begin -->", "<!-- fidelity-runs:end -->"
 
@@ -122,18 +121,11 @@ def format_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def _commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                           cwd=REPO).stdout.strip()
-    return (done.stdout.strip() or "unknown") + (" with uncommitted changes" if dirty else "")
-
-
 def section(table: str, seconds: float) -> str:
     """What goes between the markers: how the table was made, then the table."""
     machine = f"{platform.machine()}, {os.cpu_count()} CPU threads visible, torch {torch.__version__}"
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"Made by `python -m biam.benchmark.fidelity` on {when} at commit {_commit()} ({machine}; "
+    return (f"Made by `python -m biam.benchmark.fidelity` on {when} at commit {commit_label()} ({machine}; "
             f"{seconds / 60:.0f} minutes for all rows). Test split after 4 + 1 epochs, in %; loss = mean training "
             "loss of the last training epoch and of the fine-tuning epoch; max abs dw = largest difference of a "
             "final weight from the defaults row's.\n\n" + table)
@@ -141,13 +133,7 @@ def section(table: str, seconds: float) -> str:
 
 def rewrite_page(page: Path, text: str) -> None:
     """Replace what is between the markers of ``page`` by ``text`` (atomically); the markers must be there."""
-    body = page.read_text(encoding="utf-8")
-    if BEGIN not in body or END not in body:
-        raise ValueError(f"{page}: the markers {BEGIN} and {END} are missing")
-    head, rest = body.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    with atomic_open(page, "w") as fh:
-        fh.write(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    rewrite_between(page, BEGIN, END, text)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -28,7 +28,7 @@ rewritten as it goes) and one log per part in OUT/logs/ (tests, train, eval, ben
 data go to a work folder (a temporary one unless --work), removed at the end.
 
 ``--dry-run`` runs every part on the CPU at reduced size: the "CUDA" runs become CPU runs
-(float32 eager, and bf16 autocast eager: torch.compile on a 2-core CPU takes minutes), the
+(float32 eager, and bf16 autocast eager: torch.compile on a 2-core CPU takes about 40 s per graph, minutes a run), the
 benchmark runs ``--tiny`` (the CUDA mode's code paths on the CPU, the resident epoch included),
 and the CUDA tests skip. Exit code 0 when every part ran and passed its checks, 1 otherwise,
 2 when there is no GPU and no --dry-run.

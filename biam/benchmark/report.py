@@ -29,6 +29,11 @@ GOALS: Dict[str, Dict[str, Optional[Tuple[str, float]]]] = {
 }
 
 
+def load_average() -> str:
+    """The 1-minute load average now (figures on a shared machine depend on it)."""
+    return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "unknown"
+
+
 def goal_text(goal: Optional[Tuple[str, float]], unit: str = "s") -> str:
     """A goal as the table prints it: "ratio >= 15", "ratio > 1", "ours < 30 s" or "-"."""
     if goal is None:
@@ -167,6 +172,50 @@ def format_table(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _num(x: float) -> str:
+    """A figure for the page: 3 significant digits, thousands separated."""
+    if x is None:
+        return ""
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.3g}"
+
+
+def markdown_section(report: Dict[str, Any], commit: str, wall_seconds: float, load_at_start: str) -> str:
+    """The page's text for one run (docs/benchmarks.md, between its markers): how it was made
+    (command, date, commit, machine, load), the table, and the training profile of both ways."""
+    m = report["meta"]
+    mach = m["machine"]
+    where = mach["gpu"] or mach["cpu"]
+    lines = [
+        f"Made by `{m['command']}` on {m['date']} at commit {commit}; {where}, {mach['cores']} cores, "
+        f"torch {mach['torch']}, Python {mach['python']}; load average {load_at_start} at the start "
+        f"and {m.get('load_average', 'unknown')} at the end; {wall_seconds / 60:.1f} minutes in all. Ratio = times faster for ours.",
+        "",
+        "| section | measure | unit | ours | original | ratio | goal | met? |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["table"]:
+        met = "-" if r["met"] is None else ("yes" if r["met"] else f"NO ({r['short_by']:.2f}x short)")
+        name = r["name"] + (f" ({r['note']})" if r.get("note") else "")
+        lines.append(f"| {r['section']} | {name} | {r['unit']} | {_num(r['ours'])} | {_num(r['original'])} | "
+                     f"**{r['ratio']:.2f}x** | {r['goal'] or '-'} | {met} |")
+    ratio = report["data"].get("ours", {}).get("ratio_to_original")
+    if ratio:
+        lines += ["", f"Data ratio: the median of {len(ratio['pair_ratios'])} per-round ratios, {ratio['median']:.3g}x "
+                      f"(min {ratio['min']:.3g}, quartiles {ratio['q1']:.3g}-{ratio['q3']:.3g}, max {ratio['max']:.3g})."]
+    for way in WAYS:
+        prof = report["training"].get(way, {}).get("profile")
+        if prof:
+            ops = ", ".join(f"{r['op']} {r['share'] * 100:.1f}%" for r in prof[:6])
+            lines += ["", f"Training profile, {way} (self time of the top ops): {ops}."]
+    if report["failures"] or report["skipped"]:
+        lines += ["", "Not measured in this run: " + ", ".join(
+            [f"{f['part']} ({f['way']}) failed" for f in report["failures"]] + [f"{s} skipped" for s in report["skipped"]])
+                  + "."]
+    return "\n".join(lines)
+
+
 def build_report(args, sizes: Sizes, device: torch.device, started, data: Dict[str, Any],
             results: Dict[str, Dict[str, Dict[str, Any]]], failures: List[Dict[str, str]], skipped: List[str],
             complete: bool) -> Dict[str, Any]:
@@ -185,10 +234,12 @@ def build_report(args, sizes: Sizes, device: torch.device, started, data: Dict[s
                      "reads a file that sits in the page cache; a cold disk would add its read time. The original "
                      "is measured on a few hundred steps/batches and extrapolated.")
     elif not args.compile_cpu:
-        notes.append("CPU: torch.compile is not measured (inductor's C++ build takes minutes on 2 cores; "
+        notes.append("CPU: torch.compile is not measured (inductor's C++ build takes about 40 s per graph on 2 cores, "
+                     "several graphs a run; "
                      "use --compile-cpu to include it).")
     return {
-        "meta": {"date": started.isoformat(timespec="seconds"), "command": " ".join(["python", "-m", "biam.benchmark"]
+        "meta": {"date": started.isoformat(timespec="seconds"), "load_average": load_average(),
+                 "command": " ".join(["python", "-m", "biam.benchmark"]
                  + list(args.argv)), "machine": machine_info(device.type), "device": device.type,
                  "mode": sizes.name, "sizes": asdict(sizes), "data_build_seconds": data.get("build_seconds"),
                  "notes": notes, "complete": complete},

@@ -12,7 +12,24 @@ from typing import Callable, Optional, Sequence, Tuple, Type, Union
 
 from ..config import ConfigError, load_cfg
 
-__all__ = ["ExitOn", "run_main", "load_config"]
+__all__ = ["ExitOn", "run_main", "load_config", "SYSTEM_EXIT", "system_error", "describe_os_error"]
+
+# The exit status of every command when the system refuses a read or write it needs (disk full,
+# permission, I/O error): the message names the file; earlier results are left as they were.
+SYSTEM_EXIT = 5
+
+
+def describe_os_error(err: BaseException) -> str:
+    """``FILE: No space left on device (disk full? free space and rerun: ...)`` for an OSError."""
+    name = getattr(err, "filename", None)
+    text = getattr(err, "strerror", None) or str(err)
+    hint = " (disk full: free space, then rerun the same command)" if getattr(err, "errno", None) == 28 else ""
+    return f"{name}: {text}{hint}" if name else f"{text}{hint}"
+
+
+def system_error() -> "ExitOn":
+    """The entry every command lists last: an OSError not listed before it -> SYSTEM_EXIT."""
+    return ExitOn(OSError, SYSTEM_EXIT, "system error", describe_os_error)
 
 ExceptionTypes = Union[Type[BaseException], Tuple[Type[BaseException], ...]]
 

@@ -14,20 +14,22 @@ from ..data.packed import PackedFormatError
 from ..data.splits import SplitSpec
 from ..extraction import extract_split
 from ..utils import comm
-from ..utils.ownership import FolderBusyError, FolderOwnershipError, claim_output
-from ._errors import ExitOn, run_main
+from ..utils.ownership import BUSY_EXIT, FolderBusyError, FolderOwnershipError, claim_output
+from ._errors import ExitOn, run_main, system_error
 
 __all__ = ["INPUT_ERRORS", "run_extractor", "run_split", "add_extraction_arguments", "add_label_embedding_arguments",
            "add_weight_arguments", "add_backbone_argument", "check_extraction_arguments"]
 
-# Bad or missing input, weights or --out folder: one line naming the file, exit status 2.
+# Bad or missing input, weights or --out folder: one line naming the file, exit status 2
+# (another process writing --out: 4, as every command; the system refusing a write: 5).
 INPUT_ERRORS = (WeightsNotFoundError, FileNotFoundError, PackedFormatError, KeyError, ValueError,
-                FolderBusyError, FolderOwnershipError, pickle.UnpicklingError)
+                FolderOwnershipError, pickle.UnpicklingError)
 
 
 def run_extractor(tool: str, parser: argparse.ArgumentParser, args: argparse.Namespace, work: Callable[[], None],
                   errors: Sequence[Type[BaseException]] = (), claim_before_joining: bool = True) -> int:
-    """Run one extraction command -> its exit status (0 done, 2 bad input; see INPUT_ERRORS).
+    """Run one extraction command -> its exit status (0 done, 2 bad input, see INPUT_ERRORS; 4 --out
+    held by another process; 5 the system refused a write).
 
     Checks the shared extraction arguments (a usage error exits through ``parser``), then the
     weights. With ``claim_before_joining``, rank 0 takes ``args.out`` (lock and
@@ -47,7 +49,8 @@ def run_extractor(tool: str, parser: argparse.ArgumentParser, args: argparse.Nam
             work()
         return 0
 
-    return run_main(tool, body, (ExitOn(tuple(errors) + INPUT_ERRORS, 2),), cleanup=comm.destroy)
+    return run_main(tool, body, (ExitOn(FolderBusyError, BUSY_EXIT), ExitOn(tuple(errors) + INPUT_ERRORS, 2),
+                                 system_error()), cleanup=comm.destroy)
 
 
 def add_label_embedding_arguments(parser, embeddings_help: str, glove_help: str) -> None:

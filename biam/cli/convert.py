@@ -25,7 +25,8 @@ once: ``--vgg-weights FILE`` (a torchvision VGG19 state dict), else torchvision'
 already holds ``vgg19-dcbb9e9d.pth`` (nothing is downloaded), else ``--scene-fallback random`` (a
 seeded random head, recorded as such) or ``--no-scene`` (the trainer computes them on the fly).
 
-Exit status: 0 done; 1 bad or missing input, or a refused/busy --out folder; 2 bad options.
+Exit status: 0 done; 1 bad or missing input, or a refused --out folder; 2 bad options; 4 another
+process is writing --out; 5 the system refused a write (disk full, permission: the file is named).
 """
 
 from __future__ import annotations
@@ -39,12 +40,12 @@ from typing import Optional, Sequence
 import torch
 
 from ..data.convert import SceneSetupError, resolve_scene_head
-from ..data.packed import MANIFEST, PackedFormatError
+from ..data.packed import PackedFormatError
 from ..data.released import RecordError
 from ..datasets import get_dataset, list_datasets
 from ..utils.safe_pickle import UnsafePickleError
-from ..utils.ownership import FolderBusyError, FolderLock, FolderOwnershipError, check_output_folder
-from ._errors import ExitOn, run_main
+from ..utils.ownership import BUSY_EXIT, FolderBusyError, FolderOwnershipError, claim_output
+from ._errors import SYSTEM_EXIT, ExitOn, describe_os_error, run_main
 
 
 def _positive_int(text: str) -> int:
@@ -135,8 +136,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def body() -> int:
         # One writer per folder for the whole run; then the folder must be ours (its manifest) or
         # empty, unless --overwrite. Both stop here, before anything is read or written.
-        with FolderLock(str(out), "biam-convert " + " ".join(argv if argv is not None else sys.argv[1:])):
-            check_output_folder(str(out), record=MANIFEST, overwrite=args.overwrite)
+        with claim_output(out, args.overwrite, "biam-convert", argv):
             manifest = fn(src, out, paths=paths, splits=splits, shard_size=args.shard_size, dtype=args.dtype,
                           scene_head=head, scene_source=source, overwrite=args.overwrite, batch=args.batch)
         counts = ", ".join(f"{k}: {v['num_images']} images in {len(v['shards'])} shards"
@@ -145,12 +145,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
 
     return run_main("biam-convert", body, [
-        ExitOn((FolderBusyError, FolderOwnershipError), 1),
+        ExitOn(FolderBusyError, BUSY_EXIT),
+        ExitOn(FolderOwnershipError, 1),
         ExitOn(UnsafePickleError, 1, describe=lambda err: f"{err} (the file is not loaded)"),
         ExitOn((RecordError, PackedFormatError, FileNotFoundError, ValueError, KeyError,
                 pickle.UnpicklingError), 1),
         # A disk or permission failure while writing: name the file the system names.
-        ExitOn(OSError, 1, describe=lambda err: f"{err.filename or out}: {err.strerror or err}"),
+        ExitOn(OSError, SYSTEM_EXIT, "system error", describe=lambda err: describe_os_error(err) if err.filename
+               else f"{out}: {describe_os_error(err)}"),
     ])
 
 

@@ -1,7 +1,8 @@
 """``biam-evaluate`` (``python -m biam.cli.evaluate``): evaluate a checkpoint on the test split.
 
 Exit status: 0 done; 1 bad data, checkpoint or output folder; 2 config error or no weights;
-4 another evaluation of the same checkpoint and split is writing its folder.
+4 another evaluation of the same checkpoint and split is writing its folder; 5 the system
+refused a read or write (disk full, permission, I/O error: the message names the file).
 """
 
 from __future__ import annotations
@@ -14,19 +15,19 @@ from ..config import add_config_arguments, dump_cfg
 from ..data.loader import build_loader
 from ..data.packed import PackedDataset, PackedFormatError, resolve_backbone
 from ..engine import checkpoint as ckpt
-from ..engine.evaluator import (combine_tasks, evaluate_split, evaluation_folder, format_result,
-                                prepare_evaluation_folder)
+from ..engine.evaluator import EvaluationFolder, combine_tasks, evaluate_split, format_result
 from ..engine.runtime import build_label_space, build_scene_head, resolve_amp
 from ..modeling import build_model
 from ..utils import comm
 from ..utils.io import write_json
 from ..utils.logging import setup_logger
 from ..utils.ownership import FolderBusyError, FolderOwnershipError
-from ._errors import ExitOn, load_config, run_main
+from ._errors import ExitOn, load_config, run_main, system_error
 
 EXITS = (
     ExitOn(FolderBusyError, 4),
     ExitOn((ckpt.CheckpointError, PackedFormatError, FileNotFoundError, ValueError, FolderOwnershipError), 1),
+    system_error(),
 )
 
 
@@ -69,19 +70,25 @@ def main(argv=None) -> int:
         print("biam-evaluate: no weights given: pass --checkpoint FILE or MODEL.WEIGHTS FILE "
               "(published checkpoints: see pretrained_weights/README.md)", file=sys.stderr)
         return 2
-    lock = None
+    folder = EvaluationFolder(cfg, overwrite=args.overwrite)
 
     def body() -> int:
-        nonlocal lock
         device = comm.init_distributed(cfg.DEVICE)
-        out_dir = evaluation_folder(cfg)
+        # The inputs are checked before anything is written: a mistyped DATA.ROOT or weights file
+        # leaves an earlier evaluation exactly as it was.
+        dataset = PackedDataset(cfg.DATA.ROOT, cfg.DATA.TEST_SPLIT)
+        if not os.path.isfile(cfg.MODEL.WEIGHTS):
+            raise ckpt.CheckpointError(f"checkpoint not found: {cfg.MODEL.WEIGHTS}")
+        gzsl_weights = cfg.EVAL.GZSL_WEIGHTS
+        if gzsl_weights and not os.path.isfile(gzsl_weights):
+            raise ckpt.CheckpointError(f"EVAL.GZSL_WEIGHTS: checkpoint not found: {gzsl_weights}")
+        out_dir = None
         refusal = None
         if comm.is_main_process():
             try:
-                out_dir, lock = prepare_evaluation_folder(cfg, overwrite=args.overwrite)
+                # A new folder, renamed over the earlier evaluation only once this one is complete.
+                out_dir = folder.open()
                 dump_cfg(cfg, os.path.join(out_dir, "config.yaml"))
-                if os.path.isfile(os.path.join(out_dir, "log.txt")):
-                    os.remove(os.path.join(out_dir, "log.txt"))  # this evaluation's log, not appended to the last
             except (FolderBusyError, FolderOwnershipError) as err:
                 refusal = err
         # Every rank stops when rank 0 may not write (else the others would wait for it).
@@ -89,7 +96,6 @@ def main(argv=None) -> int:
         if shared is not None:
             raise refusal if refusal is not None else (FolderBusyError if shared[0] else FolderOwnershipError)(shared[1])
         logger = setup_logger(out_dir)
-        dataset = PackedDataset(cfg.DATA.ROOT, cfg.DATA.TEST_SPLIT)
         if cfg.DATA.VERIFY_CHECKSUMS:
             dataset.verify()
         labels = build_label_space(dataset, device, cfg.MODEL.EMBED_DIM)
@@ -107,9 +113,6 @@ def main(argv=None) -> int:
                     num_workers=cfg.DATA.NUM_WORKERS, pin_memory=device.type == "cuda", float32=device.type != "cuda"),
             )
 
-        gzsl_weights = cfg.EVAL.GZSL_WEIGHTS
-        if gzsl_weights and not os.path.isfile(gzsl_weights):
-            raise ckpt.CheckpointError(f"EVAL.GZSL_WEIGHTS: checkpoint not found: {gzsl_weights}")
         where = f"on {cfg.DATA.ROOT} [{cfg.DATA.TEST_SPLIT}]"
         per_file = []
         if gzsl_weights:
@@ -132,12 +135,12 @@ def main(argv=None) -> int:
             if per_file:
                 payload["files"] = [{"weights": os.path.abspath(path), "metrics": r.to_dict()} for path, r in per_file]
             write_json(out, payload)
-            logger.info(f"wrote {out}")
+            logger.info(f"wrote {os.path.join(folder.final, 'metrics.json')}")
+            folder.commit()
         return 0
 
     def cleanup() -> None:
-        if lock is not None:
-            lock.release()
+        folder.abort()  # after commit() only the lock is left to release
         comm.destroy()
 
     return run_main("biam-evaluate", body, EXITS, cleanup)

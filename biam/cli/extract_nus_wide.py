@@ -8,7 +8,8 @@ features, labels and embeddings.
 Several GPUs: ``torchrun --nproc_per_node 4 feature_extraction/extract_nus_wide.py ...``. The
 release readers and the label order are in :mod:`biam.datasets.nus_wide.images`.
 
-Exit status: 0 done; 2 bad or missing input, missing weights, or a refused/busy --out folder.
+Exit status: 0 done; 2 bad or missing input, missing weights, or a refused --out folder; 4 another
+process is writing --out; 5 the system refused a write (disk full, permission: the file is named).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ labels -> packed features, labels, embeddings.
 Several GPUs: ``torchrun --nproc_per_node 8 feature_extraction/extract_openimages.py ...``. How
 labels are read and merged: :mod:`biam.datasets.openimages.images`.
 
-Exit status: 0 done; 2 bad or missing input, missing weights, or a refused/busy --out folder.
+Exit status: 0 done; 2 bad or missing input, missing weights, or a refused --out folder; 4 another
+process is writing --out; 5 the system refused a write (disk full, permission: the file is named).
 """
 
 from __future__ import annotations

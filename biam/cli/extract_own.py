@@ -12,7 +12,8 @@ seen columns then unseen columns; features are VGG19 conv5_4 regions + fc7 scene
 the packed files, ``<out>/labels.txt`` lists the labels (seen then unseen) in the row order of
 ``embeddings.npz``.
 
-Exit status: 0 done; 2 bad or missing input or missing weights.
+Exit status: 0 done; 2 bad or missing input, missing weights, or a refused --out folder; 4 another
+process is writing --out; 5 the system refused a write (disk full, permission: the file is named).
 """
 
 from __future__ import annotations

@@ -1,22 +1,63 @@
-"""``biam-predict``: tag images with any label list; see :mod:`biam.engine.predict`.
+"""``biam-predict``: tag images with any label list, optionally with attention figures.
 
-Exit status: 0 all images tagged; 1 some images could not be read; 2 bad input or a refused
-output path; 4 another biam-predict is writing the same --visualize folder.
+    biam-predict photo.jpg photos/ --labels labels.txt --glove glove.6B.300d.txt \
+        --checkpoint pretrained_weights/model_best_nus.pth [--top-k 5] [--json] [--visualize figs/] \
+        [--config-file configs/nus_wide.yaml] [MODEL.HEADS 8 ...]
+
+A thin layer over :class:`biam.engine.predict.Predictor`: parse, read the labels, build the
+predictor, tag, print or write. Images are files, and folders searched recursively; KEY VALUE
+config overrides may come anywhere among them or after the options.
+
+Outputs never replace a file biam-predict did not write: ``--visualize DIR`` writes
+``<image stem>_attention.png`` figures into a folder it owns
+(:class:`biam.engine.predict.FigureFolder`); ``--output FILE`` refuses an input image and an
+existing file unless ``--overwrite``.
+
+Exit status: 0 all images tagged; 1 some images could not be read (they are listed, with the
+reason, on stderr and under "unreadable" in the JSON; the others are still tagged); 2 bad input
+(an empty label file, a label holding a line separator, ...) or a refused output path; 4 another
+biam-predict is writing the same --visualize folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
 
 from ..backbones import WeightsNotFoundError
-from ..config import ConfigError
+from ..config import ConfigError, load_cfg
 from ..data.released import RecordError
 from ..engine.checkpoint import CheckpointError
-from ..engine.predict import run
+from ..engine.predict import FigureFolder, Predictor, TagResult, collect_images, embed_labels, read_label_file
+from ..utils.io import atomic_open
 from ..utils.ownership import FolderBusyError, FolderOwnershipError
 from ._errors import ExitOn, run_main
+
+_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+
+
+def split_inputs(tokens: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """Positional tokens -> (input paths, KEY VALUE overrides).
+
+    A token that looks like a config key (``MODEL.TOPK``: upper case, dotted) and is not an
+    existing path starts an override; the token after it is its value.
+    """
+    paths, opts = [], []
+    it = iter(tokens)
+    for tok in it:
+        if _CONFIG_KEY.match(tok) and not Path(tok).exists():
+            value = next(it, None)
+            if value is None:
+                raise ValueError(f"config override {tok} has no value")
+            opts += [tok, value]
+        else:
+            paths.append(tok)
+    return paths, opts
+
 
 EXITS = (
     ExitOn(FolderBusyError, 4),
@@ -65,14 +106,88 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config-file", default="", metavar="FILE",
                         help="YAML config with the checkpoint's model options (e.g. configs/nus_wide.yaml)")
     parser.add_argument("opts", nargs="*", metavar="IMAGE | KEY VALUE",
-                        help="image files or folders, then optional config overrides such as MODEL.HEADS 8")
+                        help="image files or folders and optional config overrides such as MODEL.HEADS 8 "
+                             "(before or after the options)")
     return parser
 
+
+def _check_output(out: Path, images: Sequence[str], overwrite: bool) -> None:
+    if any(out.resolve() == Path(img).resolve() for img in images):
+        raise ValueError(f"--output {out} is one of the input images; choose another file name")
+    if out.is_dir():
+        raise ValueError(f"--output {out} is a folder; give a file name")
+    if out.exists() and not overwrite:
+        raise ValueError(f"--output {out} already exists; choose a new file name, or pass --overwrite to replace it")
+
+
+def format_table(result: TagResult) -> str:
+    """The text table: each image, then its ranked labels and scores; unreadable images last."""
+    lines = []
+    for r in result.images:
+        lines.append(r.name)
+        width = max(len(label) for label, _ in r.labels) if r.labels else 0
+        for rank, (label, score) in enumerate(r.labels, 1):
+            lines.append(f"  {rank:>2}  {label:<{width}}  {score:.4f}")
+    for name, reason in result.unreadable:
+        lines.append(f"{name}\n  unreadable: {reason}")
+    return "\n".join(lines) + "\n"
+
+
+def format_json(result: TagResult, checkpoint: str, weights_source: str) -> str:
+    def entry(r):
+        out = {"image": r.name, "labels": [{"label": label, "score": score} for label, score in r.labels]}
+        if r.figure is not None:
+            out["figure"] = r.figure
+        return out
+
+    return json.dumps({"checkpoint": checkpoint, "vgg_weights": weights_source, "top_k": result.top_k,
+                       "results": [entry(r) for r in result.images],
+                       "unreadable": [{"image": n, "reason": why} for n, why in result.unreadable]},
+                      indent=1, ensure_ascii=False) + "\n"
+
+
+def run(args) -> int:
+    """Tag the images of parsed ``biam-predict`` arguments -> exit status (0, or 1 if some were unreadable)."""
+    inputs, opts = split_inputs(args.opts)
+    cfg = load_cfg(args.config_file or None, opts)
+    images = collect_images(inputs)
+    if args.output:
+        _check_output(Path(args.output), images, args.overwrite)
+    # Labels first: a bad label file or embedding fails before any folder is made or model loaded.
+    names = read_label_file(args.labels)
+    labels = embed_labels(names, cfg.MODEL.EMBED_DIM, embeddings=args.embeddings, word_vectors=args.glove,
+                          missing=args.glove_missing, labels_source=args.labels)
+    figures = FigureFolder(args.visualize, images, args.overwrite) if args.visualize else None
+    try:
+        predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, weights=args.vgg_weights,
+                                              random_weights=args.random_vgg, cfg=cfg)
+        result = predictor.tag(images, labels, k=args.top_k, batch_size=args.batch_size, workers=args.workers,
+                               figures=figures, progress=True)
+    finally:
+        if figures is not None:
+            figures.close()
+    if args.json:
+        text = format_json(result, str(args.checkpoint), predictor.weights_source)
+    else:
+        text = format_table(result)
+    if args.output:
+        with atomic_open(args.output, "w") as f:  # complete or absent, never half a file
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    for name, reason in result.unreadable:
+        print(f"biam-predict: unreadable image {name}: {reason}", file=sys.stderr)
+    bad = len(result.unreadable)
+    print(f"biam-predict: {len(result.images)} of {len(images)} images tagged" +
+          (f", {bad} unreadable" if bad else "") + (f"; figures in {args.visualize}" if args.visualize else ""),
+          file=sys.stderr)
+    return 1 if bad else 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Intermixed: KEY VALUE pairs after the options (sh scripts/demo_own_data.sh SOLVER.MAX_EPOCHS 30).
+    args = parser.parse_intermixed_args(argv)
     if args.top_k < 1 or args.batch_size < 1 or args.workers < 0:
         parser.error("--top-k and --batch-size must be >= 1, --workers >= 0")
     return run_main("biam-predict", lambda: run(args), EXITS)

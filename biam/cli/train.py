@@ -1,7 +1,8 @@
 """``biam-train`` (``python -m biam.cli.train``, ``torchrun -m biam.cli.train``): train BiAM on a packed dataset.
 
 Exit status: 0 done; 1 bad data, checkpoint or output folder; 2 config error; 3 training
-stopped (diverged); 4 another process is writing the same OUTPUT_DIR.
+stopped (diverged); 4 another process is writing the same OUTPUT_DIR; 5 the system refused a
+read or write (disk full, permission, I/O error: the message names the file).
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from ..engine.run_record import RunMismatchError
 from ..engine.trainer import Trainer, TrainingDiverged
 from ..utils import comm
 from ..utils.ownership import FolderBusyError, FolderOwnershipError
-from ._errors import ExitOn, load_config, run_main
+from ._errors import ExitOn, load_config, run_main, system_error
 
 EXITS = (
     ExitOn(TrainingDiverged, 3, "training stopped"),
     ExitOn(FolderBusyError, 4),
     ExitOn((PackedFormatError, ckpt.CheckpointError, FileNotFoundError, ValueError, MemoryError,
             FolderOwnershipError, RunMismatchError), 1),
+    system_error(),
 )
 
 

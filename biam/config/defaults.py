@@ -15,6 +15,7 @@ from yacs.config import CfgNode as CN
 
 from ..backbones import list_backbones
 from ..datasets import get_dataset, list_datasets
+from ..modeling import list_methods
 from ..utils.io import atomic_open
 
 _C = CN()
@@ -23,6 +24,10 @@ _C = CN()
 # Model options
 # ------------------------------------------------------------------------------------------- #
 _C.MODEL = CN()
+
+# Method, a name registered in biam.modeling (list_methods()): "biam" (the paper's model and
+# ranking loss) or one you register (docs/architecture.md, "Adding a method")
+_C.MODEL.NAME = "biam"
 
 # Width D_c of the attention blocks (positive int; published: 256)
 _C.MODEL.CHANNEL_DIM = 256
@@ -285,7 +290,7 @@ def _get(cfg: CN, key: str):
 
 def check_cfg(cfg: CN) -> None:
     """Checks across keys; raises ``ConfigError`` naming the key and the allowed values."""
-    checks = list(_ALLOWED.items()) + [("DATA.DATASET", tuple(list_datasets()))]
+    checks = list(_ALLOWED.items()) + [("DATA.DATASET", tuple(list_datasets())), ("MODEL.NAME", tuple(list_methods()))]
     for key, allowed in checks:
         if _get(cfg, key) not in allowed:
             raise ConfigError(f"{key} = {_get(cfg, key)!r}; allowed values: {', '.join(map(repr, allowed))}")

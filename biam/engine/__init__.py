@@ -1,0 +1,3 @@
+from .predict import Predictor
+
+__all__ = ["Predictor"]

@@ -2,9 +2,10 @@
 
 A checkpoint holds everything needed to continue a run bit for bit on the CPU: model,
 optimiser, scheduler, grad scaler, RNG states, epoch, best metric and the config, and the
-model's hyperparameters (``model_hparams``, the backbone whose features it read among them;
-``model_best.pth`` holds the weights and that record too), so that loading it into a model
-configured otherwise, or for features of another backbone, is an error naming both values. It is written
+model's method (``method``, config ``MODEL.NAME``) and hyperparameters (``model_hparams``, the
+backbone whose features it read among them; ``model_best.pth`` holds the weights and these records
+too), so that loading it into another method, a model configured otherwise, or one for features of
+another backbone, is an error naming both values. It is written
 to a temporary file, flushed to disk and renamed, so a crash (or a full disk) at any moment
 leaves the previous checkpoints intact. Names carry zero-padded epochs so they sort.
 """
@@ -23,18 +24,21 @@ import torch
 from torch import nn
 
 from ..backbones import get_backbone, list_backbones
-from ..modeling.biam import HPARAM_CONFIG_KEYS, load_published_state_dict
+from ..modeling import DEFAULT_METHOD, load_published_state_dict, method_of
 from ..utils.io import atomic_open
 
 __all__ = [
     "checkpoint_path", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
     "rng_state", "set_rng_state", "load_model_weights", "CheckpointError", "atomic_torch_save",
     "latest_owned", "check_training_state", "model_file", "check_hparams", "HPARAMS_KEY",
+    "METHOD_KEY", "checkpoint_method", "check_method",
     "checkpoint_backbone", "check_backbone",
 ]
 
 # Key of the model's hyperparameter record in our checkpoints and model files.
 HPARAMS_KEY = "model_hparams"
+# Key of the method's registered name (MODEL.NAME); a file without it is BiAM's.
+METHOD_KEY = "method"
 
 _NAME = re.compile(r"^checkpoint_epoch_(\d{4,})\.pth$")
 
@@ -156,11 +160,31 @@ def model_state_from(obj: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
 
 
 def model_file(model: nn.Module) -> Dict[str, Any]:
-    """What ``model_best.pth`` holds: ``{"model": state dict, "model_hparams": {...}}``.
+    """What ``model_best.pth`` holds: ``{"model": state dict, "method": name, "model_hparams": {...}}``.
 
-    ``model`` is the bare BiAM (no DDP / compile wrapper); ``load_model_weights`` reads it back.
+    ``model`` is the bare method module (no DDP / compile wrapper); ``load_model_weights`` reads
+    it back. ``model_hparams`` only for a module with ``hparams()``.
     """
-    return {"model": model.state_dict(), HPARAMS_KEY: model.hparams()}
+    out = {"model": model.state_dict(), METHOD_KEY: method_of(model) or DEFAULT_METHOD}
+    if hasattr(model, "hparams"):
+        out[HPARAMS_KEY] = model.hparams()
+    return out
+
+
+def checkpoint_method(obj: Mapping[str, Any]) -> str:
+    """The method a checkpoint's weights belong to: its ``method`` field, else BiAM (published
+    files and ours from before the field)."""
+    name = obj.get(METHOD_KEY)
+    return name if isinstance(name, str) else DEFAULT_METHOD
+
+
+def check_method(model: nn.Module, obj: Mapping[str, Any], path: str) -> None:
+    """Raise ``CheckpointError`` naming both methods when ``path`` holds weights of another
+    method than ``model``'s (a module no method registered is not checked)."""
+    mine, theirs = method_of(model), checkpoint_method(obj)
+    if mine is not None and mine != theirs:
+        raise CheckpointError(f"{path}: a checkpoint of method {theirs!r}, but the model is method {mine!r} "
+                              f"(MODEL.NAME); set MODEL.NAME {theirs} to use it, or give a checkpoint of {mine!r}")
 
 
 def check_hparams(model: nn.Module, recorded: Any, path: str) -> None:
@@ -172,11 +196,12 @@ def check_hparams(model: nn.Module, recorded: Any, path: str) -> None:
     if not isinstance(recorded, Mapping):
         raise CheckpointError(f"{path}: '{HPARAMS_KEY}' is a {type(recorded).__name__}, expected a dict")
     mine = model.hparams()
-    differ = [(name, recorded[name], mine[name]) for name in HPARAM_CONFIG_KEYS
-              if name in recorded and name in mine and recorded[name] != mine[name]]
+    keys = getattr(model, "HPARAM_CONFIG_KEYS", {})  # hyperparameter -> its config key, for the message
+    differ = [(name, recorded[name], mine[name]) for name in mine
+              if name in recorded and recorded[name] != mine[name]]
     if differ:
         lines = [f"{path}: the checkpoint was made by a model configured otherwise:"]
-        lines += [f"  {HPARAM_CONFIG_KEYS[name]}: checkpoint {a}, config {b}" for name, a, b in differ]
+        lines += [f"  {keys.get(name, name)}: checkpoint {a}, config {b}" for name, a, b in differ]
         lines.append("  (set these MODEL.* keys to the checkpoint's values, e.g. MODEL.HEADS 16 for Open Images)")
         raise CheckpointError("\n".join(lines))
 
@@ -224,7 +249,8 @@ def load_model_weights(model: nn.Module, path: str) -> Dict[str, Any]:
     """Load weights into ``model`` from a training checkpoint, a ``model_best.pth`` of ours or a
     published plain state dict.
 
-    A file of ours records the model's hyperparameters; one that differs from ``model``'s (e.g.
+    A file of another method than ``model``'s raises ``CheckpointError`` naming both
+    (:func:`check_method`). A file of ours records the model's hyperparameters; one that differs from ``model``'s (e.g.
     16 heads in the file, 8 configured) raises ``CheckpointError`` naming both values; so does a
     file trained on another backbone's features (:func:`check_backbone`, also for published files). A plain
     state dict has no record: its keys and shapes are checked. Keys and shapes must match
@@ -232,6 +258,7 @@ def load_model_weights(model: nn.Module, path: str) -> Dict[str, Any]:
     with their shapes. Returns the loaded object.
     """
     obj = load_checkpoint(path)
+    check_method(model, obj, path)
     check_backbone(model, obj, path)
     if HPARAMS_KEY in obj and hasattr(model, "hparams"):
         check_hparams(model, obj[HPARAMS_KEY], path)

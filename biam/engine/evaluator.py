@@ -16,7 +16,10 @@ one file of ours serves both when the key is empty.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import datetime as _dt
+import json
 import os
 import sys
 from typing import Any, Callable, Optional
@@ -28,12 +31,14 @@ from ..data.packed import PackedDataset
 from ..datasets import check_manifest_dataset, get_dataset
 from ..evaluation import chance_level, evaluate
 from ..utils import comm
-from ..utils.io import write_json
-from ..utils.ownership import FolderLock, FolderOwnershipError, check_output_folder
+from ..utils.io import ensure_subfolder, refuse_link, sha256_file, write_json
+from ..utils.ownership import LOCK_NAME, FolderLock, FolderOwnershipError, check_output_folder
+from .checkpoint import CheckpointError
 from .runtime import LabelSpace, run_inference
 
 __all__ = [
     "evaluate_split", "format_result", "protocol_for", "combine_tasks", "evaluation_folder", "EVAL_RECORD",
+    "EvaluationFolder",
 ]
 
 # The record that marks an evaluation folder as biam-evaluate's own.
@@ -41,37 +46,140 @@ EVAL_RECORD = "evaluation.json"
 
 
 def evaluation_folder(cfg) -> str:
-    """``OUTPUT_DIR/eval/<TEST_SPLIT>-<stem of MODEL.WEIGHTS>``: one folder per split and weights file."""
+    """``OUTPUT_DIR/eval/<TEST_SPLIT>-<stem of MODEL.WEIGHTS>``: one folder per split and weights file
+    (a second file of the same name but other content gets ``...-<sha256[:12]>``, see
+    :class:`EvaluationFolder`)."""
     stem = os.path.splitext(os.path.basename(cfg.MODEL.WEIGHTS.rstrip("/")))[0] or "weights"
     return os.path.join(cfg.OUTPUT_DIR, "eval", f"{cfg.DATA.TEST_SPLIT}-{stem}")
 
 
-def prepare_evaluation_folder(cfg, overwrite: bool = False) -> "tuple[str, FolderLock]":
-    """Rank 0: lock the evaluation folder and check it holds only an earlier evaluation's files.
+# The files an evaluation folder holds besides its record (the record is renamed in last).
+EVAL_FILES = ("config.yaml", "log.txt", "metrics.json")
 
-    Returns ``(folder, lock)``. Raises FolderOwnershipError (OUTPUT_DIR a file, not writable,
-    or the folder holding files biam-evaluate did not write, without ``overwrite``) or
-    FolderBusyError (another evaluation of the same weights and split is writing there).
+
+class EvaluationFolder:
+    """Rank 0's evaluation folder: written into a new folder, renamed into place when complete.
+
+    ``open()`` locks ``OUTPUT_DIR/eval/.<name>.lock``, chooses the folder (the weights file's
+    folder, unless that one holds an evaluation of *other* weights content: then
+    ``<name>-<sha256[:12]>``), checks it holds only an earlier evaluation's files (or
+    ``overwrite``) and returns a new staging folder ``eval/.<name>.new`` to write into.
+    ``commit()`` puts the staged folder in place (an atomic exchange where the system has one;
+    with ``--overwrite`` beside other files, file by file with the record last), so a failed or
+    killed evaluation leaves the earlier one exactly as it was. Raises FolderOwnershipError /
+    FolderBusyError / LinkRefusedError before anything is written.
     """
-    if os.path.exists(cfg.OUTPUT_DIR) and not os.path.isdir(cfg.OUTPUT_DIR):
-        raise FolderOwnershipError(f"OUTPUT_DIR {cfg.OUTPUT_DIR} is a file, not a folder; choose a folder path")
-    folder = evaluation_folder(cfg)
-    lock = FolderLock(folder, "biam-evaluate " + " ".join(sys.argv[1:])).acquire()
+
+    def __init__(self, cfg, overwrite: bool = False):
+        self.cfg, self.overwrite = cfg, overwrite
+        self.lock: Optional[FolderLock] = None
+        self.stage: Optional[str] = None
+        self.final = evaluation_folder(cfg)
+        self.merge = False
+
+    def open(self) -> str:
+        cfg = self.cfg
+        if os.path.exists(cfg.OUTPUT_DIR) and not os.path.isdir(cfg.OUTPUT_DIR):
+            raise FolderOwnershipError(f"OUTPUT_DIR {cfg.OUTPUT_DIR} is a file, not a folder; choose a folder path")
+        if not os.path.isfile(cfg.MODEL.WEIGHTS):
+            raise CheckpointError(f"checkpoint not found: {cfg.MODEL.WEIGHTS}")
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        eval_dir = ensure_subfolder(os.path.join(cfg.OUTPUT_DIR, "eval"))
+        self.sha256 = sha256_file(cfg.MODEL.WEIGHTS)
+        base = os.path.basename(self.final)
+        name = base if self._same_weights(os.path.join(eval_dir, base)) else f"{base}-{self.sha256[:12]}"
+        self.final = os.path.join(eval_dir, name)
+        self.lock = FolderLock(eval_dir, "biam-evaluate " + " ".join(sys.argv[1:]), name=f".{name}.lock").acquire()
+        try:
+            refuse_link(self.final, "the evaluation folder")
+            if os.path.isdir(self.final):
+                record = check_output_folder(self.final, record=EVAL_RECORD, overwrite=self.overwrite)
+                if record is not None and record.get("tool") != "biam-evaluate":
+                    raise FolderOwnershipError(f"{os.path.join(self.final, EVAL_RECORD)}: not a biam-evaluate "
+                                               "record; choose another OUTPUT_DIR")
+                own = {LOCK_NAME, EVAL_RECORD, *EVAL_FILES}
+                self.merge = any(e not in own for e in os.listdir(self.final))  # --overwrite beside other files
+            stage = os.path.join(eval_dir, f".{name}.new")
+            _remove_stage(stage)  # a killed evaluation's staging folder (this command's own names only)
+            os.mkdir(stage)
+            self.stage = stage
+            started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+            self.record = {
+                "tool": "biam-evaluate", "weights": os.path.abspath(cfg.MODEL.WEIGHTS), "weights_sha256": self.sha256,
+                "data_root": os.path.abspath(cfg.DATA.ROOT), "split": cfg.DATA.TEST_SPLIT,
+                "command": " ".join(sys.argv), "started": started, "files": list(EVAL_FILES),
+            }
+        except BaseException:
+            self.abort()
+            raise
+        return stage
+
+    def _same_weights(self, folder: str) -> bool:
+        """True when ``folder`` is free, or holds an evaluation of these weights' content."""
+        path = os.path.join(folder, EVAL_RECORD)
+        if os.path.islink(folder) or not os.path.isfile(path) or os.path.islink(path):
+            return True  # free, or not an evaluation: the ownership check names the problem
+        try:
+            with open(path, encoding="utf-8") as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            return True
+        if not isinstance(record, dict):
+            return True
+        if "weights_sha256" in record:
+            return record["weights_sha256"] == self.sha256
+        return record.get("weights") == os.path.abspath(self.cfg.MODEL.WEIGHTS)  # recorded before content hashes
+
+    def commit(self) -> str:
+        """Put the staged evaluation in place (record last). Returns the final folder."""
+        write_json(os.path.join(self.stage, EVAL_RECORD), self.record)
+        if not os.path.isdir(self.final):
+            os.rename(self.stage, self.final)
+        elif self.merge or not _exchange(self.stage, self.final):
+            for name in (*EVAL_FILES, EVAL_RECORD):  # the record last: it names a complete evaluation
+                if os.path.exists(os.path.join(self.stage, name)):
+                    refuse_link(os.path.join(self.final, name))
+                    os.replace(os.path.join(self.stage, name), os.path.join(self.final, name))
+        _remove_stage(self.stage)  # after an exchange it holds the earlier evaluation
+        self.stage = None
+        return self.final
+
+    def abort(self) -> None:
+        """Drop the staging folder (a failed evaluation) and release the lock; the earlier one stays."""
+        if self.stage is not None:
+            _remove_stage(self.stage)
+            self.stage = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+def _remove_stage(stage: str) -> None:
+    if os.path.islink(stage):
+        raise FolderOwnershipError(f"{stage}: a symbolic link where biam-evaluate stages its folder; remove it")
+    if not os.path.isdir(stage):
+        return
+    for name in (*EVAL_FILES, EVAL_RECORD, LOCK_NAME, *(f"{n}.tmp" for n in (*EVAL_FILES, EVAL_RECORD))):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(stage, name))
     try:
-        record = check_output_folder(folder, record=EVAL_RECORD, overwrite=overwrite)
-        if record is not None and record.get("tool") != "biam-evaluate":
-            raise FolderOwnershipError(f"{os.path.join(folder, EVAL_RECORD)}: not a biam-evaluate record; "
-                                       "choose another OUTPUT_DIR")
-        write_json(os.path.join(folder, EVAL_RECORD), {
-            "tool": "biam-evaluate", "weights": os.path.abspath(cfg.MODEL.WEIGHTS), "data_root": cfg.DATA.ROOT,
-            "split": cfg.DATA.TEST_SPLIT, "command": " ".join(sys.argv),
-            "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "files": ["config.yaml", "log.txt", "metrics.json"],
-        })
-    except BaseException:
-        lock.release()
-        raise
-    return folder, lock
+        os.rmdir(stage)
+    except OSError:
+        raise FolderOwnershipError(f"{stage}: biam-evaluate's staging folder holds files it did not write "
+                                   f"({', '.join(sorted(os.listdir(stage))[:5])}); move them away") from None
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two folders in one step (Linux renameat2 RENAME_EXCHANGE); False where unavailable."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    return False
 
 
 def protocol_for(cfg) -> Callable[..., Any]:

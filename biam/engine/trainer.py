@@ -31,7 +31,7 @@ from ..data.packed import PackedDataset, resolve_backbone
 from ..data.resident import fits_on_device, image_bytes
 from ..datasets import check_manifest_dataset, get_dataset
 from ..evaluation import average_precision, f1_at_k
-from ..modeling import build_model, ranking_loss
+from ..modeling import build_model, get_method
 from ..utils import comm
 from ..utils.dist_bn import convert_to_global_bn
 from ..utils.io import atomic_open, write_json
@@ -80,6 +80,10 @@ class Trainer:
         :meth:`prepare_output`). Raises FolderBusyError / FolderOwnershipError / RunMismatchError
         before anything is written when the output folder may not be used."""
         self.cfg = cfg
+        self.method = get_method(cfg.MODEL.NAME)
+        if not self.method.trainable:
+            raise ValueError(f"MODEL.NAME = {cfg.MODEL.NAME!r}: this method is registered for evaluation and "
+                             "prediction only (no loss to train); use biam-evaluate or biam-predict with it")
         self.device = comm.init_distributed(cfg.DEVICE)
         self.rank, self.world = comm.get_rank(), comm.get_world_size()
         self.out_dir = cfg.OUTPUT_DIR
@@ -434,8 +438,7 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def state_dict(self, epoch: int) -> Dict[str, Any]:
         return {
-            "model": self.raw_model.state_dict(),
-            ckpt.HPARAMS_KEY: self.raw_model.hparams(),
+            **ckpt.model_file(self.raw_model),  # model, method, model_hparams
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -684,7 +687,7 @@ class Trainer:
         with autocast_context(self.device, self.amp_dtype):
             scores = self.model(regions, seen_emb, scene)
         if n_kept:
-            loss = ranking_loss(scores, labels)
+            loss = self.method.loss(scores, labels)
         else:
             loss = scores.sum() * 0.0  # zero gradients, but through the whole model
         empty = None

@@ -4,7 +4,8 @@
 See docs/metrics.md for the definitions, the tie rule and the published Open Images flaw.
 """
 
-from .metrics import average_precision, f1_at_k, f1_at_ks, openimages_published_ap, weighted_map
+from .f1 import f1_at_k, f1_at_ks
+from .metrics import average_precision, openimages_published_ap, weighted_map
 from .protocols import (
     EvalResult,
     Protocol,

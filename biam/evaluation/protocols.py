@@ -21,12 +21,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .f1 import f1_at_ks
 from .metrics import (
     ArrayLike,
     _check_pair,
     _row_chunks,
     average_precision,
-    f1_at_ks,
     openimages_published_ap,
 )
 

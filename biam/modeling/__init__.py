@@ -1,6 +1,11 @@
-"""The model and its loss."""
+"""The methods (one file each, registered by name: ``MODEL.NAME``) and their losses."""
 
-from .biam import BiAM, build_model, load_published_state_dict
+from .registry import (
+    DEFAULT_METHOD, Method, UnknownMethodError, build_model, get_method, list_methods, method_of, register_method,
+    unregister_method,
+)
 from .loss import ranking_loss
+from .biam import BiAM, load_published_state_dict  # registers "biam"
 
-__all__ = ["BiAM", "build_model", "load_published_state_dict", "ranking_loss"]
+__all__ = ["BiAM", "build_model", "load_published_state_dict", "ranking_loss", "Method", "UnknownMethodError",
+           "register_method", "get_method", "list_methods", "unregister_method", "method_of", "DEFAULT_METHOD"]

@@ -1,5 +1,7 @@
-"""The BiAM model: region-level and scene-level attention over backbone region features.
+"""The BiAM method: region-level and scene-level attention over backbone region features.
 
+One file as every method (``biam.modeling.registry``): the module, its ``from_config`` and its
+loss (the ranking loss, :mod:`biam.modeling.loss`), registered as ``MODEL.NAME biam``.
 Layer by layer as in the paper and its original release (docs/model.md), with the parameter
 names of the published checkpoints so that ``load_state_dict(published, strict=True)`` works
 unchanged.
@@ -14,10 +16,12 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ..backbones import DEFAULT_BACKBONE, get_backbone
+from ..backbones import Backbone
 from ..utils.precision import at_least_float32
+from .loss import ranking_loss
+from .registry import register_method
 
-__all__ = ["BiAM", "build_model", "ConvReluBN", "load_published_state_dict", "HPARAM_CONFIG_KEYS"]
+__all__ = ["BiAM", "ConvReluBN", "load_published_state_dict", "HPARAM_CONFIG_KEYS"]
 
 
 # The hyperparameters a checkpoint of ours records (``BiAM.hparams``), with their config keys:
@@ -146,6 +150,7 @@ class SceneContextBlock(nn.Module):
         return c_g + self.gcff(c_g)
 
 
+@register_method("biam", loss=ranking_loss)
 class BiAM(nn.Module):
     """Bi-level attention module (Narayan, Gupta et al., ICCV 2021).
 
@@ -207,18 +212,19 @@ class BiAM(nn.Module):
         is loaded."""
         return dict(self._hparams)
 
+    # The config key of each hyperparameter, for checkpoint messages (biam.engine.checkpoint).
+    HPARAM_CONFIG_KEYS = HPARAM_CONFIG_KEYS
+
     @classmethod
-    def from_config(cls, cfg: Any, backbone: Any = None) -> dict:
-        """Keyword arguments for ``BiAM`` read from ``cfg.MODEL`` (a dict; ``build_model`` builds).
+    def from_config(cls, cfg: Any, backbone: Backbone) -> "BiAM":
+        """A ``BiAM`` from ``cfg.MODEL`` and the backbone whose features it reads.
 
         Reads CHANNEL_DIM, HEADS, TOPK, EMBED_DIM, FEATURE_DIM, JOINT_DIM, SCENE_DIM,
         ATTN_DROPOUT, SCENE_DROPOUT and ATTENTION. ``backbone`` (a ``biam.backbones.Backbone``)
         gives the grid, and the widths where FEATURE_DIM / SCENE_DIM are 0.
         """
-        if backbone is None:
-            backbone = get_backbone(cfg.MODEL.BACKBONE or DEFAULT_BACKBONE)
         m = cfg.MODEL
-        return dict(
+        return cls(
             channel_dim=m.CHANNEL_DIM, heads=m.HEADS, topk=m.TOPK, embed_dim=m.EMBED_DIM,
             feature_dim=m.FEATURE_DIM or backbone.channels, joint_dim=m.JOINT_DIM,
             scene_dim=m.SCENE_DIM or backbone.scene_dim, grid=backbone.grid, backbone=backbone.name,
@@ -281,21 +287,6 @@ class BiAM(nn.Module):
         """
         m = self.region_scores(regions, label_embeddings, scene)
         return at_least_float32(m.topk(self.topk, dim=1).values).mean(dim=1)
-
-
-def build_model(cfg: Any, backbone: Any = None) -> BiAM:
-    """Translate a config into a ``BiAM`` (the only place that reads ``cfg.MODEL``).
-
-    ``backbone``: a ``biam.backbones.Backbone`` or its name, or None for the one
-    ``MODEL.BACKBONE`` names (VGG19 when ""). Callers that train or evaluate on packed data pass
-    the data's backbone (:func:`biam.data.packed.resolve_backbone`). Its grid, and its widths
-    where ``MODEL.FEATURE_DIM`` / ``MODEL.SCENE_DIM`` are 0, shape the model.
-    """
-    if backbone is None:
-        backbone = get_backbone(cfg.MODEL.BACKBONE or DEFAULT_BACKBONE)
-    elif isinstance(backbone, str):
-        backbone = get_backbone(backbone)
-    return BiAM(**BiAM.from_config(cfg, backbone))
 
 
 def load_published_state_dict(model: nn.Module, state: Mapping[str, Any], source: str = "<state dict>") -> nn.Module:

@@ -10,6 +10,7 @@ import sys
 from typing import Any, Dict, Optional
 
 from . import comm
+from .io import open_nofollow
 
 __all__ = ["setup_logger", "JsonlWriter"]
 
@@ -30,10 +31,21 @@ def setup_logger(output_dir: Optional[str], name: str = "biam") -> logging.Logge
     logger.addHandler(stream)
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)
-        fh = logging.FileHandler(os.path.join(output_dir, "log.txt"), encoding="utf-8")
+        fh = _NoFollowFileHandler(os.path.join(output_dir, "log.txt"), encoding="utf-8")
         fh.setFormatter(fmt)
         logger.addHandler(fh)
     return logger
+
+
+class _NoFollowFileHandler(logging.FileHandler):
+    """A log file opened at once and never through a link (a link at log.txt is refused)."""
+
+    def __init__(self, path: str, encoding: str):
+        open_nofollow(path, "a", encoding=encoding).close()  # refuses a link before the handler exists
+        super().__init__(path, encoding=encoding)
+
+    def _open(self):
+        return open_nofollow(self.baseFilename, self.mode, encoding=self.encoding)
 
 
 def _clean(value: Any) -> Any:
@@ -56,6 +68,6 @@ class JsonlWriter:
     def write(self, record: Dict[str, Any]) -> None:
         if not comm.is_main_process():
             return
-        with open(self.path, "a", encoding="utf-8") as f:
+        with open_nofollow(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(_clean(record), sort_keys=True) + "\n")
             f.flush()

@@ -13,6 +13,10 @@ follows the same two rules:
   folder holding anything else is refused with :class:`FolderOwnershipError`, unless the user
   passed ``--overwrite``; even then the command replaces only its own file names and deletes
   nothing it did not list in its record.
+* **Never through a link.** The lock file is opened no-follow, the record read no-follow, and a
+  name a record lists is accepted only when it is the command's own pattern (:data:`RECORD_NAMES`);
+  every file is written by :func:`biam.utils.io.atomic_open` (no link at the name or its
+  temporary), sub-folders made by :func:`biam.utils.io.ensure_subfolder`.
 """
 
 from __future__ import annotations
@@ -24,10 +28,14 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import sys
 from typing import Any, Dict, Iterable, List, Optional
 
-__all__ = ["LOCK_NAME", "FolderBusyError", "FolderOwnershipError", "FolderLock", "check_output_folder", "claim_output"]
+from .io import FolderOwnershipError, LinkRefusedError, own_name, refuse_link
+
+__all__ = ["LOCK_NAME", "FolderBusyError", "FolderOwnershipError", "LinkRefusedError", "FolderLock",
+           "check_output_folder", "claim_output", "RECORD_NAMES", "BUSY_EXIT"]
 
 # The lock file; it is ours in every folder, so it never counts as a foreign file.
 LOCK_NAME = ".biam.lock"
@@ -37,8 +45,16 @@ class FolderBusyError(RuntimeError):
     """Another live process holds the folder's lock."""
 
 
-class FolderOwnershipError(RuntimeError):
-    """The output path is a file, is not writable, or holds files this command did not write."""
+# The one exit status of every command for "another process holds this folder" (docs/reliability.md).
+BUSY_EXIT = 4
+
+# Names a record may list, per record file and field (regular expressions matched whole): a
+# record edited or received from someone else never makes a command delete or replace other files.
+RECORD_NAMES: Dict[str, Dict[str, str]] = {
+    "run.json": {"checkpoints": r"checkpoint_epoch_\d{4,}\.pth"},
+    "evaluation.json": {"files": r"config\.yaml|log\.txt|metrics\.json"},
+    "biam-predict.json": {"figures": r"[^/\\]+_attention\.png"},
+}
 
 
 def _now() -> str:
@@ -52,10 +68,11 @@ class FolderLock:
     :class:`FolderBusyError` at once when another process holds it.
     """
 
-    def __init__(self, folder: str, command: Optional[str] = None):
+    def __init__(self, folder: str, command: Optional[str] = None, name: str = LOCK_NAME):
         self.folder = os.fspath(folder)
         self.command = command or " ".join([os.path.basename(sys.argv[0] or "python")] + sys.argv[1:])
-        self.path = os.path.join(self.folder, LOCK_NAME)
+        # ``name``: another lock file in ``folder`` (biam-evaluate locks one result folder of eval/).
+        self.path = os.path.join(self.folder, name)
         self._fd: Optional[int] = None
 
     def acquire(self) -> "FolderLock":
@@ -63,11 +80,18 @@ class FolderLock:
             return self
         _ensure_folder(self.folder)
         while True:
+            refuse_link(self.path, "the folder's lock file")
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                # No-follow: a link at the lock's name must never have its target truncated.
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
             except OSError as err:
+                refuse_link(self.path, "the folder's lock file")
                 raise FolderOwnershipError(f"{self.folder}: cannot create the lock file {LOCK_NAME} "
                                            f"({err.strerror}); choose a folder you can write to") from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise FolderOwnershipError(f"{self.path}: not a regular file where this command keeps its lock; "
+                                           "move it away")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
@@ -125,6 +149,10 @@ def _read_holder(fd: int) -> str:
             f"started {info.get('started', '?')}")
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _ensure_folder(folder: str) -> None:
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise FolderOwnershipError(f"{folder} is a file, not a folder; choose a folder path for the output")
@@ -153,18 +181,38 @@ def check_output_folder(folder: str, *, record: str, overwrite: bool = False,
     """
     _ensure_folder(folder)
     path = os.path.join(folder, record)
+    refuse_link(path, "this command's record")
     if os.path.isfile(path):
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            with os.fdopen(fd, encoding="utf-8") as f:
+                data = json.loads(f.read(1 << 24), parse_constant=_no_constant)
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
             raise FolderOwnershipError(f"{path}: unreadable record of an earlier run ({err}); "
                                        "move the folder aside or choose another one") from None
         if not isinstance(data, dict):
             raise FolderOwnershipError(f"{path}: not a record written by this tool (expected a JSON object)")
+        for entry in (LOCK_NAME, *ignore):
+            refuse_link(os.path.join(folder, entry), "a name this command writes")
+        for field, pattern in RECORD_NAMES.get(record, {}).items():
+            names = data.get(field)
+            if names is None:
+                continue
+            if not isinstance(names, list):
+                raise FolderOwnershipError(f"{path}: field '{field}' should be a list of file names, "
+                                           f"found {type(names).__name__}")
+            for name in names:
+                own_name(name, pattern, path, field)
         return data
     skip = {LOCK_NAME, record, *ignore}
-    foreign: List[str] = sorted(e for e in os.listdir(folder) if e not in skip)
+    entries = os.listdir(folder)
+    # A link at one of this command's names, or anywhere under --overwrite (every name may then be
+    # written), could send a write out of the folder: refused, the link's target untouched.
+    for entry in sorted(entries):
+        if (entry in skip or overwrite) and os.path.islink(os.path.join(folder, entry)):
+            refuse_link(os.path.join(folder, entry), "a name this command writes" if entry in skip else
+                        f"a name {flag} lets this command replace")
+    foreign: List[str] = sorted(e for e in entries if e not in skip)
     if foreign and not overwrite:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise FolderOwnershipError(
@@ -174,7 +222,7 @@ def check_output_folder(folder: str, *, record: str, overwrite: bool = False,
     return None
 
 
-def claim_output(out, overwrite: bool, tool: str):
+def claim_output(out, overwrite: bool, tool: str, argv: Optional[Iterable[str]] = None):
     """Take the output folder for this run: a context manager for the whole command.
 
     On rank 0 (or without torchrun): :class:`FolderLock` on ``out`` (a
@@ -185,8 +233,10 @@ def claim_output(out, overwrite: bool, tool: str):
     """
     if int(os.environ.get("RANK", "0") or 0) != 0:
         return contextlib.nullcontext()
-    lock = FolderLock(os.fspath(out), " ".join([tool] + sys.argv[1:])).acquire()
+    args = list(sys.argv[1:] if argv is None else argv)
+    lock = FolderLock(os.fspath(out), " ".join([tool] + args)).acquire()
     try:
+        refuse_link(os.path.join(os.fspath(out), ".parts"), "the ranks' parts folder")
         # .parts/ holds the ranks' shards of an interrupted torchrun extraction (ours, no manifest yet).
         check_output_folder(os.fspath(out), record="manifest.json", overwrite=overwrite, ignore=(".parts",))
     except BaseException:

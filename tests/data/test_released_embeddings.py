@@ -1,11 +1,11 @@
-"""Tests of the release readers (biam.datasets.*.release) and biam.data.embeddings (GloVe, npz, released pickles)."""
+"""Tests of the release readers (biam.datasets.*.release) and biam.data.wordvec (GloVe, npz, released pickles)."""
 
 import pickle
 
 import numpy as np
 import pytest
 
-from biam.data.embeddings import build_from_glove, label_words, load_embedding_array, save_embedding_array
+from biam.data.wordvec import build_from_glove, label_words, load_embedding_array, save_embedding_array
 from biam.datasets.nus_wide.release import nus_wide_label_names, read_img_names, read_nus_wide_embeddings
 from biam.datasets.openimages.release import (read_class_descriptions, read_classes_trainable, read_top400,
                                               read_unseen_ids)

@@ -146,3 +146,55 @@ def test_missing_file_empty_file_and_empty_label(tmp_path):
     (tmp_path / "g.txt").write_text("red 1 0 0\n")
     with pytest.raises(WordVectorError, match="label '_-' has no words"):
         label_embeddings(["red", "_-"], tmp_path / "g.txt")
+
+
+def test_huge_zero_and_cancelling_vectors_are_refused_naming_file_label_and_word(tmp_path):
+    """Issue #23: finite but huge values overflowed the float32 norm and stored an all-zero row."""
+    path = tmp_path / "g.txt"
+    path.write_text("big 3e38 3e38 3e38\nnil 0 0 0\nup 1 0 0\ndown -1 0 0\nred 1 0 0\nlarge 1e20 1e20 0\n")
+    for normalize in (True, False):
+        with pytest.raises(WordVectorError, match=r"g\.txt: label 'big sky'.*word 'big'.*beyond float32"):
+            label_embeddings(["red", "big sky"], path, normalize=normalize, missing="skip-word")
+    with pytest.raises(WordVectorError, match=r"g\.txt: label 'nil' gets a zero vector \(word\(s\) 'nil'"):
+        label_embeddings(["red", "nil"], path)
+    with pytest.raises(WordVectorError, match=r"label 'up down' gets a zero vector \(word\(s\) 'up', 'down'"):
+        label_embeddings(["up down"], path)
+    # Norm 1.4e20: fits float32, but its float32 squares overflow; the row is still a unit vector.
+    out = label_embeddings(["large", "red"], path)
+    np.testing.assert_allclose(out[0], [2 ** -0.5, 2 ** -0.5, 0], rtol=1e-6)
+    np.testing.assert_array_equal(out[1], [1, 0, 0])
+    path.write_text("red 1e39 0 0\n")  # beyond float32 once parsed
+    with pytest.raises(WordVectorError, match=r"line 1 \(word 'red'\): values are not finite"):
+        label_embeddings(["red"], path)
+
+
+def test_normalize_rows_names_the_source_and_label():
+    from biam.data.packed import l2_normalize
+    from biam.data.wordvec import normalize_rows
+
+    x = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(normalize_rows(x, "e.npy", list("abcd")), l2_normalize(x))
+    for row, expect in ((np.zeros(5), "all zeros"), (np.full(5, 3e38), "beyond float32"),
+                        (np.array([1, np.nan, 0, 0, 0]), "not finite")):
+        bad = x.copy()
+        bad[2] = row
+        with pytest.raises(WordVectorError, match=rf"e\.npy: label 'c' \(row 2\): .*{expect}"):
+            normalize_rows(bad, "e.npy", list("abcd"))
+    bad[2] = 0
+    assert not normalize_rows(bad, "e.npy", list("abcd"), allow_zero=True)[2].any()
+
+
+def test_missing_modes_and_the_glove_builder_are_the_same_path(wordfile):
+    from biam.data.wordvec import build_from_glove
+
+    labels = ["red circle", "ice_cream", "Paris"]
+    np.testing.assert_array_equal(build_from_glove(labels, wordfile), label_embeddings(labels, wordfile, normalize=False))
+    mean = label_embeddings(["red zebra"], wordfile, missing="skip-word", normalize=False)
+    np.testing.assert_array_equal(mean, [[1, 0, 0]])
+    with pytest.raises(OutOfVocabularyError, match="'zebra'"):
+        label_embeddings(["zebra"], wordfile, missing="skip-word")
+    with pytest.warns(UserWarning, match="zebra"):
+        out = label_embeddings(["zebra", "red"], wordfile, missing="zero")
+    assert not out[0].any() and out[1].tolist() == [1, 0, 0]
+    with pytest.raises(KeyError):  # the CLIs map KeyError and ValueError to exit 2
+        label_embeddings(["zebra"], wordfile)

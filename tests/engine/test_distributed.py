@@ -25,13 +25,9 @@ from helpers import TINY_MODEL_OPTS
 
 # Dropout off and synchronised batch norm: then one process with batch 2B and two with batch B
 # each compute the same steps on the same (default, shuffled) global batches, and any difference
-# is rounding. In float32 rounding is not small after Adam: it normalises every gradient element,
-# so an element whose gradient is near 0 moves by up to the learning rate in either run, and the
-# batch-norm running means follow the weights (on the 100-image data below, 0.45 apart after one
-# epoch; one process with 2 threads against itself with 1 thread is already 3.6e-4 apart).
-# In float64 (DTYPE float64) the same comparison is 1.6e-7 apart, while normalising the loss per
-# rank instead of by the global batch's kept images (the bug these tests guard against) leaves
-# 5.2 (measured, docs/distributed.md). So these runs are float64.
+# is rounding, which Adam can amplify (it normalises every gradient element, so one near 0 moves
+# by up to the learning rate either way). These runs are float64, where rounding is smallest;
+# `python -m biam.benchmark.distributed` measures both precisions (docs/distributed.md).
 EXACT = ["MODEL.ATTN_DROPOUT", "0.0", "MODEL.SCENE_DROPOUT", "0.0", "DIST_BN", "sync",
          "DATA.TRAIN_FRACTION", "1.0", "SOLVER.FINETUNE_EPOCHS", "0", "SOLVER.MAX_EPOCHS", "3",
          "DTYPE", "float64"]

@@ -257,3 +257,99 @@ def test_hostile_or_wrong_scene_head_weights_are_named(tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"MODEL.SCENE_HEAD_WEIGHTS = {tmp_path / name}" in err and expect in err
         assert "weights_only" not in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------- links, hostile records, failed reruns
+def _eval(data_root, out, weights, *extra):
+    return evaluate_cli.main([*TINY_MODEL_OPTS, "DATA.ROOT", str(data_root), "OUTPUT_DIR", str(out),
+                              "--checkpoint", str(weights), *extra])
+
+
+@pytest.fixture(scope="module")
+def one_run(tiny_packed, tmp_path_factory):
+    out = tmp_path_factory.mktemp("links") / "run"
+    assert main(args_for(tiny_packed, out, *SHORT, "SOLVER.MAX_EPOCHS", "1", "SOLVER.WARMUP_EPOCHS", "0",
+                         "EVAL.START_EPOCH", "1")) == 0
+    return out
+
+
+def test_links_at_the_lock_record_and_subfolders_are_refused_by_train(tiny_packed, one_run, tmp_path, capsys):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's file")
+    for name in (".biam.lock", "config.yaml"):
+        out = tmp_path / f"new-{name}"
+        out.mkdir()
+        (out / name).symlink_to(victim)
+        assert main(args_for(tiny_packed, out, *SHORT)) == 1
+        assert "Traceback" not in capsys.readouterr().err
+    # --resume of a copied run whose checkpoints/ and log.txt are links: refused, nothing written there.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("checkpoints", "log.txt"):
+        copy = tmp_path / f"copy-{name}"
+        copy.mkdir()
+        for entry in one_run.iterdir():
+            if entry.is_file() and entry.name != name:
+                (copy / entry.name).write_bytes(entry.read_bytes())
+        (copy / name).symlink_to(elsewhere if name == "checkpoints" else victim)
+        assert main(args_for(tiny_packed, copy, *SHORT, "--resume")) == 1
+        err = capsys.readouterr().err
+        assert f"{copy / name}: a symbolic link" in err and "Traceback" not in err
+    assert victim.read_text() == "the user's file" and os.listdir(elsewhere) == []
+
+
+@pytest.mark.parametrize("name", ["../../victim.pth", "/tmp/victim.pth", "model_best.pth"])
+def test_hostile_run_record_is_refused_before_anything_is_deleted(tiny_packed, one_run, tmp_path, capsys, name):
+    copy = tmp_path / "copy"
+    (copy / "checkpoints").mkdir(parents=True)
+    for entry in one_run.iterdir():
+        if entry.is_file():
+            (copy / entry.name).write_bytes(entry.read_bytes())
+    record = json.loads((copy / "run.json").read_text())
+    record["checkpoints"] = [name]
+    (copy / "run.json").write_text(json.dumps(record))
+    before = snapshot(copy)
+    assert main(args_for(tiny_packed, copy, *SHORT, "--resume")) == 1
+    err = capsys.readouterr().err
+    assert "field 'checkpoints'" in err and repr(name) in err
+    assert snapshot(copy) == before
+
+
+def test_failed_evaluation_leaves_the_earlier_one_and_each_checkpoint_content_has_its_folder(
+        tiny_packed, one_run, tmp_path, capsys):
+    out = tmp_path / "ev"
+    weights = one_run / "model_best.pth"
+    assert _eval(tiny_packed, out, weights) == 0
+    folder = out / "eval" / "test-model_best"
+    before = snapshot(folder)
+    assert json.loads(before["evaluation.json"])["weights_sha256"]
+    # A mistyped DATA.ROOT stops before anything is written.
+    assert _eval(tmp_path / "no-such-data", out, weights) == 1
+    assert snapshot(folder) == before and sorted(os.listdir(out / "eval")) == ["test-model_best"]
+    # The same content again: the same folder, replaced as a whole (the record names this run).
+    assert _eval(tiny_packed, out, weights) == 0
+    assert sorted(os.listdir(out / "eval")) == ["test-model_best"]
+    assert json.loads(snapshot(folder)["metrics.json"]) == json.loads(before["metrics.json"])
+    # Another file of the same name: its own folder; the first evaluation is untouched.
+    other = tmp_path / "other" / "model_best.pth"
+    other.parent.mkdir()
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    first = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][first] = state["model"][first] + 1
+    torch.save(state, other)
+    kept = snapshot(folder)
+    assert _eval(tiny_packed, out, other) == 0
+    names = sorted(os.listdir(out / "eval"))
+    assert len(names) == 2 and names[0] == "test-model_best" and names[1].startswith("test-model_best-")
+    assert snapshot(folder) == kept
+    # A link at the evaluation folder or at eval/ itself: refused, the target untouched.
+    target = tmp_path / "target"
+    target.mkdir()
+    linked = tmp_path / "linked"
+    (linked / "eval").mkdir(parents=True)
+    (linked / "eval" / "test-model_best").symlink_to(target)
+    assert _eval(tiny_packed, linked, weights) == 1
+    (tmp_path / "linked2").mkdir()
+    (tmp_path / "linked2" / "eval").symlink_to(target)
+    assert _eval(tiny_packed, tmp_path / "linked2", weights) == 1
+    assert "a symbolic link" in capsys.readouterr().err and os.listdir(target) == []

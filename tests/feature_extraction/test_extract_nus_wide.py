@@ -199,7 +199,7 @@ def test_second_extraction_on_the_same_out_stops_naming_the_holder(tmp_path, hel
     holder.start()
     try:
         assert ready.wait(60)
-        assert helpers.load_script("extract_nus_wide").main(common + ["--out", str(out)]) == 2
+        assert helpers.load_script("extract_nus_wide").main(common + ["--out", str(out)]) == 4  # every command's "folder held"
         err = capsys.readouterr().err
         assert f"is in use by another process: PID {holder.pid}" in err and "elsewhere-run" in err
         assert not (out / "manifest.json").exists()

@@ -78,7 +78,7 @@ def test_build_model_reads_every_model_key():
 
     cfg = Node()
     cfg.MODEL = Node()
-    values = dict(CHANNEL_DIM=32, HEADS=4, TOPK=3, EMBED_DIM=20, FEATURE_DIM=64, JOINT_DIM=48,
+    values = dict(NAME="biam", CHANNEL_DIM=32, HEADS=4, TOPK=3, EMBED_DIM=20, FEATURE_DIM=64, JOINT_DIM=48,
                   SCENE_DIM=40, ATTN_DROPOUT=0.0, SCENE_DROPOUT=0.3, ATTENTION="published", BACKBONE="resnet101")
     for k, v in values.items():
         setattr(cfg.MODEL, k, v)

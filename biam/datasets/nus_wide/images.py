@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ...data import embeddings as emb
+from ...data import wordvec as emb
 from ...data.released import RecordError
 from ...data.splits import SplitSpec
 from ...utils.text import read_lines
@@ -121,7 +121,7 @@ def build_split(root: Path, split: str, tags_total: int, seen_idx: np.ndarray, c
 def load_label_embeddings(tags_path: Path, seen_idx: np.ndarray, seen: List[str], concepts: List[str], *,
                           embeddings: Optional[str] = None, glove: Optional[str] = None, glove_missing: str = "error"):
     """(seen (S, D), unseen (U, D)) float32 raw rows from the released pickle (``embeddings``) or
-    a GloVe text file (``glove``; ``glove_missing`` as :func:`biam.data.embeddings.build_from_glove`)."""
+    a GloVe text file (``glove``; ``glove_missing`` as :func:`biam.data.wordvec.build_from_glove`)."""
     if embeddings:
         return read_nus_wide_embeddings(embeddings, seen_idx, num_tags=len(read_lines(tags_path)),
                                         num_concepts=len(concepts))

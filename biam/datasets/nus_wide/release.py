@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from ...data.checksums import KnownFile
-from ...data.embeddings import read_pickled_pair
+from ...data.wordvec import read_pickled_pair
 from ...data.released import FEATURE_SHAPE, Record, RecordError, check_unique, read_field, record_error
 from ...utils.safe_pickle import safe_load
 from ...utils.text import read_lines

@@ -17,7 +17,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from ...data import embeddings as emb
+from ...data import wordvec as emb
 from ...data.released import RecordError
 from ...data.splits import SparseLabels
 from ...utils.text import not_utf8_where

@@ -15,7 +15,7 @@ from biam.config import load_cfg
 from biam.backbones.vgg19 import SceneHead
 from biam.modeling import BiAM, build_model
 from biam.cli.predict import main
-from biam.engine.predict import split_inputs
+from biam.cli.predict import split_inputs
 from biam.engine.visualize import figure_size
 
 LABELS = ["sky", "red car", "dog", "water"]
