@@ -8,8 +8,8 @@ row beside BiAM and the methods after it (docs/methods.md).
 
 Registered with ``trainable=False``: ``biam-train`` refuses it by name. The module has no weights;
 ``biam-evaluate`` reads it from a tiny checkpoint that records only the method, the backbone and the
-width (:func:`write_checkpoint`), so the evaluator, its folder naming and ``biam-compare`` treat it as
-any other run.
+width (:func:`write_checkpoint`, which ``biam-embed-labels --zeroshot-checkpoint FILE``
+writes), so the evaluator, its folder naming and ``biam-compare`` treat it as any other run.
 """
 
 from __future__ import annotations
@@ -91,15 +91,19 @@ class ClipZeroShot(nn.Module):
         return r @ F.normalize(label_embeddings.float(), dim=-1).t()
 
 
-def write_checkpoint(path: os.PathLike, backbone: str, embed_dim: int) -> str:
+def write_checkpoint(path: os.PathLike, backbone: str, embed_dim: int, label_encoder: Optional[str] = None) -> str:
     """Write the weight-less checkpoint ``biam-evaluate --checkpoint`` reads for clip_zeroshot.
 
     ``{"model": {}, "method": "clip_zeroshot", "model_hparams": {"embed_dim", "backbone"}}``
-    (the layout of ``biam.engine.checkpoint.model_file``); returns ``path``.
+    (the layout of ``biam.engine.checkpoint.model_file``), plus ``"label_encoder"`` (the name of
+    the text encoder it pairs with, :mod:`biam.data.label_encoders`) when given; returns ``path``.
+    Written by ``biam-embed-labels --clip ... --zeroshot-checkpoint FILE``.
     """
     if backbone not in CLIP_BACKBONES:
         raise ValueError(f"clip_zeroshot runs on {', '.join(CLIP_BACKBONES)} features, not {backbone!r}")
     obj = {"model": {}, "method": "clip_zeroshot", "model_hparams": {"embed_dim": int(embed_dim), "backbone": backbone}}
+    if label_encoder is not None:
+        obj["label_encoder"] = str(label_encoder)
     with atomic_open(path, "wb") as fh:
         torch.save(obj, fh)
     return os.fspath(path)

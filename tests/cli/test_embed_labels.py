@@ -18,9 +18,15 @@ from biam.data.packed import read_manifest  # noqa: E402
 
 def test_clip_embeddings_of_a_packed_dataset(tiny_packed, tmp_path, capsys):
     out = tmp_path / "clip.npz"
+    zs = tmp_path / "clip_zeroshot.pth"
     rc = main(["--packed", str(tiny_packed), "--clip", "clip_vit_b16", "--random-weights", "0",
-               "--template", "a photo of a {}.", "--out", str(out)])
+               "--template", "a photo of a {}.", "--out", str(out), "--zeroshot-checkpoint", str(zs)])
     assert rc == 0, capsys.readouterr().err
+    import torch
+
+    assert torch.load(zs, weights_only=True) == {"model": {}, "method": "clip_zeroshot", "label_encoder":
+                                                 "clip_vit_b16:random-seed-0",
+                                                 "model_hparams": {"embed_dim": 512, "backbone": "clip_vit_b16"}}
     labels = read_manifest(tiny_packed)["labels"]
     with np.load(out, allow_pickle=False) as z:
         seen, unseen = z["seen"], z["unseen"]
