@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..backbones import load_backbone
+from ..backbones.open_clip_common import import_open_clip
 from ..utils.io import atomic_open, sha256_file
 from .packed import EMBEDDINGS, read_manifest
 from .wordvec import label_embeddings
@@ -54,8 +55,6 @@ class LabelEncoderError(ValueError):
 
 def imagenet_templates() -> List[str]:
     """The CLIP paper's 80 ImageNet prompt templates, ``"a photo of a {}."`` style (from open_clip)."""
-    from ..backbones.open_clip_common import import_open_clip
-
     import_open_clip()
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
@@ -71,8 +70,6 @@ def prompts_for(label: str, templates: Sequence[str]) -> List[str]:
 
 
 def _tokenizer(arch: str):
-    from ..backbones.open_clip_common import import_open_clip
-
     return import_open_clip().get_tokenizer(arch)
 
 
