@@ -36,7 +36,7 @@ from .wordvec import label_embeddings
 
 __all__ = ["LabelEncoderError", "ENCODER_KEY", "WORD_VECTORS", "CLIP_TEXT", "CLIP_BACKBONES", "imagenet_templates",
            "prompts_for", "tokenize", "clip_text_embeddings", "encode_labels_clip", "encode_labels_word_vectors",
-           "save_label_embeddings", "read_label_encoder", "packed_label_encoder", "encoder_name",
+           "save_label_embeddings", "read_label_encoder", "packed_label_encoder", "data_label_encoder", "encoder_name",
            "check_label_encoder"]
 
 PathLike = Union[str, os.PathLike]
@@ -182,6 +182,13 @@ def packed_label_encoder(root: PathLike) -> Optional[dict]:
     """The encoder record of a packed dataset's embedding file (manifest field ``embeddings``)."""
     root = Path(root)
     return read_label_encoder(root / read_manifest(root).get("embeddings", EMBEDDINGS))
+
+
+def data_label_encoder(root: PathLike) -> Optional[str]:
+    """The encoder name of a packed dataset's label embeddings, or None when they carry no record
+    (word vectors); what a checkpoint trained on it records (``label_encoder``)."""
+    record = packed_label_encoder(root)
+    return None if record is None else str(record["name"])
 
 
 def encoder_name(record: Optional[Mapping]) -> str:
