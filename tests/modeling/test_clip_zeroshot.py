@@ -72,7 +72,7 @@ def test_biam_evaluate_scores_clip_zeroshot_on_constructed_data(tmp_path, capsys
     writer.close()
     save_label_embeddings(root / "embeddings.npz", emb[:6], emb[6:],
                           {"name": "clip_vit_b16:constructed", "kind": "clip-text"})
-    ckpt = write_checkpoint(tmp_path / "clip_zeroshot.pth", "clip_vit_b16", 512)
+    ckpt = write_checkpoint(tmp_path / "clip_zeroshot.pth", "clip_vit_b16", 512, label_encoder="clip_vit_b16:constructed")
     out = tmp_path / "eval"
     rc = evaluate_main(["--checkpoint", ckpt, "MODEL.NAME", "clip_zeroshot", "MODEL.EMBED_DIM", "512",
                         "DATA.ROOT", str(root), "DATA.DATASET", "nus_wide", "DEVICE", "cpu", "DATA.NUM_WORKERS", "0",
@@ -88,3 +88,35 @@ def test_biam_evaluate_scores_clip_zeroshot_on_constructed_data(tmp_path, capsys
                           "OUTPUT_DIR", str(tmp_path / "eval2")]) == 0
     worse = json.loads(next((tmp_path / "eval2").glob("eval/*/metrics.json")).read_text())
     assert worse["zsl"]["mAP"] < 0.6
+
+
+def test_plain_clip_tags_new_images_through_the_predictor(tmp_path):
+    """biam-predict's Predictor with clip_zeroshot on clip_vit_b16: each image's scores are the
+    cosines of CLIP's own image embedding and CLIP's text embeddings of the labels."""
+    pytest.importorskip("open_clip")
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from PIL import Image
+
+    from biam.data.label_encoders import encode_labels_clip
+    from biam.data.images import backbone_transform
+    from biam.engine.predict import Predictor
+
+    names = ["dog", "ice cream", "red car"]
+    emb, record = encode_labels_clip(names, "clip_vit_b16", random_seed=0, template="a photo of a {}.")
+    ckpt = write_checkpoint(tmp_path / "zs.pth", "clip_vit_b16", 512, label_encoder=record["name"])
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu", random_weights=0,
+                                          opts=["MODEL.NAME", "clip_zeroshot", "MODEL.EMBED_DIM", "512"])
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, size=(40 + 8 * i, 64, 3), dtype=np.uint8)) for i in range(2)]
+    result = predictor.tag(images, names, k=3, embeddings=emb)
+    net = predictor.extractor.body.visual
+    x = torch.stack([backbone_transform(get_backbone("clip_vit_b16"))(im) for im in images])
+    with torch.no_grad():
+        want = torch.nn.functional.normalize(net(x), dim=-1) @ torch.from_numpy(emb).t()
+    for tags, row in zip(result.images, want):
+        got = dict(tags.labels)
+        assert [n for n, _ in tags.labels] == [names[i] for i in row.argsort(descending=True).tolist()]
+        for i, n in enumerate(names):
+            assert got[n] == pytest.approx(float(row[i]), abs=1e-4)
