@@ -20,8 +20,10 @@ one encoder's embeddings refuses data embedded by another, by name (:func:`check
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -149,8 +151,16 @@ def save_label_embeddings(path: PathLike, seen: np.ndarray, unseen: np.ndarray, 
         raise ValueError(f"{path}: seen dim {seen.shape[1]} != unseen dim {unseen.shape[1]}")
     if not isinstance(record.get("name"), str) or not record["name"]:
         raise ValueError(f"{path}: the encoder record needs a 'name'")
+    arrays = {"seen": seen, "unseen": unseen, ENCODER_KEY: np.array(json.dumps(dict(record), sort_keys=True))}
     with atomic_open(path, "wb") as fh:
-        np.savez(fh, seen=seen, unseen=unseen, **{ENCODER_KEY: np.array(json.dumps(dict(record), sort_keys=True))})
+        # Fixed member timestamps (np.savez stamps the current time): the same embeddings give the same bytes.
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
+            for name, arr in arrays.items():
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, arr if arr.ndim == 0 else np.ascontiguousarray(arr), allow_pickle=False)
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr = 0o644 << 16
+                zf.writestr(info, buf.getvalue())
     return path
 
 
