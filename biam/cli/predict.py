@@ -25,6 +25,7 @@ import argparse
 import json
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="biam-predict",
         description="Top-K labels (and attention maps) of images for any label list, with a BiAM checkpoint.",
         epilog="Positional arguments are images or folders, optionally followed by KEY VALUE config overrides "
-               "(e.g. MODEL.HEADS 8); model options must match the checkpoint.")
+               "(e.g. MODEL.HEADS 8), also after the options; model options must match the checkpoint.")
     parser.add_argument("--labels", required=True, metavar="FILE", help="label names, one a line")
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--embeddings", metavar="FILE", help=".npy (C, 300) or .npz (one array, or 'seen' + 'unseen' "
@@ -155,8 +156,12 @@ def run(args) -> int:
         _check_output(Path(args.output), images, args.overwrite)
     # Labels first: a bad label file or embedding fails before any folder is made or model loaded.
     names = read_label_file(args.labels)
-    labels = embed_labels(names, cfg.MODEL.EMBED_DIM, embeddings=args.embeddings, word_vectors=args.glove,
-                          missing=args.glove_missing, labels_source=args.labels)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        labels = embed_labels(names, cfg.MODEL.EMBED_DIM, embeddings=args.embeddings, word_vectors=args.glove,
+                              missing=args.glove_missing, labels_source=args.labels)
+    for w in caught:  # --glove-missing zero: the labels that will score the same for every image
+        print(f"biam-predict: warning: {w.message} (they score the same for every image)", file=sys.stderr)
     figures = FigureFolder(args.visualize, images, args.overwrite) if args.visualize else None
     try:
         predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, weights=args.vgg_weights,

@@ -1,7 +1,7 @@
 """Tagging images with any label list: the :class:`Predictor` (the Python API behind ``biam-predict``).
 
     from biam.engine import Predictor
-    p = Predictor.from_checkpoint("model_best.pth", device="cpu", weights="vgg19-dcbb9e9d.pth")
+    p = Predictor.from_checkpoint("model_best.pth", device="cpu", weights="imagenet_weights.pth")
     result = p.tag(["photo.jpg", pil_image], ["sky", "red car"], word_vectors="glove.6B.300d.txt", k=5)
     result["photo.jpg"].labels          # [("sky", 0.91), ("red car", 0.40)], best first
     p.attention("photo.jpg", labels)    # (C, rows, cols) region scores on the backbone's grid
@@ -162,8 +162,9 @@ def embed_labels(names: Sequence[str], embed_dim: int, *, embeddings=None, word_
 
     ``embeddings``: a (C, E) array or a ``.npy`` / ``.npz`` file; else ``word_vectors``: a GloVe /
     fastText text file (multi-word labels averaged; ``missing`` as
-    :func:`biam.data.wordvec.label_embeddings`). Shape, non-finite, zero and overflowing rows are
-    refused naming the source and the label (:func:`biam.data.wordvec.normalize_rows`).
+    :func:`biam.data.wordvec.label_embeddings`; ``"zero"`` warns, UserWarning, for the zero rows it
+    gives). Shape, non-finite, zero and overflowing rows are refused naming the source and the
+    label (:func:`biam.data.wordvec.normalize_rows`).
     """
     names = check_label_names(names, labels_source)
     if embeddings is not None:
@@ -185,11 +186,7 @@ def embed_labels(names: Sequence[str], embed_dim: int, *, embeddings=None, word_
     if vectors.shape != (len(names), embed_dim):
         raise ValueError(f"{source}: embeddings of shape {vectors.shape}, expected ({len(names)}, {embed_dim}) "
                          f"for the {len(names)} labels of {labels_source} (MODEL.EMBED_DIM {embed_dim})")
-    rows = wordvec.normalize_rows(vectors, source, names, allow_zero=allow_zero)
-    zero = np.flatnonzero(~rows.any(axis=1))
-    if len(zero):
-        print(f"biam-predict: warning: label(s) {[names[i] for i in zero]} have zero embeddings and score "
-              "the same for every image", file=sys.stderr)
+    rows = wordvec.normalize_rows(vectors, source, names, allow_zero=allow_zero)  # zero rows: already warned
     return LabelSet(names, torch.from_numpy(rows), source)
 
 
@@ -380,7 +377,8 @@ class Predictor:
                             entry.region_scores = maps[b].T.reshape(len(names), rows, cols).cpu().numpy()
                         if figures is not None:
                             shown = load_image(images[i]) if _is_path(images[i]) else images[i].convert("RGB")
-                            entry.figure = figures.write(name, shown, maps[b][:, top_idx[b]].T.cpu().numpy(),
+                            stem = name if _is_path(images[i]) else f"image-{i}"  # no "<", ">" in file names
+                            entry.figure = figures.write(stem, shown, maps[b][:, top_idx[b]].T.cpu().numpy(),
                                                          [t[0] for t in entry.labels], [t[1] for t in entry.labels],
                                                          self.grid)
                         results[i] = entry
@@ -396,7 +394,7 @@ class Predictor:
 
     def attention(self, image: ImageInput, labels, **label_kw) -> np.ndarray:
         """(C, rows, cols) float32 region scores of one image for every label, in label order, on
-        the backbone's grid (VGG19: 14 x 14). Raises ValueError for an unreadable image."""
+        the backbone's grid (``backbone.grid``). Raises ValueError for an unreadable image."""
         return self._one(image, labels, 1, **label_kw).region_scores
 
     def visualize(self, image: ImageInput, labels, out_path: Union[str, os.PathLike], k: int = 5, **label_kw) -> Path:

@@ -1,8 +1,8 @@
 """Attention figures as in the BiAM paper: the image and, for each top label, its region scores.
 
 One PNG per image: the image, then one panel per label with the label's region scores on the
-backbone's grid (``BiAM.region_scores``; VGG19: 14 x 14) upsampled bilinearly to the displayed image and overlaid with a
-colormap, titled with the label and its image score. Drawn with matplotlib's Agg canvas
+backbone's grid (``BiAM.region_scores``, ``Backbone.grid``) upsampled bilinearly to the displayed
+image and overlaid with a colormap, titled with the label and its image score. Drawn with matplotlib's Agg canvas
 directly (no pyplot, no global backend switch), so it works on machines without a display.
 """
 
@@ -127,7 +127,7 @@ def save_attention_figure(
     Args:
         image: a ``PIL.Image`` (RGB) or an image file path.
         region_scores: the K labels' region scores on the backbone's grid: (K, rows, cols), or
-            (K, rows * cols) / (rows * cols, K) with ``grid=(rows, cols)`` (VGG19: (14, 14)).
+            (K, rows * cols) / (rows * cols, K) with ``grid=(rows, cols)``.
         labels, scores: K label names and image scores, in display order.
         out_path: the PNG to write (its folder is created); its size is :func:`figure_size` (K).
     Returns:

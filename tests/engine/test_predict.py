@@ -127,9 +127,9 @@ def test_figure_folder_lists_each_figure_before_it_is_written(predictor, tmp_pat
     figures = FigureFolder(folder, [path])
     result = predictor.tag([path, pil], LABELS, k=2, embeddings=emb, figures=figures)
     # Not closed (as after a kill): the record already lists both figures.
-    assert json.loads((folder / "biam-predict.json").read_text())["figures"] == ["<image 1>_attention.png",
-                                                                                 "a_attention.png"]
-    assert [Path(e.figure).name for e in result.images] == ["a_attention.png", "<image 1>_attention.png"]
+    assert json.loads((folder / "biam-predict.json").read_text())["figures"] == ["a_attention.png",
+                                                                                 "image-1_attention.png"]
+    assert [Path(e.figure).name for e in result.images] == ["a_attention.png", "image-1_attention.png"]
     figures.close()
 
 

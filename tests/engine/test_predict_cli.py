@@ -180,3 +180,99 @@ def test_label_file_that_is_not_utf8_is_named(tmp_path, capsys):
     assert main([str(images[0]), *common]) == 2
     err = capsys.readouterr().err
     assert "labels.txt: line 2: byte 0xf1 is not UTF-8" in err and "Traceback" not in err
+
+
+def test_config_pairs_after_the_options_are_read(tmp_path, capsys):
+    """Issue #23 item 8: `sh scripts/demo_own_data.sh SOLVER.MAX_EPOCHS 30` passes the pair on to
+    biam-predict after its options."""
+    images, common = _predict_setup(tmp_path)
+    assert main([str(images[0]), *common, "--json", "SOLVER.MAX_EPOCHS", "30"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["image"] == str(images[0])
+    assert main([str(images[0]), *common, "MODEL.NO_SUCH_KEY", "1"]) == 2  # read as config, and checked
+    assert "MODEL.NO_SUCH_KEY" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, expect", [
+    ("", "no labels (the file is empty or holds only blank lines)"),
+    ("\n  \n\n", "no labels (the file is empty or holds only blank lines)"),
+    ("sky\nred\u2028car\ndog\nwater\n", "line 2 holds U+2028 (LINE SEPARATOR)"),
+    ("sky\nred car\ndog\x1fx\nwater\n", "line 3 holds U+001F"),
+])
+def test_empty_label_file_or_a_line_separator_in_a_label_is_exit_2(tmp_path, capsys, text, expect):
+    images, common = _predict_setup(tmp_path)
+    (tmp_path / "labels.txt").write_text(text, encoding="utf-8")
+    figs = tmp_path / "figs"
+    assert main([str(images[0]), *common, "--visualize", str(figs)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'labels.txt'}: " in err and expect in err and "Traceback" not in err
+    assert not figs.exists()  # refused before any folder is made
+
+
+def test_figures_of_a_killed_visualize_run_are_ours_on_the_rerun(tmp_path):
+    """Kill -9 a `python -m biam.cli.predict --visualize` once its first figure exists: the record
+    already lists it, so the rerun (no --overwrite) replaces the figures instead of refusing them
+    or numbering new ones beside them."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _images(tmp_path / "imgs")
+    rng = np.random.default_rng(2)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"c{i:02d}.png")
+    (tmp_path / "labels.txt").write_text("\n".join(LABELS) + "\n")
+    np.save(tmp_path / "emb.npy", rng.normal(size=(len(LABELS), 300)).astype(np.float32))
+    torch.save(BiAM().state_dict(), tmp_path / "model.pth")
+    figs = tmp_path / "figs"
+    cmd = [sys.executable, "-m", "biam.cli.predict", str(tmp_path / "imgs"), "--labels", str(tmp_path / "labels.txt"),
+           "--embeddings", str(tmp_path / "emb.npy"), "--checkpoint", str(tmp_path / "model.pth"), "--random-vgg", "0",
+           "--device", "cpu", "--batch-size", "1", "--top-k", "2", "--visualize", str(figs),
+           "SOLVER.MAX_EPOCHS", "30"]  # a trailing KEY VALUE pair, as scripts/demo_own_data.sh passes one
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(figs.glob("*_attention.png")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    before = sorted(p.name for p in figs.glob("*_attention.png"))
+    assert before and len(before) < 8  # killed part-way
+    record = json.loads((figs / "biam-predict.json").read_text())["figures"]
+    assert set(before) <= set(record)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = sorted(p.name for p in figs.glob("*_attention.png"))
+    assert len(after) == 8 and not any("-1_" in name for name in after)
+    assert set(before) <= set(after)
+    assert json.loads((figs / "biam-predict.json").read_text())["figures"] == after
+
+
+def test_glove_missing_zero_warns_once_and_tags(tmp_path, capsys):
+    images, common = _predict_setup(tmp_path)
+    _glove(tmp_path / "glove.txt", ["sky", "red", "car", "dog"])  # no "water"
+    common = [c if c != str(tmp_path / "emb.npy") else str(tmp_path / "glove.txt") for c in common]
+    common[common.index("--embeddings")] = "--glove"
+    assert main([str(images[0]), *common, "--glove-missing", "zero"]) == 0
+    err = capsys.readouterr().err
+    assert "biam-predict: warning:" in err and "['water']" in err and "Traceback" not in err
+    assert main([str(images[0]), *common]) == 2
+    assert "glove.txt: 1 of 4 labels are not in the word-vector file" in capsys.readouterr().err
+
+
+def test_predictor_from_checkpoint_gives_the_commands_results(tmp_path, capsys):
+    from biam.engine import Predictor
+
+    images, common = _predict_setup(tmp_path)
+    assert main([str(images[0]), *common, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["results"][0]["labels"]
+    p = Predictor.from_checkpoint(tmp_path / "model.pth", device="cpu", random_weights=0)
+    result = p.tag([images[0]], LABELS, k=2, embeddings=tmp_path / "emb.npy", region_scores=True)
+    assert result[str(images[0])].labels == [(t["label"], t["score"]) for t in shown]
+    assert result.images[0].region_scores.shape == (len(LABELS), *p.backbone.grid)
+    with pytest.raises(ValueError, match="labels need embeddings"):
+        p.tag([images[0]], LABELS)
