@@ -41,6 +41,7 @@ setup(
             "biam-extract-openimages=biam.cli.extract_openimages:main",
             "biam-extract-own=biam.cli.extract_own:main",
             "biam-embed-labels=biam.cli.embed_labels:main",
+            "biam-compare=biam.cli.compare:main",
             "biam-benchmark=biam.benchmark:main",
         ]
     },

@@ -68,7 +68,9 @@ def add_weight_arguments(parser, weights_flag: str = "--weights", random_flag: s
     default = get_backbone(DEFAULT_BACKBONE)
     parser.add_argument(weights_flag, default=None, metavar="FILE",
                         help=f"the backbone's ImageNet state dict ({default.label}: {default.weights_file}); default: "
-                             f"torchvision's cache ({torchvision_cache_file(default.weights_file).parent})")
+                             f"torchvision's cache ({torchvision_cache_file(default.weights_file).parent}). CLIP "
+                             "backbones: an open_clip checkpoint FILE, TAG=FILE, or online an open_clip TAG such as "
+                             "openai (docs/methods.md)")
     parser.add_argument(random_flag, type=int, default=None, metavar="SEED",
                         help="use seeded random backbone weights instead (tests and smoke runs only; recorded in the "
                              "manifest)")
@@ -79,7 +81,9 @@ def add_backbone_argument(parser) -> None:
     parser.add_argument("--backbone", choices=list_backbones(), default=DEFAULT_BACKBONE,
                         help="feature extractor (default vgg19: conv5_4 at 224x224, 512 x 14 x 14 regions, fc7 scene "
                              "feature, as the released features; resnet101: layer4 at 448x448, 2048 x 14 x 14, pooled "
-                             "scene feature); recorded in the manifest, see docs/own_data.md")
+                             "scene feature; clip_rn50: CLIP RN50 layer4 at 224x224, 2048 x 7 x 7, image embedding; "
+                             "clip_vit_b16: CLIP ViT-B/16 patch tokens in the joint space, 512 x 14 x 14, image "
+                             "embedding); recorded in the manifest, see docs/own_data.md and docs/methods.md")
 
 
 def add_extraction_arguments(parser) -> None:

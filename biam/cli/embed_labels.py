@@ -7,6 +7,9 @@ writes arrays ``seen`` (S, E), ``unseen`` (U, E) (rows L2-normalised, in the lab
 and ``encoder`` (which encoder made them) in the packed ``embeddings.npz`` layout
 (docs/data_format.md, docs/methods.md); :mod:`biam.data.label_encoders` does the work.
 
+With ``--zeroshot-checkpoint FILE`` (``--clip``) it also writes the weight-less checkpoint of the
+``clip_zeroshot`` method for these embeddings (:func:`biam.modeling.clip_zeroshot.write_checkpoint`).
+
 Exit status: 0 written; 2 bad input (missing file, unknown word, no weights, --out exists).
 """
 
@@ -22,6 +25,7 @@ from ..data.label_encoders import (CLIP_BACKBONES, LabelEncoderError, encode_lab
                                    save_label_embeddings)
 from ..data.packed import read_manifest
 from ..data.wordvec import FORMATS
+from ..modeling.clip_zeroshot import write_checkpoint
 from ..utils.text import read_lines
 from ._errors import ExitOn, run_main
 
@@ -57,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="--clip: one prompt template with {} for the label (default: the 80 ImageNet templates "
                              "of the CLIP paper, averaged)")
     parser.add_argument("--device", default="cpu", help="--clip: torch device of the text encoder (default cpu)")
+    parser.add_argument("--zeroshot-checkpoint", metavar="FILE.pth", default=None,
+                        help="--clip: also write the weight-less checkpoint of method clip_zeroshot for these "
+                             "embeddings (what biam-evaluate --checkpoint reads with MODEL.NAME clip_zeroshot)")
     parser.add_argument("--out", required=True, metavar="FILE.npz", help="the file to write")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     return parser
@@ -69,6 +76,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--seen and --unseen go together")
     if args.word_vectors and (args.weights or args.random_weights is not None or args.template):
         parser.error("--weights, --random-weights and --template are options of --clip")
+    if args.zeroshot_checkpoint and not args.clip:
+        parser.error("--zeroshot-checkpoint needs --clip")
     if args.clip and args.weights is not None and args.random_weights is not None:
         parser.error("give either --weights or --random-weights, not both")
 
@@ -82,6 +91,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise IsADirectoryError(f"--out {out} is a folder")
         if not out.parent.is_dir():
             raise FileNotFoundError(f"--out {out}: folder {out.parent} does not exist")
+        zs = Path(args.zeroshot_checkpoint) if args.zeroshot_checkpoint else None
+        if zs is not None and (zs.exists() or zs.is_symlink()) and not args.overwrite:
+            raise FileExistsError(f"--zeroshot-checkpoint {zs} exists; pass --overwrite to replace it")
         if args.packed:
             manifest = read_manifest(args.packed)
             seen, unseen = list(manifest["labels"]["seen"]), list(manifest["labels"]["unseen"])
@@ -97,6 +109,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             matrix, record = encode_labels_word_vectors(seen + unseen, args.word_vectors, fmt=args.word_vector_format)
         save_label_embeddings(out, matrix[: len(seen)], matrix[len(seen):], record)
+        if zs is not None:
+            write_checkpoint(zs, args.clip, matrix.shape[1], label_encoder=record["name"])
+            print(f"{PROG}: {zs}: the clip_zeroshot checkpoint (no weights; MODEL.NAME clip_zeroshot "
+                  f"MODEL.EMBED_DIM {matrix.shape[1]})")
         print(f"{PROG}: {out}: {len(seen)} seen + {len(unseen)} unseen labels, {matrix.shape[1]}-d, encoder "
               f"{record['name']}")
         return 0

@@ -20,8 +20,10 @@ one encoder's embeddings refuses data embedded by another, by name (:func:`check
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -29,13 +31,14 @@ import numpy as np
 import torch
 
 from ..backbones import load_backbone
+from ..backbones.open_clip_common import import_open_clip
 from ..utils.io import atomic_open, sha256_file
 from .packed import EMBEDDINGS, read_manifest
 from .wordvec import label_embeddings
 
 __all__ = ["LabelEncoderError", "ENCODER_KEY", "WORD_VECTORS", "CLIP_TEXT", "CLIP_BACKBONES", "imagenet_templates",
            "prompts_for", "tokenize", "clip_text_embeddings", "encode_labels_clip", "encode_labels_word_vectors",
-           "save_label_embeddings", "read_label_encoder", "packed_label_encoder", "encoder_name",
+           "save_label_embeddings", "read_label_encoder", "packed_label_encoder", "data_label_encoder", "encoder_name",
            "check_label_encoder"]
 
 PathLike = Union[str, os.PathLike]
@@ -54,8 +57,6 @@ class LabelEncoderError(ValueError):
 
 def imagenet_templates() -> List[str]:
     """The CLIP paper's 80 ImageNet prompt templates, ``"a photo of a {}."`` style (from open_clip)."""
-    from ..backbones.open_clip_common import import_open_clip
-
     import_open_clip()
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
@@ -71,8 +72,6 @@ def prompts_for(label: str, templates: Sequence[str]) -> List[str]:
 
 
 def _tokenizer(arch: str):
-    from ..backbones.open_clip_common import import_open_clip
-
     return import_open_clip().get_tokenizer(arch)
 
 
@@ -152,8 +151,16 @@ def save_label_embeddings(path: PathLike, seen: np.ndarray, unseen: np.ndarray, 
         raise ValueError(f"{path}: seen dim {seen.shape[1]} != unseen dim {unseen.shape[1]}")
     if not isinstance(record.get("name"), str) or not record["name"]:
         raise ValueError(f"{path}: the encoder record needs a 'name'")
+    arrays = {"seen": seen, "unseen": unseen, ENCODER_KEY: np.array(json.dumps(dict(record), sort_keys=True))}
     with atomic_open(path, "wb") as fh:
-        np.savez(fh, seen=seen, unseen=unseen, **{ENCODER_KEY: np.array(json.dumps(dict(record), sort_keys=True))})
+        # Fixed member timestamps (np.savez stamps the current time): the same embeddings give the same bytes.
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
+            for name, arr in arrays.items():
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, arr if arr.ndim == 0 else np.ascontiguousarray(arr), allow_pickle=False)
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr = 0o644 << 16
+                zf.writestr(info, buf.getvalue())
     return path
 
 
@@ -185,6 +192,13 @@ def packed_label_encoder(root: PathLike) -> Optional[dict]:
     """The encoder record of a packed dataset's embedding file (manifest field ``embeddings``)."""
     root = Path(root)
     return read_label_encoder(root / read_manifest(root).get("embeddings", EMBEDDINGS))
+
+
+def data_label_encoder(root: PathLike) -> Optional[str]:
+    """The encoder name of a packed dataset's label embeddings, or None when they carry no record
+    (word vectors); what a checkpoint trained on it records (``label_encoder``)."""
+    record = packed_label_encoder(root)
+    return None if record is None else str(record["name"])
 
 
 def encoder_name(record: Optional[Mapping]) -> str:

@@ -6,6 +6,8 @@ from .registry import (
 )
 from .loss import ranking_loss
 from .biam import BiAM, load_published_state_dict  # registers "biam"
+from . import clip_zeroshot as _clip_zeroshot  # noqa: E402,F401  registers "clip_zeroshot" (isort: skip)
+from . import fast0tag as _fast0tag  # noqa: E402,F401  registers "fast0tag" (isort: skip)
 
 __all__ = ["BiAM", "build_model", "load_published_state_dict", "ranking_loss", "Method", "UnknownMethodError",
            "register_method", "get_method", "list_methods", "unregister_method", "method_of", "DEFAULT_METHOD"]

@@ -18,9 +18,15 @@ from biam.data.packed import read_manifest  # noqa: E402
 
 def test_clip_embeddings_of_a_packed_dataset(tiny_packed, tmp_path, capsys):
     out = tmp_path / "clip.npz"
+    zs = tmp_path / "clip_zeroshot.pth"
     rc = main(["--packed", str(tiny_packed), "--clip", "clip_vit_b16", "--random-weights", "0",
-               "--template", "a photo of a {}.", "--out", str(out)])
+               "--template", "a photo of a {}.", "--out", str(out), "--zeroshot-checkpoint", str(zs)])
     assert rc == 0, capsys.readouterr().err
+    import torch
+
+    assert torch.load(zs, weights_only=True) == {"model": {}, "method": "clip_zeroshot", "label_encoder":
+                                                 "clip_vit_b16:random-seed-0",
+                                                 "model_hparams": {"embed_dim": 512, "backbone": "clip_vit_b16"}}
     labels = read_manifest(tiny_packed)["labels"]
     with np.load(out, allow_pickle=False) as z:
         seen, unseen = z["seen"], z["unseen"]
@@ -57,3 +63,40 @@ def test_clip_without_weights_names_both_ways(tmp_path, capsys):
     assert main(["--labels", str(labels), "--clip", "clip_rn50", "--out", str(tmp_path / "x.npz")]) == 2
     err = capsys.readouterr().err
     assert "--weights FILE" in err and "--weights TAG" in err and not (tmp_path / "x.npz").exists()
+
+
+def _engine_records_encoder() -> bool:
+    from biam.engine import checkpoint
+
+    return hasattr(checkpoint, "LABEL_ENCODER_KEY")
+
+
+@pytest.mark.xfail(not _engine_records_encoder(), strict=False,
+                   reason="the call site is engine code owned by another branch (the patch is in the hd report)")
+def test_a_checkpoint_of_another_encoder_is_refused_by_name(tiny_packed, tmp_path, capsys):
+    import shutil
+
+    from biam.cli.evaluate import main as evaluate_main
+    from biam.cli.train import main as train_main
+    from biam.data.label_encoders import save_label_embeddings
+    from biam.data.packed import load_embeddings
+
+    from helpers import TINY_MODEL_OPTS
+
+    run = tmp_path / "run"
+    opts = TINY_MODEL_OPTS + ["SOLVER.MAX_EPOCHS", "1", "SOLVER.FINETUNE_EPOCHS", "0", "SOLVER.WARMUP_EPOCHS", "0",
+                              "EVAL.START_EPOCH", "2"]
+    assert train_main([*opts, "DATA.ROOT", str(tiny_packed), "OUTPUT_DIR", str(run)]) == 0
+    ckpt = run / "checkpoints" / "checkpoint_epoch_0001.pth"
+    # The same images and labels, the label embeddings (same width) recorded as a CLIP encoder's.
+    other = tmp_path / "clip_data"
+    shutil.copytree(tiny_packed, other)
+    seen, unseen = load_embeddings(other)
+    save_label_embeddings(other / "embeddings.npz", seen, unseen, {"name": "clip_vit_b16:0123456789abcdef"})
+    capsys.readouterr()
+    assert evaluate_main(["--checkpoint", str(ckpt), *opts, "DATA.ROOT", str(other), "OUTPUT_DIR", str(tmp_path / "e")]) == 1
+    err = capsys.readouterr().err
+    assert "clip_vit_b16:0123456789abcdef" in err and "word vectors (not recorded)" in err and str(ckpt) in err
+    # Its own data is fine.
+    assert evaluate_main(["--checkpoint", str(ckpt), *opts, "DATA.ROOT", str(tiny_packed),
+                          "OUTPUT_DIR", str(tmp_path / "e2")]) == 0

@@ -57,7 +57,7 @@ def test_console_scripts_are_the_documented_ones():
     names = {name for name, _ in SCRIPTS}
     assert names == {"biam-train", "biam-evaluate", "biam-convert", "biam-predict", "biam-benchmark", "biam-checksums",
                      "biam-synthetic", "biam-demo-shapes", "biam-extract-nus-wide", "biam-extract-openimages",
-                     "biam-extract-own", "biam-embed-labels"}
+                     "biam-extract-own", "biam-embed-labels", "biam-compare"}
     for name, target in SCRIPTS:
         if name != "biam-benchmark":  # the benchmark keeps its own module
             assert target.startswith("biam.cli.") and target.endswith(":main"), (name, target)

@@ -76,6 +76,9 @@ def test_record_travels_with_the_file_and_the_packed_data(tiny_packed, tmp_path)
     record = {"name": "clip_vit_b16:0123456789abcdef", "kind": "clip-text", "templates": "imagenet-80"}
     le.save_label_embeddings(packed / "embeddings.npz", seen, unseen, record)
     assert le.packed_label_encoder(packed) == record
+    first = (packed / "embeddings.npz").read_bytes()
+    le.save_label_embeddings(packed / "embeddings.npz", seen, unseen, record)
+    assert (packed / "embeddings.npz").read_bytes() == first  # a rerun writes the same bytes
     again = load_embeddings(packed)  # the datasets' reader is unaffected by the extra array
     np.testing.assert_array_equal(again[0], seen) and np.testing.assert_array_equal(again[1], unseen)
     with pytest.raises(ValueError, match="needs a 'name'"):
