@@ -376,3 +376,18 @@ def test_manifest_of_another_tool_is_not_taken_for_ours(nus_src, tmp_path, capsy
     assert (out / "manifest.json").read_text() == '{"name": "my web app", "version": 3}'
     assert (out / "test-00000.h5").read_bytes() == b"not a shard"
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "test-00000.h5"]  # no lock left
+
+
+@pytest.mark.parametrize("name,flags", [(".biam.lock", []), ("manifest.json", []), ("train-00000.h5", ["--overwrite"]),
+                                        ("embeddings.npz", ["--overwrite"]), ("manifest.json.tmp", ["--overwrite"])])
+def test_links_at_every_name_convert_writes_are_refused(nus_src, tmp_path, capsys, name, flags):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's file")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).symlink_to(victim)
+    rc = convert_main(["nus_wide", "--src", str(nus_src), "--out", str(out), "--no-scene", "--shard-size", "8",
+                       "--batch", "4", *flags])
+    err = capsys.readouterr().err
+    assert rc == 1 and "symbolic link" in err and "Traceback" not in err, err
+    assert victim.read_text() == "the user's file"
