@@ -22,6 +22,8 @@ EMBEDDINGS = "embeddings.npz"
 CHUNK_IMAGES = 16
 READ_CACHE_BYTES = 1 << 20
 FEATURE_DTYPES = ("float16", "float32")
+# A manifest lists labels and shards: Open Images' (7,586 labels, ~500 shards) is well under 1 MB.
+MAX_MANIFEST_CHARS = 64 << 20
 
 PathLike = Union[str, os.PathLike]
 
@@ -60,11 +62,22 @@ def read_manifest(root: PathLike) -> dict:
     if not path.is_file():
         raise PackedFormatError(f"{path}: manifest not found (is {root} a packed dataset? see biam-convert)")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        text = path.read_text(encoding="utf-8")
+        if len(text) > MAX_MANIFEST_CHARS:
+            raise PackedFormatError(f"{path}: {len(text)} characters; a manifest holds at most {MAX_MANIFEST_CHARS}")
+        manifest = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as err:
+        if isinstance(err, PackedFormatError):
+            raise
         raise PackedFormatError(f"{path}: not valid JSON ({err})") from err
+    except RecursionError:
+        raise PackedFormatError(f"{path}: nested too deeply to be a manifest") from None
     _check_manifest(manifest, str(path))
     return manifest
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _check_manifest(m: dict, source: str) -> None:
@@ -81,6 +94,10 @@ def _check_manifest(m: dict, source: str) -> None:
     labels = m.get("labels")
     need(isinstance(labels, dict) and isinstance(labels.get("seen"), list) and isinstance(labels.get("unseen"), list),
          "labels", "expected {'seen': [...], 'unseen': [...]}")
+    for side in ("seen", "unseen"):
+        bad = next((x for x in labels[side] if not isinstance(x, str) or not x), None)
+        need(bad is None and all(isinstance(x, str) and x for x in labels[side]), f"labels.{side}",
+             f"expected non-empty label names (str), found {bad!r}")
     n_unseen = len(labels["unseen"])
     ue = m.get("unseen_eval")
     if ue is not None:
