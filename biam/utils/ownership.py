@@ -112,8 +112,13 @@ class FolderLock:
                 break
             os.close(fd)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(), "command": self.command}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
+        except OSError as err:  # disk full: name the file
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise OSError(err.errno, err.strerror, self.path) from None
         self._fd = fd
         return self
 
