@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Dict, Optional, Union
 
@@ -222,19 +223,27 @@ def load_embeddings(root: PathLike, manifest: Optional[dict] = None) -> tuple:
 
 
 def _check_rows(arr: np.ndarray, path: Path, name: str, labels) -> None:
-    """Every row finite with a non-zero, representable norm (a zero row gives no direction to
-    compare images with, a NaN one poisons every score): else an error naming the label."""
+    """Every row finite with a representable norm (a NaN or inf row poisons every score): else
+    an error naming the label. An all-zero row (what ``--glove-missing zero`` writes on purpose)
+    scores the same for every image: a warning naming each such label."""
     if arr.ndim != 2:
         return
     with np.errstate(over="ignore", invalid="ignore"):
         norms = np.linalg.norm(arr.astype(np.float64), axis=1)
-    bad = ~np.isfinite(arr).all(axis=1) | ~np.isfinite(norms) | (norms == 0)
+    bad = ~np.isfinite(arr).all(axis=1) | ~np.isfinite(norms)
+
+    def label(i: int) -> str:
+        return f"label {labels[i]!r}" if labels is not None and i < len(labels) else "label"
+
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        what = "not finite" if not np.isfinite(arr[i]).all() else "all zero"
-        label = f"label {labels[i]!r}" if labels is not None and i < len(labels) else "label"
-        raise PackedFormatError(f"{path}: array '{name}' row {i} ({label}) is {what} "
+        raise PackedFormatError(f"{path}: array '{name}' row {i} ({label(i)}) is not finite "
                                 f"({int(bad.sum())} such row(s)); re-create the embeddings for that label")
+    zero = np.flatnonzero(norms == 0)
+    if len(zero):
+        shown = ", ".join(f"row {int(i)} ({label(int(i))})" for i in zero[:5])
+        warnings.warn(f"{path}: array '{name}': {len(zero)} all-zero row(s): {shown}; such a label scores the "
+                      "same for every image (no word vector was found for it?)", stacklevel=3)
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
