@@ -205,7 +205,8 @@ def test_truncated_shard_and_foreign_checkpoint_in_the_evaluator(packed_copy, tm
     err = capsys.readouterr().err
     assert str(shard) in err and "cannot open shard" in err
     assert not (tmp_path / "out" / "eval" / "test-model" / "metrics.json").exists()  # evaluation's own folder
-    assert (tmp_path / "out" / "eval" / "test-model" / "evaluation.json").is_file()
+    # The data is checked before anything is written (issue 23): no record of a failed evaluation.
+    assert not (tmp_path / "out" / "eval" / "test-model").exists()
 
 
 def test_changed_shard_fails_the_checksums_when_asked(packed_copy, tmp_path):
