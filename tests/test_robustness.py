@@ -205,7 +205,8 @@ def test_truncated_shard_and_foreign_checkpoint_in_the_evaluator(packed_copy, tm
     err = capsys.readouterr().err
     assert str(shard) in err and "cannot open shard" in err
     assert not (tmp_path / "out" / "eval" / "test-model" / "metrics.json").exists()  # evaluation's own folder
-    assert (tmp_path / "out" / "eval" / "test-model" / "evaluation.json").is_file()
+    # The data is checked before anything is written (issue 23): no record of a failed evaluation.
+    assert not (tmp_path / "out" / "eval" / "test-model").exists()
 
 
 def test_changed_shard_fails_the_checksums_when_asked(packed_copy, tmp_path):
@@ -280,3 +281,41 @@ def test_yaml_config_with_a_python_tag_is_refused_and_not_run(tmp_path):
         load_cfg(str(evil))
     assert "python/object/apply:os.system" in str(err.value)
     assert not marker.exists()
+
+
+def _file_limit(size):
+    # As on a disk that is full after a kilobyte or two: writes past ``size`` fail with EFBIG.
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+    return limit
+
+
+def _run_limited(module, *args, size=2048):
+    path = os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH")] if p)
+    env = dict(os.environ, PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1")
+    return subprocess.run([sys.executable, "-m", module, *args], preexec_fn=_file_limit(size), env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_full_disk_during_train_and_evaluate_is_a_named_error_with_exit_5(small_packed, tmp_path):
+    from biam.cli.train import main as train_main
+
+    opts = [*TINY_MODEL_OPTS, *ONE_EPOCH, "EVAL.START_EPOCH", "1", "DATA.ROOT", str(small_packed)]
+    done = _run_limited("biam.cli.train", *opts, "OUTPUT_DIR", str(tmp_path / "full"))
+    assert done.returncode == 5, done.stderr[-3000:]
+    assert "biam-train: system error:" in done.stderr and "File too large" in done.stderr
+    assert str(tmp_path / "full") in done.stderr  # the file is named
+    assert "Traceback" not in done.stderr
+    # An earlier evaluation survives an evaluation that fails on a full disk, byte for byte.
+    out = tmp_path / "run"
+    assert train_main([*opts, "OUTPUT_DIR", str(out)]) == 0
+    assert evaluate_main(["--checkpoint", str(out / "model_best.pth"), *opts, "OUTPUT_DIR", str(out)]) == 0
+    folder = out / "eval" / "test-model_best"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    done = _run_limited("biam.cli.evaluate", "--checkpoint", str(out / "model_best.pth"), *opts, "OUTPUT_DIR", str(out),
+                        size=1200)  # its config.yaml (1.2 KB) does not fit
+    assert done.returncode == 5, done.stderr[-3000:]
+    assert "biam-evaluate: system error:" in done.stderr and "Traceback" not in done.stderr
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(os.listdir(out / "eval")) == ["test-model_best"]  # no staging folder left

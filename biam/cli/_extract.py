@@ -6,18 +6,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import pickle
-from typing import Callable, Sequence, Type
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Type
+
+import numpy as np
 
 from ..backbones import (DEFAULT_BACKBONE, WeightsNotFoundError, check_weights_available, get_backbone,
                          list_backbones, torchvision_cache_file)
-from ..data.packed import PackedFormatError
+from ..data.packed import PackedFormatError, load_embeddings, read_manifest
 from ..data.splits import SplitSpec
 from ..extraction import extract_split
 from ..utils import comm
 from ..utils.ownership import BUSY_EXIT, FolderBusyError, FolderOwnershipError, claim_output
 from ._errors import ExitOn, run_main, system_error
 
-__all__ = ["INPUT_ERRORS", "run_extractor", "run_split", "add_extraction_arguments", "add_label_embedding_arguments",
+__all__ = ["INPUT_ERRORS", "run_extractor", "check_label_files", "run_split", "add_extraction_arguments", "add_label_embedding_arguments",
            "add_weight_arguments", "add_backbone_argument", "check_extraction_arguments"]
 
 # Bad or missing input, weights or --out folder: one line naming the file, exit status 2
@@ -51,6 +54,47 @@ def run_extractor(tool: str, parser: argparse.ArgumentParser, args: argparse.Nam
 
     return run_main(tool, body, (ExitOn(FolderBusyError, BUSY_EXIT), ExitOn(tuple(errors) + INPUT_ERRORS, 2),
                                  system_error()), cleanup=comm.destroy)
+
+
+def check_label_files(out, seen, unseen, vectors, overwrite: bool, labels_file: Optional[str] = None,
+                      dataset: Optional[str] = None) -> bool:
+    """Before a rerun on ``out``: do its ``embeddings.npz`` (and ``labels_file``) already hold these
+    rows and labels? True: nothing to rewrite; False: none there yet (or ``overwrite``). Rows
+    for other labels, in another order, or from other word vectors are refused (PackedFormatError
+    naming the difference), so every embedding row keeps belonging to its label."""
+    root = Path(out)
+    if overwrite or not (root / "manifest.json").is_file():
+        return False
+    names = list(seen) + list(unseen)
+    manifest = read_manifest(root)
+    if dataset is not None and manifest.get("dataset") != dataset:
+        raise PackedFormatError(f"{root / 'manifest.json'}: --out holds a packed dataset of {manifest.get('dataset')!r}, "
+                                f"this run writes {dataset!r}; nothing was changed. Use a new --out folder")
+    if labels_file is not None and (root / labels_file).is_file():
+        there = (root / labels_file).read_text(encoding="utf-8").splitlines()
+        if there != names:
+            i = next((i for i, (a, b) in enumerate(zip(there, names)) if a != b), min(len(there), len(names)))
+            raise PackedFormatError(
+                f"{root / labels_file}: lists other labels or another order than this run (line {i + 1}: "
+                f"{there[i] if i < len(there) else 'none'!r} there, {names[i] if i < len(names) else 'none'!r} now); "
+                "nothing was changed. Use a new --out folder, or --overwrite to start this one over")
+    if not (root / "embeddings.npz").is_file():
+        return False
+    old_seen, old_unseen = load_embeddings(root, manifest)
+    for side, old, new, labels in (("seen", old_seen, vectors[: len(seen)], seen),
+                                   ("unseen", old_unseen, vectors[len(seen):], unseen)):
+        new = np.asarray(new, dtype=np.float32)
+        if old.shape != new.shape:
+            raise PackedFormatError(f"{root / 'embeddings.npz'}: array '{side}' has shape {old.shape}, this run's "
+                                    f"{new.shape}; nothing was changed. Use a new --out folder, or --overwrite")
+        differ = np.flatnonzero(~(old == new).all(axis=1))
+        if len(differ):
+            i = int(differ[0])
+            raise PackedFormatError(
+                f"{root / 'embeddings.npz'}: array '{side}' row {i} (label {labels[i]!r}) differs from this run's "
+                f"({len(differ)} row(s) differ: other word vectors or labels?); nothing was changed. Use a new "
+                "--out folder, or --overwrite to rewrite the embeddings")
+    return True
 
 
 def add_label_embedding_arguments(parser, embeddings_help: str, glove_help: str) -> None:

@@ -19,13 +19,16 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+
 from ..data.packed import save_embeddings
 from ..data.released import RecordError
 from ..datasets.nus_wide.images import SPLIT_FILES, build_split, load_label_embeddings
 from ..datasets.nus_wide.release import nus_wide_label_names
 from ..utils import comm
 from ..utils.text import read_lines
-from ._extract import add_extraction_arguments, add_label_embedding_arguments, run_extractor, run_split
+from ._extract import (add_extraction_arguments, add_label_embedding_arguments, check_label_files, run_extractor,
+                       run_split)
 
 TOOL = "extract_nus_wide"
 
@@ -62,9 +65,11 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "biam-extract-nus-wid
         tags_total = len(read_lines(tags_path))
         vec_seen, vec_unseen = load_label_embeddings(tags_path, seen_idx, seen, concepts, embeddings=args.embeddings,
                                                      glove=args.glove, glove_missing=args.glove_missing)
+        # A rerun rewrites embeddings.npz only where none is there yet; other rows are refused.
+        same = check_label_files(args.out, seen, concepts, np.concatenate([vec_seen, vec_unseen]), args.overwrite)
         for split in args.splits:
             run_split(build_split(root, split, tags_total, seen_idx, concepts, seen), args, TOOL)
-        if comm.is_main_process():
+        if comm.is_main_process() and not same:
             save_embeddings(args.out, vec_seen, vec_unseen)
 
     return run_extractor(TOOL, parser, args, work, errors=(RecordError,))

@@ -20,13 +20,16 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+
 from ..data.packed import save_embeddings
 from ..data.released import RecordError
 from ..data.splits import SplitSpec
 from ..datasets.openimages.images import SPLITS, annotation_csv, load_label_embeddings, read_annotations
 from ..datasets.openimages.release import read_classes_trainable, read_top400, read_unseen_ids
 from ..utils import comm
-from ._extract import add_extraction_arguments, add_label_embedding_arguments, run_extractor, run_split
+from ._extract import (add_extraction_arguments, add_label_embedding_arguments, check_label_files, run_extractor,
+                       run_split)
 
 TOOL = "extract_openimages"
 
@@ -82,8 +85,10 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "biam-extract-openima
             labels=labels, seen=seen, unseen=unseen, unseen_eval=unseen_eval,
             extra={"source": {"tool": "feature_extraction/extract_openimages.py", "meta_dir": str(meta)}},
         )
+        # A rerun rewrites embeddings.npz only where none is there yet; other rows are refused.
+        same = check_label_files(args.out, seen, unseen, np.concatenate([vec_seen, vec_unseen]), args.overwrite)
         summary = run_split(spec, args, TOOL)
-        if comm.is_main_process():
+        if comm.is_main_process() and not same:
             save_embeddings(args.out, vec_seen, vec_unseen)
             if not summary["skipped_complete"]:
                 print(f"{TOOL}: label conflicts (positive kept): {stats['conflicts']}")

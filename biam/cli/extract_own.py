@@ -29,7 +29,7 @@ from ..datasets.own.annotations import SPLITS, UNSEEN_RULES, OwnDataError, build
 from ..utils import comm
 from ..utils.io import atomic_open
 from ..utils.ownership import claim_output
-from ._extract import add_extraction_arguments, run_extractor, run_split
+from ._extract import add_extraction_arguments, check_label_files, run_extractor, run_split
 
 TOOL = "extract_own"
 
@@ -108,9 +108,12 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "biam-extract-own") -
         # Inputs are good: take --out now (lock + ownership, rank 0), as the other extractors do;
         # a bad input above has written nothing at all.
         with claim_output(args.out, args.overwrite, TOOL):
+            # A rerun rewrites nothing it has not compared: the same labels, order and vectors, or a refusal.
+            same = check_label_files(args.out, data.seen, data.unseen, vectors, args.overwrite, LABELS_FILE,
+                                     dataset=args.dataset_name)
             for split in args.splits:
                 run_split(data.split_spec(split, dataset=args.dataset_name), args, TOOL)
-            if comm.is_main_process():
+            if comm.is_main_process() and not same:
                 save_embeddings(args.out, vectors[: len(data.seen)], vectors[len(data.seen):])
                 # The row order of embeddings.npz, for `biam-predict --labels ... --embeddings ...`.
                 write_labels(Path(args.out) / LABELS_FILE, data.seen + data.unseen)

@@ -8,12 +8,14 @@ read or write (disk full, permission, I/O error: the message names the file).
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 
 from ..config import add_config_arguments
-from ..data.packed import PackedFormatError
+from ..data.packed import PackedDataset, PackedFormatError
 from ..engine import checkpoint as ckpt
-from ..engine.run_record import RunMismatchError
+from ..engine.run_record import RECORD, RunMismatchError, check_same_data
 from ..engine.trainer import Trainer, TrainingDiverged
 from ..utils import comm
 from ..utils.ownership import FolderBusyError, FolderOwnershipError
@@ -47,6 +49,24 @@ def parse_args(argv=None):
     return parser.parse_intermixed_args(argv)
 
 
+def check_inputs(cfg, resume) -> list:
+    """What is checked before the Trainer writes anything: the data's manifest and both splits
+    (a mistyped DATA.ROOT leaves OUTPUT_DIR as it was), and for ``--resume`` that DATA.ROOT holds
+    the run's data by content (:func:`biam.engine.run_record.check_same_data`). Returns lines to print."""
+    for split in (cfg.DATA.TRAIN_SPLIT, cfg.DATA.TEST_SPLIT):
+        PackedDataset(cfg.DATA.ROOT, split, check=False)  # the manifest only; the Trainer checks the shards
+    path = os.path.join(cfg.OUTPUT_DIR, RECORD)
+    if resume is None or not os.path.isfile(path) or os.path.islink(path):
+        return []
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.loads(f.read(1 << 24))
+    except (OSError, ValueError, RecursionError):
+        return []  # the Trainer's ownership check names an unreadable record
+    note = check_same_data(record, cfg, path) if isinstance(record, dict) else None
+    return [note] if note else []
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     cfg, status = load_config("biam-train", args.config_file or None, args.opts)
@@ -56,6 +76,10 @@ def main(argv=None) -> int:
 
     def body() -> int:
         nonlocal trainer
+        # Every rank reads the same files, so every rank stops alike; rank 0 prints.
+        for line in check_inputs(cfg, args.resume):
+            if os.environ.get("RANK", "0") == "0":
+                print(f"biam-train: {line}")
         trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
         trainer.run()
         return 0

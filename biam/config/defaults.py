@@ -7,6 +7,7 @@ of the wrong type are errors. The resolved config is written beside every run's 
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
@@ -18,6 +19,7 @@ from ..backbones import get_backbone, list_backbones
 from ..datasets import get_dataset, list_datasets
 from ..modeling import list_methods
 from ..utils.io import atomic_open
+from ..utils.yaml_safe import MAX_BYTES, load_yaml_mapping
 
 _C = CN()
 
@@ -371,11 +373,19 @@ def check_cfg(cfg: CN) -> None:
             raise ConfigError(f"{key} = {_get(cfg, key)!r}; allowed values: {', '.join(map(repr, allowed))}")
     for key, rule in KEY_RULES.items():
         value = _get(cfg, key)
+        if rule.bound in ("positive", "non_negative") and not math.isfinite(value):
+            # inf passes "> 0" and would train on nothing but NaN.
+            raise ConfigError(f"{key} = {value!r}; must be a finite number")
         if rule.bound == "positive" and not value > 0:
             raise ConfigError(f"{key} = {value!r}; must be positive")
         if rule.bound == "non_negative" and value < 0:
             raise ConfigError(f"{key} = {value!r}; must be >= 0")
     m, s, e, d = cfg.MODEL, cfg.SOLVER, cfg.EVAL, cfg.DATA
+    for key, value in (("DATA.TRAIN_SPLIT", d.TRAIN_SPLIT), ("DATA.TEST_SPLIT", d.TEST_SPLIT)):
+        # Split names become file and folder names (eval/<split>-...): no path in them.
+        if not value or any(c in value for c in "/\\-\0") or value.startswith(".") or not value.isprintable():
+            raise ConfigError(f"{key} = {value!r}; a split name holds no '/', '\\', '-', control character "
+                              "or leading '.' (train, test, ...)")
     if not 0 <= cfg.SEED < 2**32:
         # numpy seeds (the loaders' shuffles) are unsigned 32-bit values.
         raise ConfigError(f"SEED = {cfg.SEED!r}; must be an int in 0..{2**32 - 1}")
@@ -432,10 +442,13 @@ def load_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (), freeze
         if config_file.endswith(".py"):
             raise ConfigError(f"{config_file}: Python config files are not accepted (configs are parsed, never run)")
         try:
+            # Plain data only: no aliases, no key set twice, a mapping (biam.utils.yaml_safe).
             with open(config_file, encoding="utf-8") as f:
-                loaded = cfg.load_cfg(f)  # yaml.safe_load, as merge_from_file
+                loaded = CN(load_yaml_mapping(f.read(MAX_BYTES + 1)))
             _upgrade_legacy(loaded)
             cfg.merge_from_other_cfg(loaded)
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{config_file}: not UTF-8 text ({err})") from None
         except yaml.YAMLError as err:
             # Also what a !!python/... tag gives: yacs parses with yaml.safe_load, which refuses it.
             raise ConfigError(f"{config_file}: not a plain YAML config ({err}); configs are parsed, never run") from None

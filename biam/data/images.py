@@ -13,11 +13,12 @@ import os
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 __all__ = ["Unreadable", "ImageFileDataset", "collate_images", "image_transform", "backbone_transform",
-           "load_image"]
+           "load_image", "to_rgb", "ImageModeError"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -42,18 +43,70 @@ def backbone_transform(backbone):
     return image_transform(backbone.input_size, backbone.mean, backbone.std)
 
 
+class ImageModeError(ValueError):
+    """An image whose pixel mode or values cannot be read as 8-bit RGB without changing what it shows."""
+
+
+# How each PIL mode becomes 8-bit RGB (docs/own_data.md, "Images"). Alpha is composited onto white:
+# the colour under a fully transparent pixel is arbitrary (often black), white is what viewers show.
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+_DIRECT_MODES = ("RGB", "L", "1", "CMYK", "YCbCr", "RGBX", "HSV")
+
+
+def to_rgb(img, path: PathLike = "image"):
+    """A loaded ``PIL.Image`` of any mode -> 8-bit RGB, or :class:`ImageModeError` naming why not.
+
+    * RGB, L, 1 (black and white), CMYK, YCbCr, RGBX, HSV: PIL's own conversion.
+    * P (palette): its colours; with a transparent colour, as RGBA below.
+    * RGBA, LA, PA (and premultiplied RGBa, La): alpha composited onto white.
+    * I;16 (and I;16B/L/N): 16-bit, scaled to 8 bits (value / 257), not clipped.
+    * I (32-bit integer, how PIL opens some 16-bit files): values must lie in 0..65535, scaled
+      as 16-bit; F (32-bit float): values must lie in [0, 1], scaled by 255. Other values, and any
+      other mode (LAB, ...), are refused with the range or mode in the message.
+    """
+    from PIL import Image
+
+    mode = img.mode
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in _ALPHA_MODES:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if mode in _DIRECT_MODES:
+        return img.convert("RGB")
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(img)
+        if arr.ndim != 2:
+            raise ImageModeError(f"{path}: image mode {mode} with shape {arr.shape} is not a greyscale image")
+        values = arr.astype(np.float64)
+        if not np.isfinite(values).all():
+            raise ImageModeError(f"{path}: image mode {mode} holds values that are not finite")
+        low, high = (0.0, 1.0) if mode == "F" else (0.0, 65535.0)
+        if values.size and (values.min() < low or values.max() > high):
+            raise ImageModeError(f"{path}: image mode {mode} holds values {values.min():g}..{values.max():g}, "
+                                 f"outside {low:g}..{high:g}; convert it to an 8-bit or 16-bit image first")
+        scaled = values * 255.0 if mode == "F" else values / 257.0
+        grey = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+        return grey.convert("RGB")
+    raise ImageModeError(f"{path}: image mode {mode} cannot be read as RGB by this tool; save it as an RGB, "
+                         "greyscale or palette image")
+
+
 def load_image(path: PathLike):
-    """Open an image file fully and return it as an RGB ``PIL.Image``.
+    """Open an image file fully and return it as an RGB ``PIL.Image`` (:func:`to_rgb`).
 
     Raises ``OSError`` (missing file, truncated or corrupt data, not an image; PIL's
-    ``UnidentifiedImageError`` is one) or ``ValueError``/``Image.DecompressionBombError``.
+    ``UnidentifiedImageError`` is one) or ``ValueError`` (:class:`ImageModeError`: a mode or
+    values that cannot be read as RGB) / ``Image.DecompressionBombError``.
     ``load()`` is forced here so that a truncated file fails now, not later in a transform.
     """
     from PIL import Image
 
     with Image.open(path) as img:
         img.load()
-        return img.convert("RGB")
+        return to_rgb(img, path)
 
 
 @dataclass(frozen=True)

@@ -60,9 +60,8 @@ EVAL_FILES = ("config.yaml", "log.txt", "metrics.json")
 class EvaluationFolder:
     """Rank 0's evaluation folder: written into a new folder, renamed into place when complete.
 
-    ``open()`` locks ``OUTPUT_DIR/eval/.<name>.lock``, chooses the folder (the weights file's
-    folder, unless that one holds an evaluation of *other* weights content: then
-    ``<name>-<sha256[:12]>``), checks it holds only an earlier evaluation's files (or
+    ``open()`` chooses the folder (:func:`evaluation_folder`, unless that one holds an
+    evaluation of *other* weights content: then ``<name>-<sha256[:12]>``), locks it, checks it holds only an earlier evaluation's files (or
     ``overwrite``) and returns a new staging folder ``eval/.<name>.new`` to write into.
     ``commit()`` puts the staged folder in place (an atomic exchange where the system has one;
     with ``--overwrite`` beside other files, file by file with the record last), so a failed or
@@ -76,6 +75,7 @@ class EvaluationFolder:
         self.stage: Optional[str] = None
         self.final = evaluation_folder(cfg)
         self.merge = False
+        self.created = False
 
     def open(self) -> str:
         cfg = self.cfg
@@ -89,9 +89,12 @@ class EvaluationFolder:
         base = os.path.basename(self.final)
         name = base if self._same_weights(os.path.join(eval_dir, base)) else f"{base}-{self.sha256[:12]}"
         self.final = os.path.join(eval_dir, name)
-        self.lock = FolderLock(eval_dir, "biam-evaluate " + " ".join(sys.argv[1:]), name=f".{name}.lock").acquire()
+        refuse_link(self.final, "the evaluation folder")
+        self.created = not os.path.exists(self.final)
+        # The lock lives in the folder it guards; the staged folder that replaces it holds none,
+        # so the lock file goes with the earlier evaluation and is removed with it.
+        self.lock = FolderLock(self.final, "biam-evaluate " + " ".join(sys.argv[1:])).acquire()
         try:
-            refuse_link(self.final, "the evaluation folder")
             if os.path.isdir(self.final):
                 record = check_output_folder(self.final, record=EVAL_RECORD, overwrite=self.overwrite)
                 if record is not None and record.get("tool") != "biam-evaluate":
@@ -152,6 +155,9 @@ class EvaluationFolder:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+            if self.created:
+                with contextlib.suppress(OSError):
+                    os.rmdir(self.final)  # made empty for the lock by a failed first evaluation
 
 
 def _remove_stage(stage: str) -> None:

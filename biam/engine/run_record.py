@@ -4,18 +4,23 @@
 
     {"tool": "biam-train", "version": 1, "run_id": "<hex>", "started": "<ISO time>",
      "command": "<argv>", "config_sha256": "<hash of the result keys>", "config": "<YAML>",
-     "checkpoints": ["checkpoint_epoch_0003.pth", ...], "resumes": [{...}, ...]}
+     "checkpoints": ["checkpoint_epoch_0003.pth", ...], "resumes": [{...}, ...],
+     "data": {"root": "<absolute DATA.ROOT>", "content_sha256": "<hash of the shards' hashes>"}}
 
 A new run refuses a folder holding a record (or anything else) unless ``--overwrite``; a
 resumed run must carry the same ``run_id`` and a config that differs only in keys that do not
 change the result (:func:`config_changes`). Checkpoint pruning and ``--resume`` look only at
-the checkpoints the record lists.
+the checkpoints the record lists. The data is identified by content (:func:`data_identity`:
+the manifest's labels and the training and test splits' shard hashes) and by absolute path, so
+a relative ``DATA.ROOT`` resumed from another working directory that names other data is refused
+(:func:`check_same_data`).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import os
 import sys
 import uuid
@@ -24,10 +29,12 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 from ..config import get_cfg_defaults
+from ..data.packed import PackedFormatError, read_manifest
+from ..utils.io import sha256_file
 
 __all__ = [
     "RECORD", "RUN_FILES", "RunMismatchError", "new_record", "flatten", "config_changes", "result_hash",
-    "FREE_KEYS",
+    "FREE_KEYS", "data_identity", "check_same_data",
 ]
 
 RECORD = "run.json"
@@ -94,8 +101,52 @@ def new_record(cfg, run_id: Optional[str] = None) -> Dict[str, Any]:
     return {
         "tool": "biam-train", "version": 1, "run_id": run_id or uuid.uuid4().hex, "started": _now(),
         "command": command_line(), "config_sha256": result_hash(cfg), "config": cfg.dump(),
-        "checkpoints": [], "resumes": [],
+        "checkpoints": [], "resumes": [], "data": data_identity(cfg),
     }
+
+
+def data_identity(cfg) -> Dict[str, Any]:
+    """``{"root": absolute DATA.ROOT, "content_sha256": hash or None}`` of the data a run reads.
+
+    The content hash covers the manifest's dataset, labels and backbone, the shard hashes of
+    ``DATA.TRAIN_SPLIT`` and ``DATA.TEST_SPLIT`` and the embeddings file: what the trained
+    weights depend on (another split added to the folder changes nothing). None when the data
+    cannot be read (the trainer then names the problem itself).
+    """
+    root = os.path.abspath(str(cfg.DATA.ROOT))
+    try:
+        manifest = read_manifest(root)
+        splits = {s: [(x["file"], x["sha256"], x["num_images"]) for x in manifest["splits"][s]["shards"]]
+                  for s in (cfg.DATA.TRAIN_SPLIT, cfg.DATA.TEST_SPLIT) if s in manifest["splits"]}
+        emb = os.path.join(root, manifest.get("embeddings", "embeddings.npz"))
+        what = {"dataset": manifest.get("dataset"), "labels": manifest["labels"], "splits": splits,
+                "unseen_eval": manifest.get("unseen_eval"), "backbone": manifest.get("backbone"),
+                "embeddings": sha256_file(emb) if os.path.isfile(emb) else None}
+    except (PackedFormatError, OSError, KeyError, TypeError):
+        return {"root": root, "content_sha256": None}
+    text = json.dumps(what, sort_keys=True, ensure_ascii=False)
+    return {"root": root, "content_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+
+
+def check_same_data(record: Dict[str, Any], cfg, source: str) -> Optional[str]:
+    """Refuse (RunMismatchError naming both) a resume whose data is not the run's.
+
+    ``record``: the run record (its "data" field; records written before it existed pass).
+    Returns a line to log when the same content is found at another path, else None.
+    """
+    saved = record.get("data")
+    if not isinstance(saved, dict) or not saved.get("content_sha256"):
+        return None
+    now = data_identity(cfg)
+    if now["content_sha256"] != saved["content_sha256"]:
+        found = "unreadable" if now["content_sha256"] is None else f"content {now['content_sha256'][:12]}..."
+        raise RunMismatchError(
+            f"{source}: the run trained on the data at {saved.get('root')} (content {saved['content_sha256'][:12]}...), "
+            f"but DATA.ROOT {cfg.DATA.ROOT} is {now['root']} ({found}): other data. Resume with DATA.ROOT "
+            f"{saved.get('root')}, or start a new run for this data")
+    if now["root"] != saved.get("root"):
+        return f"DATA.ROOT is now {now['root']} (the run started on {saved.get('root')}): the same data by content"
+    return None
 
 
 def parse_saved_config(text: Any, source: str) -> Dict[str, Any]:

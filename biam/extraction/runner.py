@@ -14,14 +14,15 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..backbones import backbone_of_manifest
 from ..data.images import ImageFileDataset, Unreadable, backbone_transform, collate_images
 from ..data.packed import PackedDataset, PackedFormatError, PackedWriter, read_manifest, shard_filename
 from ..data.splits import SplitSpec
 from ..utils import comm
-from ..utils.io import atomic_open
+from ..utils.io import atomic_open, refuse_link
 from .extractor import build_extractor
 
-__all__ = ["REPORT_HEADER", "report_path", "extract_split"]
+__all__ = ["REPORT_HEADER", "report_path", "extract_split", "check_same_dataset"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -44,6 +45,36 @@ def _report_lines(rows) -> str:
         return str(s).replace("\t", " ").replace("\r", " ").replace("\n", " ")
 
     return "".join(f"{clean(n)}\t{clean(p)}\t{clean(r)}\n" for n, p, r in rows)
+
+
+def check_same_dataset(manifest: dict, spec: SplitSpec, backbone: str, dtype: str, out_root: PathLike) -> None:
+    """Raise PackedFormatError naming the first field in which ``out_root``'s manifest differs
+    from what this extraction would write (dataset, seen/unseen labels and their order,
+    evaluated unseen labels, backbone, feature dtype)."""
+    path = Path(out_root) / "manifest.json"
+    given = {"dataset": spec.dataset, "labels": {"seen": list(spec.seen), "unseen": list(spec.unseen)},
+             "unseen_eval": None if spec.unseen_eval is None else [int(i) for i in spec.unseen_eval],
+             "backbone": backbone, "feature_dtype": dtype}
+    there = dict(manifest, backbone=backbone_of_manifest(manifest, str(path)).name)
+    for key, value in given.items():
+        if there.get(key) != value:
+            what = _difference(key, there.get(key), value)
+            raise PackedFormatError(
+                f"{path}: field '{key}' of the packed dataset there differs from this extraction ({what}); "
+                "nothing was changed. Write to a new --out folder (--overwrite starts that folder's splits over)")
+
+
+def _difference(key: str, old, new) -> str:
+    if key == "labels" and isinstance(old, dict):
+        for side in ("seen", "unseen"):
+            a, b = list(old.get(side) or []), new[side]
+            if a != b:
+                if sorted(a) == sorted(b):
+                    i = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+                    return f"{side} labels in another order: position {i} is {a[i]!r} there, {b[i]!r} now"
+                return (f"{side} labels there {len(a)}, now {len(b)}; only there: {sorted(set(a) - set(b))[:5]}, "
+                        f"only now: {sorted(set(b) - set(a))[:5]}")
+    return f"there {json.dumps(old, ensure_ascii=False)[:80]}, now {json.dumps(new, ensure_ascii=False)[:80]}"
 
 
 def _rank_range(n: int, rank: int, world: int) -> Tuple[int, int]:
@@ -89,8 +120,12 @@ def extract_split(
 
     final_manifest = out_root / "manifest.json"
     if not overwrite and final_manifest.is_file():
-        entry = read_manifest(out_root)["splits"].get(spec.split)
+        manifest = read_manifest(out_root)
+        entry = manifest["splits"].get(spec.split)
         if entry is not None and entry.get("complete"):
+            # "Nothing to do" only for the same data: another dataset, label list or order, or
+            # backbone in that folder is refused naming the field (nothing there is rewritten).
+            check_same_dataset(manifest, spec, backbone, dtype, out_root)
             summary.update(skipped_complete=True, written=entry["num_images"])
             if rank == 0:
                 print(f"{tool}: split '{spec.split}' of {out_root} is already complete "
@@ -204,6 +239,7 @@ def _merge_parts(out_root: Path, spec: SplitSpec, world: int, shard_size: int, d
             raise PackedFormatError(f"{part}: split '{spec.split}' incomplete after the barrier")
         for shard in entry["shards"]:
             target = shard_filename(spec.split, len(shards))
+            refuse_link(out_root / target, "a shard this command writes")
             os.replace(part / shard["file"], out_root / target)
             shards.append({"file": target, "num_images": shard["num_images"], "sha256": shard["sha256"]})
             total += shard["num_images"]

@@ -113,11 +113,17 @@ def atomic_open(path: PathLike, mode: str = "w", encoding: str = "utf-8", fsync:
             raise FolderOwnershipError(f"{tmp}: appeared while this command was writing; is another "
                                        "process writing here?") from None
         created = True
-        with f:
-            yield f
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
+        try:
+            with f:
+                yield f
+                if fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+        except OSError as err:
+            if err.filename is None and err.errno is not None:
+                # A failed write (disk full) names no file: name the one that was being written.
+                raise OSError(err.errno, err.strerror or str(err), path) from err
+            raise
         refuse_link(path)  # rename would replace a link made meanwhile, never write through it
         os.replace(tmp, path)
         created = False

@@ -47,6 +47,14 @@ class _NoFollowFileHandler(logging.FileHandler):
     def _open(self):
         return open_nofollow(self.baseFilename, self.mode, encoding=self.encoding)
 
+    def handleError(self, record) -> None:
+        # logging prints a traceback and goes on; a log that cannot be written (disk full) is an
+        # error of the command instead, naming the file.
+        err = sys.exc_info()[1]
+        if isinstance(err, OSError):
+            raise OSError(err.errno, err.strerror or str(err), self.baseFilename) from err
+        super().handleError(record)
+
 
 def _clean(value: Any) -> Any:
     # JSON has no NaN/inf; write null so every line stays parseable by strict readers.

@@ -112,8 +112,13 @@ class FolderLock:
                 break
             os.close(fd)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(), "command": self.command}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
+        except OSError as err:  # disk full: name the file
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise OSError(err.errno, err.strerror, self.path) from None
         self._fd = fd
         return self
 
@@ -182,6 +187,13 @@ def check_output_folder(folder: str, *, record: str, overwrite: bool = False,
     _ensure_folder(folder)
     path = os.path.join(folder, record)
     refuse_link(path, "this command's record")
+    # No command of this package makes a link in its folder, and a link at any name it may write
+    # (its own names, sub-folders like checkpoints/, every name under --overwrite) could send a
+    # write out of the folder: every link in it is refused, its target untouched.
+    for entry in sorted(os.listdir(folder)):
+        if entry != LOCK_NAME and os.path.islink(os.path.join(folder, entry)):
+            refuse_link(os.path.join(folder, entry), "a name this command writes" if entry in {record, *ignore}
+                        else f"a name in the output folder (this command, or {flag}, may write there)")
     if os.path.isfile(path):
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -192,8 +204,6 @@ def check_output_folder(folder: str, *, record: str, overwrite: bool = False,
                                        "move the folder aside or choose another one") from None
         if not isinstance(data, dict):
             raise FolderOwnershipError(f"{path}: not a record written by this tool (expected a JSON object)")
-        for entry in (LOCK_NAME, *ignore):
-            refuse_link(os.path.join(folder, entry), "a name this command writes")
         for field, pattern in RECORD_NAMES.get(record, {}).items():
             names = data.get(field)
             if names is None:
@@ -206,12 +216,6 @@ def check_output_folder(folder: str, *, record: str, overwrite: bool = False,
         return data
     skip = {LOCK_NAME, record, *ignore}
     entries = os.listdir(folder)
-    # A link at one of this command's names, or anywhere under --overwrite (every name may then be
-    # written), could send a write out of the folder: refused, the link's target untouched.
-    for entry in sorted(entries):
-        if (entry in skip or overwrite) and os.path.islink(os.path.join(folder, entry)):
-            refuse_link(os.path.join(folder, entry), "a name this command writes" if entry in skip else
-                        f"a name {flag} lets this command replace")
     foreign: List[str] = sorted(e for e in entries if e not in skip)
     if foreign and not overwrite:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")

@@ -376,3 +376,41 @@ def test_manifest_of_another_tool_is_not_taken_for_ours(nus_src, tmp_path, capsy
     assert (out / "manifest.json").read_text() == '{"name": "my web app", "version": 3}'
     assert (out / "test-00000.h5").read_bytes() == b"not a shard"
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "test-00000.h5"]  # no lock left
+
+
+@pytest.mark.parametrize("name,flags", [(".biam.lock", []), ("manifest.json", []), ("train-00000.h5", ["--overwrite"]),
+                                        ("embeddings.npz", ["--overwrite"]), ("manifest.json.tmp", ["--overwrite"])])
+def test_links_at_every_name_convert_writes_are_refused(nus_src, tmp_path, capsys, name, flags):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's file")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).symlink_to(victim)
+    rc = convert_main(["nus_wide", "--src", str(nus_src), "--out", str(out), "--no-scene", "--shard-size", "8",
+                       "--batch", "4", *flags])
+    err = capsys.readouterr().err
+    assert rc == 1 and "symbolic link" in err and "Traceback" not in err, err
+    assert victim.read_text() == "the user's file"
+
+
+def _limit_files_to_200k():
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+
+def test_full_disk_during_conversion_is_exit_5_naming_the_shard_and_the_rerun_completes(nus_src, tmp_path):
+    """A shard that cannot fit (a file-size limit, as a full disk) is refused before HDF5 starts
+    writing it (HDF5 would crash the process midway): exit 5, no traceback; the rerun finishes."""
+    out = tmp_path / "out"
+    path = os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH")] if p)
+    cmd = [sys.executable, "-m", "biam.cli.convert", "nus_wide", "--src", str(nus_src), "--out", str(out),
+           "--shard-size", "40", "--no-scene"]
+    done = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1"),
+                          preexec_fn=_limit_files_to_200k, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 5, done.stderr[-3000:]
+    assert "biam-convert: system error:" in done.stderr and "train-00000.h5.tmp: File too large" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert convert_main(["nus_wide", "--src", str(nus_src), "--out", str(out), "--shard-size", "40", "--no-scene"]) == 0
+    PackedDataset(out, "train").verify(progress=False)

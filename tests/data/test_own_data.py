@@ -253,3 +253,13 @@ def test_labels_without_positives_are_noted(tmp_path, folder):
     assert "1 seen label(s) have no train image: 'horse'" in data.notes
     assert "1 unseen label(s) have no test image: 'zebra'" in data.notes
     assert "2 seen labels" not in data.summary() and "4 seen labels, 2 unseen labels" in data.summary()
+
+
+@pytest.mark.parametrize("tag,code", [("dog\u2028cat", "U+2028"), ("dog\x07", "U+0007"), ("a\u2029b", "U+2029")])
+@pytest.mark.parametrize("writer", [write_csv, write_jsonl])
+def test_tag_with_a_line_separator_or_control_character_names_the_line(tmp_path, folder, tag, code, writer):
+    rows = [ROWS[0], ("a/2.jpg", ["cat", tag], "train")]
+    path = writer(tmp_path / ("t.csv" if writer is write_csv else "t.jsonl"), rows)
+    with pytest.raises(OwnDataError, match=re.escape(code)) as err:
+        read_annotations(path)
+    assert str(err.value).startswith(f"{path}:{3 if writer is write_csv else 2}:")

@@ -212,3 +212,34 @@ def test_shards_without_attributes_still_open(tmp_path):
             for key in list(f.attrs):
                 del f.attrs[key]
     assert len(PackedDataset(tmp_path, "train")) == 30
+
+
+@pytest.mark.parametrize("text,match", [("[" * 100000 + "]" * 100000, "nested too deeply"), ("[1, 2]", "expected a JSON object"),
+                                        ('{"format_version": NaN}', "not valid JSON")])
+def test_manifest_of_deep_nesting_or_wrong_type_is_named(tmp_path, text, match):
+    (tmp_path / "manifest.json").write_text(text)
+    with pytest.raises(PackedFormatError, match=match):
+        read_manifest(tmp_path)
+
+
+def test_nan_embedding_row_is_refused_and_a_zero_row_named_in_a_warning(tmp_path):
+    w = PackedWriter(tmp_path, "test", shard_size=4, dtype="float32", **LABELS)
+    w.append(np.zeros((1, 512, 196), np.float32), np.zeros((1, 4), np.int8), ["a.jpg"])
+    w.close()
+    emb = np.ones((2, 3), np.float32)
+    save_embeddings(tmp_path, emb, np.array([[1, 2, 3], [0, 0, 0]], np.float32))
+    with pytest.warns(UserWarning, match=r"array 'unseen': 1 all-zero row\(s\): row 1 \(label 'd'\)"):
+        load_embeddings(tmp_path)
+    # A NaN row written by another tool (save_embeddings itself refuses one).
+    import io
+    import zipfile
+    buf = {}
+    for key, arr in (("seen", np.array([[1, 2, 3], [np.nan, 0, 0]], np.float32)), ("unseen", emb)):
+        b = io.BytesIO()
+        np.save(b, arr)
+        buf[key] = b.getvalue()
+    with zipfile.ZipFile(tmp_path / "embeddings.npz", "w") as zf:
+        for key, data in buf.items():
+            zf.writestr(f"{key}.npy", data)
+    with pytest.raises(PackedFormatError, match=r"array 'seen' row 1 \(label 'b'\) is not finite"):
+        load_embeddings(tmp_path)

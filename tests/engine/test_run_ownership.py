@@ -353,3 +353,48 @@ def test_failed_evaluation_leaves_the_earlier_one_and_each_checkpoint_content_ha
     (tmp_path / "linked2" / "eval").symlink_to(target)
     assert _eval(tiny_packed, tmp_path / "linked2", weights) == 1
     assert "a symbolic link" in capsys.readouterr().err and os.listdir(target) == []
+
+
+def test_resume_identifies_the_data_by_content_not_by_a_relative_path(tiny_packed, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import h5py
+
+    from biam.data.packed import PackedDataset
+
+    # Two working directories with a "data" folder each: the same relative DATA.ROOT, other data.
+    first, second = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(tiny_packed, first / "data")
+    shutil.copytree(tiny_packed, second / "data")
+    shard = second / "data" / "train-00000.h5"
+    with h5py.File(shard, "r+") as f:  # other data: one label flipped, the manifest's hash updated
+        f["labels"][0, 0] = 0 if int(f["labels"][0, 0]) == 1 else 1
+    manifest = json.loads((second / "data" / "manifest.json").read_text())
+    from biam.utils.io import sha256_file
+    manifest["splits"]["train"]["shards"][0]["sha256"] = sha256_file(shard)
+    (second / "data" / "manifest.json").write_text(json.dumps(manifest))
+    PackedDataset(second / "data", "train").verify(progress=False)
+    out = tmp_path / "run"
+    monkeypatch.chdir(first)
+    assert main(args_for("data", out, *SHORT)) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["data"]["root"] == str(first / "data") and len(record["data"]["content_sha256"]) == 64
+    before = snapshot(out)
+    monkeypatch.chdir(second)
+    capsys.readouterr()
+    assert main(args_for("data", out, *SHORT, "SOLVER.FINETUNE_EPOCHS", "1", "--resume")) == 1
+    err = capsys.readouterr().err
+    assert str(first / "data") in err and str(second / "data") in err and "other data" in err
+    assert snapshot(out) == before
+    # The same content at another path (the data moved) resumes, and says so.
+    third = tmp_path / "c"
+    shutil.copytree(first / "data", third / "data")
+    monkeypatch.chdir(third)
+    assert main(args_for("data", out, *SHORT, "SOLVER.FINETUNE_EPOCHS", "1", "--resume")) == 0
+    assert "the same data by content" in capsys.readouterr().out
+
+
+def test_mistyped_data_root_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(args_for(tmp_path / "no-such-data", out, *SHORT)) == 1
+    assert "manifest not found" in capsys.readouterr().err and not out.exists()

@@ -99,3 +99,54 @@ def test_out_with_other_files_is_refused_and_kept(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "notes.txt" in err and "--overwrite" in err
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != ".biam.lock"}
+
+
+def test_rerun_with_other_label_order_or_on_another_dataset_changes_nothing(tmp_path, helpers, capsys):
+    demo = tmp_path / "shapes"
+    shapes_demo.generate(demo, num_images=8, size=32, seed=2, dim=4)
+    out = tmp_path / "packed"
+    assert run(helpers, demo, out, "--test-fraction", "0.5") == 0
+    before = _snapshot(out)
+    # The same seen labels in another order: every embedding row would belong to another label.
+    seen = (demo / "seen.txt").read_text().splitlines()
+    (demo / "seen.txt").write_text("\n".join(seen[::-1]) + "\n")
+    capsys.readouterr()
+    assert run(helpers, demo, out, "--test-fraction", "0.5") == 2
+    err = capsys.readouterr().err
+    assert "another order" in err and "nothing was changed" in err and "Traceback" not in err
+    assert _snapshot(out) == before
+    (demo / "seen.txt").write_text("\n".join(seen) + "\n")
+    # Other word vectors for the same labels: refused naming the label.
+    lines = (demo / "word_vectors.txt").read_text().splitlines()
+    word, *values = lines[0].split(" ")
+    lines[0] = " ".join([word] + [str(float(v) + 1.0) for v in values])
+    (demo / "word_vectors.txt").write_text("\n".join(lines) + "\n")
+    assert run(helpers, demo, out, "--test-fraction", "0.5") == 2
+    assert "differs from this run's" in capsys.readouterr().err
+    assert _snapshot(out) == before
+    # A finished packed folder of another dataset: refused, its embeddings untouched.
+    other = tmp_path / "other"
+    assert run(helpers, demo, other, "--test-fraction", "0.5", "--dataset-name", "shapes") == 0
+    kept = _snapshot(other)
+    assert run(helpers, demo, other, "--test-fraction", "0.5") == 2
+    assert "'shapes'" in capsys.readouterr().err
+    assert _snapshot(other) == kept
+
+
+def test_links_at_the_names_extraction_writes_are_refused(tmp_path, helpers, capsys):
+    demo = tmp_path / "shapes"
+    shapes_demo.generate(demo, num_images=4, size=32, seed=2, dim=4)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's file")
+    for name in (".biam.lock", "manifest.json", ".parts"):
+        out = tmp_path / f"out{len(name)}"
+        out.mkdir()
+        (out / name).symlink_to(victim)
+        assert run(helpers, demo, out, "--test-fraction", "0.5") == 2
+        err = capsys.readouterr().err
+        assert "symbolic link" in err and "Traceback" not in err, err
+    assert victim.read_text() == "the user's file"

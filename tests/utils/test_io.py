@@ -80,11 +80,18 @@ def test_links_in_a_folder_are_refused_at_own_names_and_under_overwrite(tmp_path
     out = tmp_path / "out"
     out.mkdir()
     (out / "other").symlink_to(victim)
-    with pytest.raises(FolderOwnershipError, match="already holds files"):
+    with pytest.raises(LinkRefusedError, match="other: a symbolic link"):
         check_output_folder(str(out), record="run.json")
     with pytest.raises(LinkRefusedError, match="--overwrite"):
         check_output_folder(str(out), record="run.json", overwrite=True)
+    # A folder holding this command's record: a link at a sub-folder name (checkpoints/) is refused too.
+    (out / "run.json").write_text('{"tool": "biam-train", "checkpoints": []}')
     os.remove(out / "other")
+    (out / "checkpoints").symlink_to(tmp_path)
+    with pytest.raises(LinkRefusedError, match="checkpoints: a symbolic link"):
+        check_output_folder(str(out), record="run.json")
+    os.remove(out / "checkpoints")
+    os.remove(out / "run.json")
     (out / "run.json").symlink_to(victim)
     with pytest.raises(LinkRefusedError, match="record"):
         check_output_folder(str(out), record="run.json")

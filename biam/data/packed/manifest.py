@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Dict, Optional, Union
 
@@ -22,6 +23,8 @@ EMBEDDINGS = "embeddings.npz"
 CHUNK_IMAGES = 16
 READ_CACHE_BYTES = 1 << 20
 FEATURE_DTYPES = ("float16", "float32")
+# A manifest lists labels and shards: Open Images' (7,586 labels, ~500 shards) is well under 1 MB.
+MAX_MANIFEST_CHARS = 64 << 20
 
 PathLike = Union[str, os.PathLike]
 
@@ -60,11 +63,22 @@ def read_manifest(root: PathLike) -> dict:
     if not path.is_file():
         raise PackedFormatError(f"{path}: manifest not found (is {root} a packed dataset? see biam-convert)")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        text = path.read_text(encoding="utf-8")
+        if len(text) > MAX_MANIFEST_CHARS:
+            raise PackedFormatError(f"{path}: {len(text)} characters; a manifest holds at most {MAX_MANIFEST_CHARS}")
+        manifest = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as err:
+        if isinstance(err, PackedFormatError):
+            raise
         raise PackedFormatError(f"{path}: not valid JSON ({err})") from err
+    except RecursionError:
+        raise PackedFormatError(f"{path}: nested too deeply to be a manifest") from None
     _check_manifest(manifest, str(path))
     return manifest
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _check_manifest(m: dict, source: str) -> None:
@@ -81,6 +95,10 @@ def _check_manifest(m: dict, source: str) -> None:
     labels = m.get("labels")
     need(isinstance(labels, dict) and isinstance(labels.get("seen"), list) and isinstance(labels.get("unseen"), list),
          "labels", "expected {'seen': [...], 'unseen': [...]}")
+    for side in ("seen", "unseen"):
+        bad = next((x for x in labels[side] if not isinstance(x, str) or not x), None)
+        need(bad is None and all(isinstance(x, str) and x for x in labels[side]), f"labels.{side}",
+             f"expected non-empty label names (str), found {bad!r}")
     n_unseen = len(labels["unseen"])
     ue = m.get("unseen_eval")
     if ue is not None:
@@ -205,19 +223,27 @@ def load_embeddings(root: PathLike, manifest: Optional[dict] = None) -> tuple:
 
 
 def _check_rows(arr: np.ndarray, path: Path, name: str, labels) -> None:
-    """Every row finite with a non-zero, representable norm (a zero row gives no direction to
-    compare images with, a NaN one poisons every score): else an error naming the label."""
+    """Every row finite with a representable norm (a NaN or inf row poisons every score): else
+    an error naming the label. An all-zero row (what ``--glove-missing zero`` writes on purpose)
+    scores the same for every image: a warning naming each such label."""
     if arr.ndim != 2:
         return
     with np.errstate(over="ignore", invalid="ignore"):
         norms = np.linalg.norm(arr.astype(np.float64), axis=1)
-    bad = ~np.isfinite(arr).all(axis=1) | ~np.isfinite(norms) | (norms == 0)
+    bad = ~np.isfinite(arr).all(axis=1) | ~np.isfinite(norms)
+
+    def label(i: int) -> str:
+        return f"label {labels[i]!r}" if labels is not None and i < len(labels) else "label"
+
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        what = "not finite" if not np.isfinite(arr[i]).all() else "all zero"
-        label = f"label {labels[i]!r}" if labels is not None and i < len(labels) else "label"
-        raise PackedFormatError(f"{path}: array '{name}' row {i} ({label}) is {what} "
+        raise PackedFormatError(f"{path}: array '{name}' row {i} ({label(i)}) is not finite "
                                 f"({int(bad.sum())} such row(s)); re-create the embeddings for that label")
+    zero = np.flatnonzero(norms == 0)
+    if len(zero):
+        shown = ", ".join(f"row {int(i)} ({label(int(i))})" for i in zero[:5])
+        warnings.warn(f"{path}: array '{name}': {len(zero)} all-zero row(s): {shown}; such a label scores the "
+                      "same for every image (no word vector was found for it?)", stacklevel=3)
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import resource
 import warnings
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -15,6 +17,24 @@ from ...backbones import DEFAULT_BACKBONE, backbone_of_manifest, get_backbone
 from ...utils.io import refuse_link, sha256_file
 from .manifest import (CHUNK_IMAGES, EMBEDDINGS, FEATURE_DTYPES, FORMAT_VERSION, MANIFEST, PackedFormatError, PathLike,
                        _fsync_dir, _short, _valid_split, _write_manifest, read_manifest, shard_filename)
+
+def _check_room(path: Path, nbytes: int) -> None:
+    """Raise OSError (ENOSPC / EFBIG, naming ``path``) when a shard of about ``nbytes`` cannot be
+    written: HDF5 crashes the process on a write that fails midway, so the room is checked first."""
+    need = int(nbytes * 1.05) + (1 << 20)  # HDF5's metadata and chunk index
+    try:
+        st = os.statvfs(path.parent)
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        free = None
+    if free is not None and free < need:
+        raise OSError(errno.ENOSPC, f"No space left on device (the shard needs about {need >> 20} MB, "
+                      f"{free >> 20} MB free)", str(path))
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and limit < need:
+        raise OSError(errno.EFBIG, f"File too large (the shard needs about {need >> 20} MB, the file-size limit "
+                      f"is {limit} bytes)", str(path))
+
 
 class PackedWriter:
     """Write one split of a packed dataset, shard by shard, resumably.
@@ -257,6 +277,9 @@ class PackedWriter:
         kw = {"compression": self.compression} if self.compression else {}
         # track_times=False keeps HDF5 from storing timestamps, so equal data gives equal bytes
         # (an interrupted-and-resumed conversion has the same checksums as a straight one).
+        _check_room(tmp, regions.nbytes + labels.nbytes + sum(self._buffer["scene"][i].nbytes
+                                                              for i in range(len(self._buffer["scene"])))
+                    + sum(len(x.encode("utf-8")) + 16 for x in names))
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()  # ours (listed as being written, or allowed by --overwrite); a link was refused above
         # Created exclusively and no-follow first, so HDF5 opens the file made here, never a link's target.

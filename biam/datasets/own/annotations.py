@@ -56,6 +56,7 @@ import hashlib
 import io
 import json
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -126,10 +127,16 @@ def _image_path(raw, where: str) -> str:
     return "/".join(parts)
 
 
-def _tags(items: Iterable[str]) -> Tuple[str, ...]:
+def _tags(items: Iterable[str], where: str) -> Tuple[str, ...]:
     out: Dict[str, None] = {}
     for t in items:
         t = t.strip()
+        # A tag becomes one line of labels.txt: a control character or a Unicode line or
+        # paragraph separator (U+2028, U+2029, ...) would split it into two labels there.
+        bad = next((c for c in t if unicodedata.category(c) in ("Cc", "Zl", "Zp", "Cs")), None)
+        if bad is not None:
+            raise OwnDataError(f"{where}: tag {t!r} holds the character U+{ord(bad):04X} "
+                               f"({unicodedata.name(bad, 'a control character')}); tags are printable text")
         if t:
             out[t] = None
     return tuple(out)
@@ -177,7 +184,7 @@ def _read_csv(path: Path) -> List[Record]:
             raise OwnDataError(f"{where}: {len(row)} fields, the header has {len(header)} ({', '.join(header)}){hint}")
         records.append(Record(
             image=_image_path(row[i_img], where),
-            tags=_tags(row[i_tags].split(TAG_SEPARATOR)),
+            tags=_tags(row[i_tags].split(TAG_SEPARATOR), where),
             split=None if i_split is None else _split_value(row[i_split], where),
             where=where))
     return records
@@ -200,7 +207,7 @@ def _read_jsonl(path: Path) -> List[Record]:
         tags = obj["tags"]
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise OwnDataError(f"{where}: field 'tags' must be a list of strings, found {tags!r}")
-        records.append(Record(image=_image_path(obj["image"], where), tags=_tags(tags),
+        records.append(Record(image=_image_path(obj["image"], where), tags=_tags(tags, where),
                               split=_split_value(obj["split"], where) if "split" in obj else None, where=where))
     return records
 
