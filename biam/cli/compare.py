@@ -27,6 +27,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import yaml
 
+from ..backbones import DEFAULT_BACKBONE
 from ..data.label_encoders import LabelEncoderError, encoder_name, packed_label_encoder
 from ..data.packed import PackedFormatError, read_manifest
 from ..datasets import get_dataset
@@ -84,7 +85,7 @@ def _data_identity(root: str, split: str) -> Tuple[Optional[tuple], str, Optiona
     shards = manifest["splits"].get(split, {}).get("shards", [])
     ident = (tuple(labels["seen"]), tuple(labels["unseen"]), tuple(manifest.get("unseen_eval") or ()),
              tuple(s.get("sha256", "") for s in shards))
-    backbone = (manifest.get("backbone") or {}).get("name", "vgg19")
+    backbone = (manifest.get("backbone") or {}).get("name", DEFAULT_BACKBONE)  # manifests before the field
     try:
         encoder = encoder_name(packed_label_encoder(root))
     except (LabelEncoderError, FileNotFoundError, PackedFormatError):
