@@ -164,8 +164,10 @@ def run(args) -> int:
         print(f"biam-predict: warning: {w.message} (they score the same for every image)", file=sys.stderr)
     figures = FigureFolder(args.visualize, images, args.overwrite) if args.visualize else None
     try:
+        # The config again, with MODEL.NAME from the checkpoint's record unless the user set it.
         predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, weights=args.vgg_weights,
-                                              random_weights=args.random_vgg, cfg=cfg)
+                                              random_weights=args.random_vgg, config_file=args.config_file or None,
+                                              opts=opts)
         result = predictor.tag(images, labels, k=args.top_k, batch_size=args.batch_size, workers=args.workers,
                                figures=figures, progress=True)
     finally:

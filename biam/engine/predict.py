@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
+import yaml
 
 from ..backbones import DEFAULT_BACKBONE, check_weights_available, get_backbone
 from ..config import load_cfg
@@ -44,11 +45,12 @@ from ..modeling import build_model
 from ..utils.io import atomic_open, write_json
 from ..utils.ownership import LOCK_NAME, FolderLock, FolderOwnershipError, check_output_folder
 from ..utils.text import read_text
-from .checkpoint import checkpoint_backbone, load_checkpoint, load_model_weights
+from ..utils.yaml_safe import load_yaml_mapping
+from .checkpoint import checkpoint_backbone, checkpoint_method, load_checkpoint, load_model_weights
 from .visualize import DPI, render_attention_figure
 
 __all__ = ["Predictor", "LabelSet", "ImageTags", "TagResult", "FigureFolder", "embed_labels", "check_label_names",
-           "read_label_file", "collect_images", "predict_backbone", "resolve_device", "prepare_figure_folder",
+           "read_label_file", "collect_images", "predict_backbone", "sets_method", "resolve_device", "prepare_figure_folder",
            "IMAGE_EXTENSIONS", "FIGURE_RECORD", "FIGURE_SUFFIX"]
 
 # The record of a --visualize folder (which figures biam-predict wrote there) and the figures' naming.
@@ -269,6 +271,22 @@ def predict_backbone(cfg, checkpoint: str):
     return get_backbone(checkpoint_backbone(load_checkpoint(checkpoint)) or DEFAULT_BACKBONE)
 
 
+def sets_method(config_file: Optional[str], opts: Sequence[str]) -> bool:
+    """Whether the user chose MODEL.NAME: among the ``opts`` KEY VALUE pairs or in ``config_file``.
+    An unreadable file counts as not setting it (``load_cfg`` then reports it)."""
+    if "MODEL.NAME" in list(opts)[0::2]:
+        return True
+    if not config_file:
+        return False
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            loaded = load_yaml_mapping(f.read())
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):
+        return False
+    model = loaded.get("MODEL")
+    return isinstance(model, dict) and "NAME" in model
+
+
 class Predictor:
     """A BiAM checkpoint with its backbone's feature extractor, in eval mode on one device.
 
@@ -299,13 +317,18 @@ class Predictor:
                         config_file: Optional[str] = None, opts: Sequence[str] = (),
                         word_vectors: Optional[str] = None) -> "Predictor":
         """Build the model the config describes (``cfg``, else ``config_file`` + ``opts`` KEY VALUE
-        pairs, else the defaults), load ``checkpoint`` (ours or a published state dict) and the
+        pairs, else the defaults; without ``cfg``, MODEL.NAME is the method the checkpoint records
+        unless the file or ``opts`` set it), load ``checkpoint`` (ours or a published state dict) and the
         backbone it was trained on (recorded, or ``MODEL.BACKBONE``) with ImageNet ``weights``
         (a state-dict file; None: torchvision's cache) or seeded ``random_weights`` (tests).
         Raises CheckpointError, WeightsNotFoundError, FileNotFoundError, ConfigError."""
         checkpoint = os.fspath(checkpoint)
         if cfg is None:
-            cfg = load_cfg(config_file or None, list(opts))
+            opts = list(opts)
+            if not sets_method(config_file, opts):
+                # The checkpoint knows its method (a file without the record is BiAM's).
+                opts = ["MODEL.NAME", checkpoint_method(load_checkpoint(checkpoint)), *opts]
+            cfg = load_cfg(config_file or None, opts)
         backbone = predict_backbone(cfg, checkpoint)
         check_weights_available(weights, random_weights, "biam-predict", backbone=backbone.name)
         model = build_model(cfg, backbone)

@@ -176,3 +176,21 @@ def test_label_file_keeps_crlf_bom_and_trailing_blank_lines(tmp_path):
     path = tmp_path / "labels.txt"
     path.write_bytes("\ufeffsky\r\n  red car \r\ncañon\r\n\r\n".encode("utf-8"))
     assert read_label_file(path) == ["sky", "red car", "cañon"]
+
+
+def test_from_checkpoint_takes_the_method_the_checkpoint_records(tmp_path):
+    from biam.engine.checkpoint import CheckpointError, atomic_torch_save, model_file
+    from biam.modeling.fast0tag import Fast0Tag
+
+    opts = ["MODEL.JOINT_DIM", "16", "MODEL.EMBED_DIM", "300"]
+    model = build_model(load_cfg(None, ["MODEL.NAME", "fast0tag", *opts]), "vgg19")
+    atomic_torch_save(model_file(model), str(tmp_path / "f0t.pth"))
+    # MODEL.NAME not given: the recorded method, its weights loaded.
+    p = Predictor.from_checkpoint(tmp_path / "f0t.pth", device="cpu", random_weights=0, opts=opts)
+    assert isinstance(p.model, Fast0Tag)
+    torch.testing.assert_close(p.model.state_dict()["net.0.weight"], model.state_dict()["net.0.weight"])
+    # Chosen by the user (here in a config file): kept, and the checkpoint of another method refused.
+    (tmp_path / "biam.yaml").write_text("MODEL:\n  NAME: biam\n")
+    with pytest.raises(CheckpointError, match="fast0tag"):
+        Predictor.from_checkpoint(tmp_path / "f0t.pth", device="cpu", random_weights=0,
+                                  config_file=str(tmp_path / "biam.yaml"), opts=opts)
