@@ -16,7 +16,8 @@ existing file unless ``--overwrite``.
 Exit status: 0 all images tagged; 1 some images could not be read (they are listed, with the
 reason, on stderr and under "unreadable" in the JSON; the others are still tagged); 2 bad input
 (an empty label file, a label holding a line separator, ...) or a refused output path; 4 another
-biam-predict is writing the same --visualize folder.
+biam-predict is writing the same --visualize folder; 5 the system refused a read or write (disk
+full, permission; the file is named).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from ..engine.checkpoint import CheckpointError
 from ..engine.predict import FigureFolder, Predictor, TagResult, collect_images, embed_labels, read_label_file
 from ..utils.io import atomic_open
 from ..utils.ownership import FolderBusyError, FolderOwnershipError
-from ._errors import ExitOn, run_main
+from ._errors import ExitOn, run_main, system_error
 
 _CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 
@@ -65,6 +66,7 @@ EXITS = (
     # Bad input (files, labels, config, weights): one clear line instead of a traceback.
     ExitOn((ConfigError, CheckpointError, WeightsNotFoundError, RecordError, FileNotFoundError, KeyError,
             ValueError, FolderOwnershipError), 2),
+    system_error(),  # an OSError not above (disk full, permission): 5, the file named
 )
 
 

@@ -39,7 +39,7 @@ import yaml
 from ..backbones import DEFAULT_BACKBONE, check_weights_available, get_backbone
 from ..config import load_cfg
 from ..data import wordvec
-from ..data.images import ImageFileDataset, backbone_transform, collate_images, load_image
+from ..data.images import ImageFileDataset, backbone_transform, collate_images, load_image, to_rgb
 from ..extraction import build_extractor
 from ..modeling import build_model
 from ..utils.io import atomic_open, write_json
@@ -250,7 +250,8 @@ class _ImageInputs(Dataset):
         item = self.items[index]
         if _is_path(item):
             return self.files[index]
-        return self.transform(item.convert("RGB")), index
+        # 16-bit, alpha and palette images as files of them are read (biam.data.images.to_rgb).
+        return self.transform(to_rgb(item, _image_name(item, index))), index
 
 
 def resolve_device(device: Union[str, torch.device]) -> torch.device:
@@ -399,7 +400,7 @@ class Predictor:
                         if region_scores:
                             entry.region_scores = maps[b].T.reshape(len(names), rows, cols).cpu().numpy()
                         if figures is not None:
-                            shown = load_image(images[i]) if _is_path(images[i]) else images[i].convert("RGB")
+                            shown = load_image(images[i]) if _is_path(images[i]) else to_rgb(images[i], name)
                             stem = name if _is_path(images[i]) else f"image-{i}"  # no "<", ">" in file names
                             entry.figure = figures.write(stem, shown, maps[b][:, top_idx[b]].T.cpu().numpy(),
                                                          [t[0] for t in entry.labels], [t[1] for t in entry.labels],
@@ -426,7 +427,7 @@ class Predictor:
         label_set = self.labels(labels, **label_kw)
         entry = self._one(image, label_set, k)
         order = [label_set.names.index(name) for name, _ in entry.labels]
-        shown = load_image(image) if _is_path(image) else image.convert("RGB")
+        shown = load_image(image) if _is_path(image) else to_rgb(image, _image_name(image, 0))
         fig = render_attention_figure(shown, entry.region_scores[order], [t[0] for t in entry.labels],
                                       [t[1] for t in entry.labels])
         out_path = Path(out_path)

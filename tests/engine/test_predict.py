@@ -194,3 +194,26 @@ def test_from_checkpoint_takes_the_method_the_checkpoint_records(tmp_path):
     with pytest.raises(CheckpointError, match="fast0tag"):
         Predictor.from_checkpoint(tmp_path / "f0t.pth", device="cpu", random_weights=0,
                                   config_file=str(tmp_path / "biam.yaml"), opts=opts)
+
+
+def test_a_16bit_png_is_tagged_the_same_as_a_file_and_as_a_pil_image(predictor, tmp_path):
+    from biam.data.images import to_rgb
+
+    rng = np.random.default_rng(4)
+    path = tmp_path / "deep.png"
+    Image.fromarray(rng.integers(0, 65536, (30, 40), dtype=np.uint16)).save(path)  # a 16-bit greyscale PNG
+    opened = Image.open(path)
+    assert opened.mode in ("I", "I;16")  # convert("RGB") would clip it to white
+    emb = np.random.default_rng(1).normal(size=(len(LABELS), EMBED)).astype(np.float32)
+    result = predictor.tag([path, opened], LABELS, k=3, embeddings=emb)
+    x = predictor.transform(to_rgb(Image.open(path), path))[None]
+    with torch.no_grad():
+        regions, scene = predictor.extractor(x)
+        expected = predictor.model(regions, torch.from_numpy(l2_normalize(emb)), scene)[0]
+    top = torch.topk(expected, 3)
+    for entry in result.images:
+        assert [label for label, _ in entry.labels] == [LABELS[i] for i in top.indices.tolist()]
+        np.testing.assert_allclose([s for _, s in entry.labels], top.values.numpy(), rtol=1e-5, atol=1e-6)
+    # The figure of a PIL image shows it as the model saw it.
+    fig = predictor.visualize(opened, LABELS, tmp_path / "deep_fig.png", k=2, embeddings=emb)
+    assert Path(fig).is_file()
