@@ -30,7 +30,7 @@ import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from ..backbones import WeightsNotFoundError
+from ..backbones import WeightsNotFoundError, list_backbones
 from ..config import ConfigError, load_cfg
 from ..data.released import RecordError
 from ..engine.checkpoint import CheckpointError
@@ -87,10 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, metavar="FILE",
                         help="BiAM weights: our training checkpoint or a published state dict (model_best_nus.pth)")
     vgg = parser.add_mutually_exclusive_group()
-    vgg.add_argument("--vgg-weights", metavar="FILE",
-                     help="ImageNet state dict of the checkpoint's backbone (VGG19: vgg19-dcbb9e9d.pth; the backbone is "
-                          "the one the checkpoint records, or MODEL.BACKBONE); default: torchvision's cache")
-    vgg.add_argument("--random-vgg", type=int, metavar="SEED",
+    # --vgg-weights / --random-vgg: the names from when VGG19 was the only backbone, kept working.
+    vgg.add_argument("--weights", "--vgg-weights", dest="vgg_weights", metavar="FILE",
+                     help="weights of the checkpoint's backbone (the one it records, or MODEL.BACKBONE; registered: "
+                          f"{', '.join(list_backbones())}): for vgg19 and resnet101 torchvision's ImageNet state dict "
+                          "(vgg19-dcbb9e9d.pth), for the CLIP ones an open_clip checkpoint (FILE, TAG or TAG=FILE, "
+                          "docs/methods.md); default: torchvision's cache (vgg19, resnet101 only)")
+    vgg.add_argument("--random-weights", "--random-vgg", dest="random_vgg", type=int, metavar="SEED",
                      help="seeded random backbone weights (tests and smoke runs only)")
     parser.add_argument("--top-k", "--topk", dest="top_k", type=int, default=5, metavar="K",
                         help="labels shown per image (default 5)")

@@ -301,3 +301,19 @@ def test_attention_figures_are_written_whole_and_never_through_a_link(tmp_path):
     with pytest.raises(LinkRefusedError):
         save_attention_figure(img, maps, ["a", "b"], [0.5, 0.25], tmp_path / "link.png")
     assert victim.read_text() == "keep"
+
+
+def test_weights_and_random_weights_are_the_old_vgg_flags_under_new_names(capsys):
+    from biam.cli.predict import build_parser
+
+    parser = build_parser()
+    base = ["--labels", "l.txt", "--glove", "g.txt", "--checkpoint", "c.pth"]
+    for new, old, value, dest in (("--weights", "--vgg-weights", "w.pth", "vgg_weights"),
+                                  ("--random-weights", "--random-vgg", "3", "random_vgg")):
+        a, b = parser.parse_args([*base, new, value]), parser.parse_args([*base, old, value])
+        assert getattr(a, dest) == getattr(b, dest) == (int(value) if dest == "random_vgg" else value)
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--weights", "w.pth", "--random-vgg", "0"])  # still one or the other
+    assert "not allowed with argument" in capsys.readouterr().err
+    text = parser.format_help()
+    assert "--weights FILE, --vgg-weights FILE" in text and "clip_vit_b16" in text and "vgg19" in text
