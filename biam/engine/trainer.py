@@ -34,7 +34,7 @@ from ..datasets import get_dataset
 from ..evaluation import average_precision, f1_at_k
 from ..modeling import get_method
 from ..utils import comm
-from ..utils.io import write_json
+from ..utils.io import ensure_subfolder, write_json
 from ..utils.logging import JsonlWriter, setup_logger
 from . import checkpoint as ckpt
 from . import train_data, writers
@@ -82,7 +82,7 @@ class Trainer:
         if self.world > 1:
             self.record = comm.broadcast_object(self.record)  # every rank takes rank 0's decisions
         if comm.is_main_process():
-            os.makedirs(self.ckpt_dir, exist_ok=True)
+            ensure_subfolder(self.ckpt_dir)  # never a link or a file at checkpoints/
             dump_cfg(cfg, os.path.join(self.out_dir, "config.yaml"))
         comm.barrier()
         self.logger = setup_logger(self.out_dir)
