@@ -104,7 +104,7 @@ def main(argv=None) -> int:
 
         def evaluate_weights(path: str):
             model = build_model(cfg, backbone)
-            ckpt.load_model_weights(model, path)
+            ckpt.load_model_weights(model, path, data_root=cfg.DATA.ROOT)
             model.to(device).eval()
             return evaluate_split(
                 model, dataset, labels, cfg, device, resolve_amp(cfg.AMP, device), scene_head,

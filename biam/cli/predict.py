@@ -16,7 +16,8 @@ existing file unless ``--overwrite``.
 Exit status: 0 all images tagged; 1 some images could not be read (they are listed, with the
 reason, on stderr and under "unreadable" in the JSON; the others are still tagged); 2 bad input
 (an empty label file, a label holding a line separator, ...) or a refused output path; 4 another
-biam-predict is writing the same --visualize folder.
+biam-predict is writing the same --visualize folder; 5 the system refused a read or write (disk
+full, permission; the file is named).
 """
 
 from __future__ import annotations
@@ -29,14 +30,14 @@ import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from ..backbones import WeightsNotFoundError
+from ..backbones import WeightsNotFoundError, list_backbones
 from ..config import ConfigError, load_cfg
 from ..data.released import RecordError
 from ..engine.checkpoint import CheckpointError
 from ..engine.predict import FigureFolder, Predictor, TagResult, collect_images, embed_labels, read_label_file
 from ..utils.io import atomic_open
 from ..utils.ownership import FolderBusyError, FolderOwnershipError
-from ._errors import ExitOn, run_main
+from ._errors import ExitOn, run_main, system_error
 
 _CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 
@@ -65,6 +66,7 @@ EXITS = (
     # Bad input (files, labels, config, weights): one clear line instead of a traceback.
     ExitOn((ConfigError, CheckpointError, WeightsNotFoundError, RecordError, FileNotFoundError, KeyError,
             ValueError, FolderOwnershipError), 2),
+    system_error(),  # an OSError not above (disk full, permission): 5, the file named
 )
 
 
@@ -85,10 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, metavar="FILE",
                         help="BiAM weights: our training checkpoint or a published state dict (model_best_nus.pth)")
     vgg = parser.add_mutually_exclusive_group()
-    vgg.add_argument("--vgg-weights", metavar="FILE",
-                     help="ImageNet state dict of the checkpoint's backbone (VGG19: vgg19-dcbb9e9d.pth; the backbone is "
-                          "the one the checkpoint records, or MODEL.BACKBONE); default: torchvision's cache")
-    vgg.add_argument("--random-vgg", type=int, metavar="SEED",
+    # --vgg-weights / --random-vgg: the names from when VGG19 was the only backbone, kept working.
+    vgg.add_argument("--weights", "--vgg-weights", dest="vgg_weights", metavar="FILE",
+                     help="weights of the checkpoint's backbone (the one it records, or MODEL.BACKBONE; registered: "
+                          f"{', '.join(list_backbones())}): for vgg19 and resnet101 torchvision's ImageNet state dict "
+                          "(vgg19-dcbb9e9d.pth), for the CLIP ones an open_clip checkpoint (FILE, TAG or TAG=FILE, "
+                          "docs/methods.md); default: torchvision's cache (vgg19, resnet101 only)")
+    vgg.add_argument("--random-weights", "--random-vgg", dest="random_vgg", type=int, metavar="SEED",
                      help="seeded random backbone weights (tests and smoke runs only)")
     parser.add_argument("--top-k", "--topk", dest="top_k", type=int, default=5, metavar="K",
                         help="labels shown per image (default 5)")
@@ -164,8 +169,10 @@ def run(args) -> int:
         print(f"biam-predict: warning: {w.message} (they score the same for every image)", file=sys.stderr)
     figures = FigureFolder(args.visualize, images, args.overwrite) if args.visualize else None
     try:
+        # The config again, with MODEL.NAME from the checkpoint's record unless the user set it.
         predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, weights=args.vgg_weights,
-                                              random_weights=args.random_vgg, cfg=cfg)
+                                              random_weights=args.random_vgg, config_file=args.config_file or None,
+                                              opts=opts)
         result = predictor.tag(images, labels, k=args.top_k, batch_size=args.batch_size, workers=args.workers,
                                figures=figures, progress=True)
     finally:

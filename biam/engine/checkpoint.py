@@ -24,13 +24,14 @@ import torch
 from torch import nn
 
 from ..backbones import get_backbone, list_backbones
+from ..data.label_encoders import LabelEncoderError, check_label_encoder, data_label_encoder
 from ..modeling import DEFAULT_METHOD, load_published_state_dict, method_of
 from ..utils.io import atomic_open
 
 __all__ = [
     "checkpoint_path", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
     "rng_state", "set_rng_state", "load_model_weights", "CheckpointError", "atomic_torch_save",
-    "latest_owned", "check_training_state", "model_file", "check_hparams", "HPARAMS_KEY",
+    "latest_owned", "check_training_state", "model_file", "check_hparams", "HPARAMS_KEY", "LABEL_ENCODER_KEY",
     "METHOD_KEY", "checkpoint_method", "check_method",
     "checkpoint_backbone", "check_backbone",
 ]
@@ -39,6 +40,8 @@ __all__ = [
 HPARAMS_KEY = "model_hparams"
 # Key of the method's registered name (MODEL.NAME); a file without it is BiAM's.
 METHOD_KEY = "method"
+# Key of the label encoder's name (biam.data.label_encoders); a file without it: word vectors.
+LABEL_ENCODER_KEY = "label_encoder"
 
 _NAME = re.compile(r"^checkpoint_epoch_(\d{4,})\.pth$")
 
@@ -159,8 +162,10 @@ def model_state_from(obj: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
     return obj
 
 
-def model_file(model: nn.Module) -> Dict[str, Any]:
-    """What ``model_best.pth`` holds: ``{"model": state dict, "method": name, "model_hparams": {...}}``.
+def model_file(model: nn.Module, label_encoder: Optional[str] = None) -> Dict[str, Any]:
+    """What ``model_best.pth`` holds: ``{"model": state dict, "method": name, "model_hparams": {...}}``,
+    plus ``"label_encoder"`` (the name of the encoder of the training data's label embeddings,
+    :func:`biam.data.label_encoders.data_label_encoder`) when given.
 
     ``model`` is the bare method module (no DDP / compile wrapper); ``load_model_weights`` reads
     it back. ``model_hparams`` only for a module with ``hparams()``.
@@ -168,6 +173,8 @@ def model_file(model: nn.Module) -> Dict[str, Any]:
     out = {"model": model.state_dict(), METHOD_KEY: method_of(model) or DEFAULT_METHOD}
     if hasattr(model, "hparams"):
         out[HPARAMS_KEY] = model.hparams()
+    if label_encoder is not None:
+        out[LABEL_ENCODER_KEY] = label_encoder
     return out
 
 
@@ -245,7 +252,7 @@ def check_backbone(model: nn.Module, obj: Mapping[str, Any], path: str) -> None:
         f"features extracted with --backbone {theirs}")
 
 
-def load_model_weights(model: nn.Module, path: str) -> Dict[str, Any]:
+def load_model_weights(model: nn.Module, path: str, data_root: Optional[str] = None) -> Dict[str, Any]:
     """Load weights into ``model`` from a training checkpoint, a ``model_best.pth`` of ours or a
     published plain state dict.
 
@@ -255,10 +262,18 @@ def load_model_weights(model: nn.Module, path: str) -> Dict[str, Any]:
     file trained on another backbone's features (:func:`check_backbone`, also for published files). A plain
     state dict has no record: its keys and shapes are checked. Keys and shapes must match
     exactly; otherwise ``CheckpointError`` lists the missing, unexpected and mismatched keys
-    with their shapes. Returns the loaded object.
+    with their shapes. With ``data_root`` (a packed dataset), a file whose recorded label encoder
+    is not the one of that data's label embeddings raises ``CheckpointError`` naming both
+    (:func:`biam.data.label_encoders.check_label_encoder`). Returns the loaded object.
     """
     obj = load_checkpoint(path)
     check_method(model, obj, path)
+    if data_root is not None:
+        # Label embeddings of another encoder are another space, even at the same width.
+        try:
+            check_label_encoder(obj.get(LABEL_ENCODER_KEY), data_label_encoder(data_root), path, str(data_root))
+        except LabelEncoderError as err:
+            raise CheckpointError(str(err)) from None
     check_backbone(model, obj, path)
     if HPARAMS_KEY in obj and hasattr(model, "hparams"):
         check_hparams(model, obj[HPARAMS_KEY], path)

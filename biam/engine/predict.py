@@ -34,21 +34,23 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
+import yaml
 
 from ..backbones import DEFAULT_BACKBONE, check_weights_available, get_backbone
 from ..config import load_cfg
 from ..data import wordvec
-from ..data.images import ImageFileDataset, backbone_transform, collate_images, load_image
+from ..data.images import ImageFileDataset, backbone_transform, collate_images, load_image, to_rgb
 from ..extraction import build_extractor
 from ..modeling import build_model
 from ..utils.io import atomic_open, write_json
 from ..utils.ownership import LOCK_NAME, FolderLock, FolderOwnershipError, check_output_folder
 from ..utils.text import read_text
-from .checkpoint import checkpoint_backbone, load_checkpoint, load_model_weights
+from ..utils.yaml_safe import load_yaml_mapping
+from .checkpoint import checkpoint_backbone, checkpoint_method, load_checkpoint, load_model_weights
 from .visualize import DPI, render_attention_figure
 
 __all__ = ["Predictor", "LabelSet", "ImageTags", "TagResult", "FigureFolder", "embed_labels", "check_label_names",
-           "read_label_file", "collect_images", "predict_backbone", "resolve_device", "prepare_figure_folder",
+           "read_label_file", "collect_images", "predict_backbone", "sets_method", "resolve_device", "prepare_figure_folder",
            "IMAGE_EXTENSIONS", "FIGURE_RECORD", "FIGURE_SUFFIX"]
 
 # The record of a --visualize folder (which figures biam-predict wrote there) and the figures' naming.
@@ -248,7 +250,8 @@ class _ImageInputs(Dataset):
         item = self.items[index]
         if _is_path(item):
             return self.files[index]
-        return self.transform(item.convert("RGB")), index
+        # 16-bit, alpha and palette images as files of them are read (biam.data.images.to_rgb).
+        return self.transform(to_rgb(item, _image_name(item, index))), index
 
 
 def resolve_device(device: Union[str, torch.device]) -> torch.device:
@@ -267,6 +270,22 @@ def predict_backbone(cfg, checkpoint: str):
     if cfg.MODEL.BACKBONE:
         return get_backbone(cfg.MODEL.BACKBONE)
     return get_backbone(checkpoint_backbone(load_checkpoint(checkpoint)) or DEFAULT_BACKBONE)
+
+
+def sets_method(config_file: Optional[str], opts: Sequence[str]) -> bool:
+    """Whether the user chose MODEL.NAME: among the ``opts`` KEY VALUE pairs or in ``config_file``.
+    An unreadable file counts as not setting it (``load_cfg`` then reports it)."""
+    if "MODEL.NAME" in list(opts)[0::2]:
+        return True
+    if not config_file:
+        return False
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            loaded = load_yaml_mapping(f.read())
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):
+        return False
+    model = loaded.get("MODEL")
+    return isinstance(model, dict) and "NAME" in model
 
 
 class Predictor:
@@ -299,13 +318,18 @@ class Predictor:
                         config_file: Optional[str] = None, opts: Sequence[str] = (),
                         word_vectors: Optional[str] = None) -> "Predictor":
         """Build the model the config describes (``cfg``, else ``config_file`` + ``opts`` KEY VALUE
-        pairs, else the defaults), load ``checkpoint`` (ours or a published state dict) and the
+        pairs, else the defaults; without ``cfg``, MODEL.NAME is the method the checkpoint records
+        unless the file or ``opts`` set it), load ``checkpoint`` (ours or a published state dict) and the
         backbone it was trained on (recorded, or ``MODEL.BACKBONE``) with ImageNet ``weights``
         (a state-dict file; None: torchvision's cache) or seeded ``random_weights`` (tests).
         Raises CheckpointError, WeightsNotFoundError, FileNotFoundError, ConfigError."""
         checkpoint = os.fspath(checkpoint)
         if cfg is None:
-            cfg = load_cfg(config_file or None, list(opts))
+            opts = list(opts)
+            if not sets_method(config_file, opts):
+                # The checkpoint knows its method (a file without the record is BiAM's).
+                opts = ["MODEL.NAME", checkpoint_method(load_checkpoint(checkpoint)), *opts]
+            cfg = load_cfg(config_file or None, opts)
         backbone = predict_backbone(cfg, checkpoint)
         check_weights_available(weights, random_weights, "biam-predict", backbone=backbone.name)
         model = build_model(cfg, backbone)
@@ -376,7 +400,7 @@ class Predictor:
                         if region_scores:
                             entry.region_scores = maps[b].T.reshape(len(names), rows, cols).cpu().numpy()
                         if figures is not None:
-                            shown = load_image(images[i]) if _is_path(images[i]) else images[i].convert("RGB")
+                            shown = load_image(images[i]) if _is_path(images[i]) else to_rgb(images[i], name)
                             stem = name if _is_path(images[i]) else f"image-{i}"  # no "<", ">" in file names
                             entry.figure = figures.write(stem, shown, maps[b][:, top_idx[b]].T.cpu().numpy(),
                                                          [t[0] for t in entry.labels], [t[1] for t in entry.labels],
@@ -403,7 +427,7 @@ class Predictor:
         label_set = self.labels(labels, **label_kw)
         entry = self._one(image, label_set, k)
         order = [label_set.names.index(name) for name, _ in entry.labels]
-        shown = load_image(image) if _is_path(image) else image.convert("RGB")
+        shown = load_image(image) if _is_path(image) else to_rgb(image, _image_name(image, 0))
         fig = render_attention_figure(shown, entry.region_scores[order], [t[0] for t in entry.labels],
                                       [t[1] for t in entry.labels])
         out_path = Path(out_path)

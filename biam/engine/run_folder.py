@@ -16,8 +16,8 @@ from ..utils.io import write_json
 from ..utils.ownership import FolderBusyError, FolderLock, FolderOwnershipError, check_output_folder
 from . import checkpoint as ckpt
 from .run_record import (
-    RECORD, RUN_FILES, RunMismatchError, _now, command_line, config_changes, new_record, parse_saved_config,
-    result_hash,
+    RECORD, RUN_FILES, RunMismatchError, _now, check_same_data, command_line, config_changes, data_identity,
+    new_record, parse_saved_config, result_hash,
 )
 
 __all__ = ["RunFolder", "shared_outcome"]
@@ -142,10 +142,16 @@ class RunFolder:
             path = ckpt.latest_owned(self.ckpt_dir, self.record["checkpoints"])
         self.resume_path, self.resume_state = path, None
         record_config = None if fresh else self.record.get("config")
+        # The run's data by content (refused naming both when other data): then DATA.ROOT may have
+        # moved. A new folder's record, or one written before the field, proves nothing.
+        same_data = False
+        if not fresh and isinstance(self.record.get("data"), dict) and self.record["data"].get("content_sha256"):
+            check_same_data(self.record, self.cfg, record_path)
+            same_data = True
         if path is None:
             if record_config is None:
                 return []
-            return self.check_config(parse_saved_config(record_config, record_path), record_path, 0, "train")
+            return self.check_config(parse_saved_config(record_config, record_path), record_path, 0, "train", same_data)
         state = ckpt.load_checkpoint(path)
         ckpt.check_training_state(state, path)
         run_id = state.get("run_id")
@@ -161,15 +167,17 @@ class RunFolder:
         else:
             raise RunMismatchError(f"{path}: the checkpoint holds no config, so --resume cannot check it is the same "
                                    "run; start a new run with MODEL.WEIGHTS to use its weights")
-        allowed = self.check_config(saved, source, int(state["epoch"]), state["phase"])
+        allowed = self.check_config(saved, source, int(state["epoch"]), state["phase"], same_data)
         if run_id is not None:
             self.record["run_id"] = run_id  # a run continued in a new folder stays the same run
         self.resume_state = state
         return allowed
 
-    def check_config(self, saved: Dict[str, Any], source: str, epoch: int, phase: str) -> List[str]:
-        """Refuse a config that changes the result; record and return the allowed changes."""
-        refused, allowed = config_changes(saved, self.cfg, epoch=epoch, phase=phase)
+    def check_config(self, saved: Dict[str, Any], source: str, epoch: int, phase: str,
+                     same_data: bool = False) -> List[str]:
+        """Refuse a config that changes the result; record and return the allowed changes.
+        ``same_data``: DATA.ROOT holds the run's data by content, so its path may differ."""
+        refused, allowed = config_changes(saved, self.cfg, epoch=epoch, phase=phase, same_data=same_data)
         if refused:
             raise RunMismatchError(
                 f"--resume: the config differs from the run's ({source}) in keys that change the result:\n  "
@@ -179,4 +187,6 @@ class RunFolder:
                                                       "changed": allowed})
         self.record["config"] = self.cfg.dump()
         self.record["config_sha256"] = result_hash(self.cfg)
+        if same_data:
+            self.record["data"] = data_identity(self.cfg)  # the new absolute path, the same content
         return [f"--resume: changed {line}" for line in allowed]

@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from ..config import get_cfg_defaults
+from ..config import FREE_ON_RESUME, get_cfg_defaults
 from ..data.packed import PackedFormatError, read_manifest
 from ..utils.io import sha256_file
 
@@ -43,27 +43,10 @@ RECORD = "run.json"
 RUN_FILES = ("config.yaml", "log.txt", "metrics.jsonl", "metrics.json", "model_best.pth", "curve.png",
              "checkpoints", "eval", "tb")
 
-# Keys a resumed run may change: none of them changes the weights a run ends with (on one
-# device type), so the resumed run is still the same run. Each change is logged.
-FREE_KEYS = {
-    "OUTPUT_DIR": "where the outputs go",
-    "DEVICE": "the device (numerics differ only by the device's rounding)",
-    "COMPILE": "torch.compile on or off (same maths)",
-    "CHANNELS_LAST": "memory layout on CUDA (same maths)",
-    "DATA.NUM_WORKERS": "loader processes",
-    "DATA.IN_MEMORY": "where the training images are held (disk, RAM or device: the same batches)",
-    "DATA.VERIFY_CHECKSUMS": "an extra check of the shards",
-    "KEEP_CHECKPOINTS": "how many checkpoints are kept",
-    "PLOT_CURVE": "the curve plot",
-    "EVAL.BATCH_SIZE": "inference batch size (scores are per image)",
-    "EVAL.REPORT_CHANCE": "an extra report",
-    "EVAL.PUBLISHED_OPENIMAGES_AP": "an extra report",
-    "EVAL.TEST_AFTER_FINETUNE": "test reports after fine-tuning epochs (the weights are the same)",
-    # What happens to a batch already known to be bad: the message of a run stopped on one
-    # tells the user to resume with these changed.
-    "SOLVER.BAD_LOSS": "what is done with a bad batch",
-    "SOLVER.MAX_LOSS": "the loss above which a batch is bad",
-}
+# Keys a resumed run may change, with why: none changes the weights a run ends with (on one
+# device type), so the resumed run is still the same run. Each change is logged. The table is
+# the config's key rules (biam.config.KEY_RULES, free_on_resume).
+FREE_KEYS = FREE_ON_RESUME
 
 
 class RunMismatchError(RuntimeError):
@@ -163,7 +146,8 @@ def parse_saved_config(text: Any, source: str) -> Dict[str, Any]:
     return flatten(data)
 
 
-def config_changes(saved: Dict[str, Any], cfg, *, epoch: int, phase: str) -> Tuple[List[str], List[str]]:
+def config_changes(saved: Dict[str, Any], cfg, *, epoch: int, phase: str,
+                   same_data: bool = False) -> Tuple[List[str], List[str]]:
     """Compare a run's saved flat config with the one given to ``--resume``.
 
     Args:
@@ -171,6 +155,8 @@ def config_changes(saved: Dict[str, Any], cfg, *, epoch: int, phase: str) -> Tup
         cfg: the config given now.
         epoch, phase: the last completed epoch and its phase ("train" / "finetune"), or 0 and
             "train" when no checkpoint exists yet.
+        same_data: DATA.ROOT was found to hold the run's data by content
+            (:func:`check_same_data`): a changed DATA.ROOT is then allowed (the data moved).
     Returns:
         ``(refused, allowed)``: lines "KEY: saved VALUE, given VALUE (why)". A change is allowed
         only when the resumed run ends exactly where an uninterrupted run with the new config
@@ -193,7 +179,7 @@ def config_changes(saved: Dict[str, Any], cfg, *, epoch: int, phase: str) -> Tup
         if _same(old, new):
             continue
         line = f"{key}: saved {old!r}, given {new!r}"
-        why = _why_refused(key, old, new, saved, given, epoch, phase)
+        why = None if (key == "DATA.ROOT" and same_data) else _why_refused(key, old, new, saved, given, epoch, phase)
         if why is None:
             allowed.append(line)
         else:

@@ -30,7 +30,7 @@ def build_training_model(cfg, backbone: Backbone, device: torch.device, dtype: t
     the parameters; it is the one that is saved, loaded and evaluated."""
     model = build_model(cfg, backbone)
     if cfg.MODEL.WEIGHTS:
-        ckpt.load_model_weights(model, cfg.MODEL.WEIGHTS)
+        ckpt.load_model_weights(model, cfg.MODEL.WEIGHTS, data_root=cfg.DATA.ROOT)
         logger.info(f"initialised from {cfg.MODEL.WEIGHTS}")
     model.to(device, dtype)
     if channels_last_on(cfg, device):

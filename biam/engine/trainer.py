@@ -28,12 +28,13 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from ..config import dump_cfg
+from ..data.label_encoders import data_label_encoder
 from ..data.packed import PackedDataset, resolve_backbone
 from ..datasets import get_dataset
 from ..evaluation import average_precision, f1_at_k
 from ..modeling import get_method
 from ..utils import comm
-from ..utils.io import write_json
+from ..utils.io import ensure_subfolder, write_json
 from ..utils.logging import JsonlWriter, setup_logger
 from . import checkpoint as ckpt
 from . import train_data, writers
@@ -81,7 +82,7 @@ class Trainer:
         if self.world > 1:
             self.record = comm.broadcast_object(self.record)  # every rank takes rank 0's decisions
         if comm.is_main_process():
-            os.makedirs(self.ckpt_dir, exist_ok=True)
+            ensure_subfolder(self.ckpt_dir)  # never a link or a file at checkpoints/
             dump_cfg(cfg, os.path.join(self.out_dir, "config.yaml"))
         comm.barrier()
         self.logger = setup_logger(self.out_dir)
@@ -94,6 +95,8 @@ class Trainer:
         seed_everything(derive_seed(cfg.SEED, 0, self.rank))
 
         self.build_data()
+        # Recorded in every checkpoint: weights fit only label embeddings of this encoder.
+        self.label_encoder = data_label_encoder(cfg.DATA.ROOT)
         self.backbone = resolve_backbone(cfg.MODEL.BACKBONE, cfg.DATA.ROOT)
         self.channels_last = channels_last_on(cfg, self.device)
         self.model, self.raw_model = build_training_model(cfg, self.backbone, self.device, self.dtype, self.world,
@@ -183,7 +186,7 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def state_dict(self, epoch: int) -> Dict[str, Any]:
         return {
-            **ckpt.model_file(self.raw_model),  # model, method, model_hparams
+            **ckpt.model_file(self.raw_model, self.label_encoder),  # model, method, model_hparams, label_encoder
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -290,7 +293,7 @@ class Trainer:
         if metric >= self.best["metric"]:
             self.best = {"metric": metric, "epoch": epoch}
             if comm.is_main_process():
-                ckpt.atomic_torch_save(ckpt.model_file(self.raw_model), os.path.join(self.out_dir, "model_best.pth"))
+                ckpt.atomic_torch_save(ckpt.model_file(self.raw_model, self.label_encoder), os.path.join(self.out_dir, "model_best.pth"))
 
     def enter_finetune(self) -> None:
         """Switch to fine-tuning: the best validated weights, a fresh optimiser at FINETUNE_LR."""

@@ -16,6 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.images import load_image
+from ..utils.io import atomic_open
+
 __all__ = ["PANEL_PX", "TITLE_PX", "DISPLAY_MAX_SIDE", "figure_size", "as_grid_maps", "upsample_map",
            "save_attention_figure", "render_attention_figure"]
 
@@ -85,8 +88,7 @@ def render_attention_figure(
     from PIL import Image
 
     if not hasattr(image, "size"):
-        with Image.open(image) as img:
-            image = img.convert("RGB")
+        image = load_image(image)  # 16-bit, alpha, palette: as the model saw it (to_rgb)
     k = len(labels)
     if len(scores) != k:
         raise ValueError(f"{k} labels but {len(scores)} scores")
@@ -136,5 +138,7 @@ def save_attention_figure(
     fig = render_attention_figure(image, region_scores, labels, scores, grid=grid, cmap=cmap, alpha=alpha)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=DPI, format="png")
+    # Complete or absent, never through a link: a figure is replaced only by a whole new one.
+    with atomic_open(out_path, "wb") as f:
+        fig.savefig(f, dpi=DPI, format="png")
     return out_path

@@ -263,3 +263,14 @@ def test_tag_with_a_line_separator_or_control_character_names_the_line(tmp_path,
     with pytest.raises(OwnDataError, match=re.escape(code)) as err:
         read_annotations(path)
     assert str(err.value).startswith(f"{path}:{3 if writer is write_csv else 2}:")
+
+
+def test_a_unicode_line_separator_does_not_split_a_label_silently(tmp_path):
+    from biam.datasets.own.annotations import read_label_file
+
+    path = tmp_path / "seen.txt"
+    path.write_text("dog\ncat\u2028bird\n", encoding="utf-8")
+    with pytest.raises(OwnDataError, match=r"seen\.txt: line 2 holds U\+2028"):
+        read_label_file(path)
+    path.write_text("dog\r\ncat\n\n", encoding="utf-8", newline="")
+    assert read_label_file(path) == ["dog", "cat"]

@@ -243,3 +243,17 @@ def test_nan_embedding_row_is_refused_and_a_zero_row_named_in_a_warning(tmp_path
             zf.writestr(f"{key}.npy", data)
     with pytest.raises(PackedFormatError, match=r"array 'seen' row 1 \(label 'b'\) is not finite"):
         load_embeddings(tmp_path)
+
+
+def test_l2_normalize_rows_past_the_float32_norm_range_are_not_zeroed():
+    rng = np.random.default_rng(0)
+    ordinary = rng.normal(size=(3, 300)).astype(np.float32)
+    huge = np.full((1, 300), 3e19, dtype=np.float32)  # squares overflow float32
+    out = l2_normalize(np.concatenate([ordinary, huge]))
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    np.testing.assert_allclose(np.linalg.norm(out[3].astype(np.float64)), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(out[3], np.full(300, 1 / np.sqrt(300), dtype=np.float32), rtol=1e-6)
+    # Ordinary rows: bit for bit what the float32 computation gives.
+    want = ordinary / np.maximum(np.linalg.norm(ordinary, axis=-1, keepdims=True), 1e-12)
+    assert np.array_equal(out[:3], want) and np.array_equal(l2_normalize(ordinary), want)
+    assert np.array_equal(l2_normalize(np.zeros((2, 4), np.float32)), np.zeros((2, 4), np.float32))

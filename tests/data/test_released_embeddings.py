@@ -79,3 +79,13 @@ def test_npy_npz_roundtrip(tmp_path):
     np.save(tmp_path / "obj.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError):
         load_embedding_array(tmp_path / "obj.npy")
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\x85", "\x0c", "\r"])
+def test_read_lines_refuses_other_line_breaks_naming_file_and_line(tmp_path, sep):
+    path = tmp_path / "labels.txt"
+    path.write_text(f"sky\r\ndog{sep}cat\nwater\n", encoding="utf-8", newline="")
+    with pytest.raises(ValueError, match=rf"labels\.txt: line 2 holds U\+{ord(sep):04X}"):
+        read_lines(path)
+    path.write_text("sky\r\ndog cat\nwater\n", encoding="utf-8", newline="")
+    assert read_lines(path) == ["sky", "dog cat", "water"]

@@ -176,3 +176,44 @@ def test_label_file_keeps_crlf_bom_and_trailing_blank_lines(tmp_path):
     path = tmp_path / "labels.txt"
     path.write_bytes("\ufeffsky\r\n  red car \r\ncañon\r\n\r\n".encode("utf-8"))
     assert read_label_file(path) == ["sky", "red car", "cañon"]
+
+
+def test_from_checkpoint_takes_the_method_the_checkpoint_records(tmp_path):
+    from biam.engine.checkpoint import CheckpointError, atomic_torch_save, model_file
+    from biam.modeling.fast0tag import Fast0Tag
+
+    opts = ["MODEL.JOINT_DIM", "16", "MODEL.EMBED_DIM", "300"]
+    model = build_model(load_cfg(None, ["MODEL.NAME", "fast0tag", *opts]), "vgg19")
+    atomic_torch_save(model_file(model), str(tmp_path / "f0t.pth"))
+    # MODEL.NAME not given: the recorded method, its weights loaded.
+    p = Predictor.from_checkpoint(tmp_path / "f0t.pth", device="cpu", random_weights=0, opts=opts)
+    assert isinstance(p.model, Fast0Tag)
+    torch.testing.assert_close(p.model.state_dict()["net.0.weight"], model.state_dict()["net.0.weight"])
+    # Chosen by the user (here in a config file): kept, and the checkpoint of another method refused.
+    (tmp_path / "biam.yaml").write_text("MODEL:\n  NAME: biam\n")
+    with pytest.raises(CheckpointError, match="fast0tag"):
+        Predictor.from_checkpoint(tmp_path / "f0t.pth", device="cpu", random_weights=0,
+                                  config_file=str(tmp_path / "biam.yaml"), opts=opts)
+
+
+def test_a_16bit_png_is_tagged_the_same_as_a_file_and_as_a_pil_image(predictor, tmp_path):
+    from biam.data.images import to_rgb
+
+    rng = np.random.default_rng(4)
+    path = tmp_path / "deep.png"
+    Image.fromarray(rng.integers(0, 65536, (30, 40), dtype=np.uint16)).save(path)  # a 16-bit greyscale PNG
+    opened = Image.open(path)
+    assert opened.mode in ("I", "I;16")  # convert("RGB") would clip it to white
+    emb = np.random.default_rng(1).normal(size=(len(LABELS), EMBED)).astype(np.float32)
+    result = predictor.tag([path, opened], LABELS, k=3, embeddings=emb)
+    x = predictor.transform(to_rgb(Image.open(path), path))[None]
+    with torch.no_grad():
+        regions, scene = predictor.extractor(x)
+        expected = predictor.model(regions, torch.from_numpy(l2_normalize(emb)), scene)[0]
+    top = torch.topk(expected, 3)
+    for entry in result.images:
+        assert [label for label, _ in entry.labels] == [LABELS[i] for i in top.indices.tolist()]
+        np.testing.assert_allclose([s for _, s in entry.labels], top.values.numpy(), rtol=1e-5, atol=1e-6)
+    # The figure of a PIL image shows it as the model saw it.
+    fig = predictor.visualize(opened, LABELS, tmp_path / "deep_fig.png", k=2, embeddings=emb)
+    assert Path(fig).is_file()

@@ -276,3 +276,44 @@ def test_predictor_from_checkpoint_gives_the_commands_results(tmp_path, capsys):
     assert result.images[0].region_scores.shape == (len(LABELS), *p.backbone.grid)
     with pytest.raises(ValueError, match="labels need embeddings"):
         p.tag([images[0]], LABELS)
+
+
+def test_a_system_refused_write_exits_5_naming_the_file(tmp_path, capsys):
+    images, common = _predict_setup(tmp_path)
+    (tmp_path / "plain_file").write_text("not a folder")
+    out = tmp_path / "plain_file" / "tags.txt"  # its parent is a file: NotADirectoryError, an OSError
+    assert main([str(images[0]), *common, "--output", str(out)]) == 5
+    err = capsys.readouterr().err
+    assert "system error" in err and str(out) in err and "Traceback" not in err
+
+
+def test_attention_figures_are_written_whole_and_never_through_a_link(tmp_path):
+    from biam.engine.visualize import save_attention_figure
+    from biam.utils.io import LinkRefusedError
+
+    img = Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8))
+    maps = np.random.default_rng(0).normal(size=(2, 14, 14)).astype(np.float32)
+    out = save_attention_figure(img, maps, ["a", "b"], [0.5, 0.25], tmp_path / "fig.png")
+    assert Image.open(out).size == figure_size(2) and not (tmp_path / "fig.png.tmp").exists()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    (tmp_path / "link.png").symlink_to(victim)
+    with pytest.raises(LinkRefusedError):
+        save_attention_figure(img, maps, ["a", "b"], [0.5, 0.25], tmp_path / "link.png")
+    assert victim.read_text() == "keep"
+
+
+def test_weights_and_random_weights_are_the_old_vgg_flags_under_new_names(capsys):
+    from biam.cli.predict import build_parser
+
+    parser = build_parser()
+    base = ["--labels", "l.txt", "--glove", "g.txt", "--checkpoint", "c.pth"]
+    for new, old, value, dest in (("--weights", "--vgg-weights", "w.pth", "vgg_weights"),
+                                  ("--random-weights", "--random-vgg", "3", "random_vgg")):
+        a, b = parser.parse_args([*base, new, value]), parser.parse_args([*base, old, value])
+        assert getattr(a, dest) == getattr(b, dest) == (int(value) if dest == "random_vgg" else value)
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--weights", "w.pth", "--random-vgg", "0"])  # still one or the other
+    assert "not allowed with argument" in capsys.readouterr().err
+    text = parser.format_help()
+    assert "--weights FILE, --vgg-weights FILE" in text and "clip_vit_b16" in text and "vgg19" in text

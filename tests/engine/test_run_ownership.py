@@ -398,3 +398,35 @@ def test_mistyped_data_root_writes_nothing(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(args_for(tmp_path / "no-such-data", out, *SHORT)) == 1
     assert "manifest not found" in capsys.readouterr().err and not out.exists()
+
+
+def test_resume_with_a_moved_data_root_of_the_same_content_continues(tiny_packed, tmp_path, capsys):
+    import shutil
+
+    import numpy as np
+
+    from biam.data.packed import load_embeddings, save_embeddings
+
+    out = tmp_path / "run"
+    base = args_for(tiny_packed, out, *SHORT)
+    assert main(base) == 0
+    os.remove(out / "checkpoints" / "checkpoint_epoch_0002.pth")  # as if killed after epoch 1
+    moved = tmp_path / "elsewhere" / "packed"
+    shutil.copytree(tiny_packed, moved)
+    # Other data at a new path (other label embeddings): refused naming both paths, nothing written.
+    other = tmp_path / "other"
+    shutil.copytree(tiny_packed, other)
+    seen, unseen = load_embeddings(other)
+    save_embeddings(other, np.flip(seen, 0).copy(), unseen)
+    before = snapshot(out)
+    with pytest.raises(RunMismatchError) as err:
+        Trainer(load_cfg(None, args_for(other, out, *SHORT)), resume="last")
+    assert str(tiny_packed) in str(err.value) and str(other) in str(err.value) and "other data" in str(err.value)
+    assert snapshot(out) == before
+    # The same content moved: the changed DATA.ROOT string is accepted and the new path recorded.
+    trainer = Trainer(load_cfg(None, args_for(moved, out, *SHORT)), resume="last")
+    assert trainer.start_epoch == 2
+    trainer.run()
+    record = json.loads((out / "run.json").read_text())
+    assert record["data"]["root"] == str(moved) and record["resumes"][0]["changed"][0].startswith("DATA.ROOT: ")
+    assert "--resume: changed DATA.ROOT" in (out / "log.txt").read_text()

@@ -247,10 +247,20 @@ def _check_rows(arr: np.ndarray, path: Path, name: str, labels) -> None:
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows of ``x`` (C, D) divided by their L2 norm (zero rows stay zero). Output float32 (C, D)."""
+    """Rows of ``x`` (C, D) divided by their L2 norm (zero rows stay zero). Output float32 (C, D);
+    a row too large for a float32 norm (past ~1.8e19) is normalised in float64."""
     x = np.asarray(x, dtype=np.float32)
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norm, eps)
+    with np.errstate(over="ignore"):  # checked below
+        norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    if np.isfinite(norm).all():
+        return x / np.maximum(norm, eps)
+    # The float32 squares overflow past ~1.8e19 (the row would become zero); those rows in
+    # float64. Other rows keep the float32 result bit for bit.
+    wide = x.astype(np.float64)
+    wide = (wide / np.maximum(np.linalg.norm(wide, axis=-1, keepdims=True), eps)).astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        narrow = x / np.maximum(norm, eps)
+    return np.where(np.isfinite(norm), narrow, wide)
 
 
 def _short(value) -> str:

@@ -64,6 +64,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ...data.splits import SplitSpec
+from ...utils.text import split_lines
 
 __all__ = [
     "TAG_SEPARATOR", "SPLITS", "UNSEEN_RULES", "OwnDataError", "Record", "OwnSplit", "OwnDataset",
@@ -190,9 +191,18 @@ def _read_csv(path: Path) -> List[Record]:
     return records
 
 
+def _lines(path: Path, what: str) -> List[str]:
+    """The file's lines, split at "\n" only: another line break (U+2028, ...) is refused naming the line."""
+    text = _decode(path, what)
+    try:
+        return split_lines(text, path)
+    except ValueError as err:
+        raise OwnDataError(str(err)) from None
+
+
 def _read_jsonl(path: Path) -> List[Record]:
     records = []
-    for lineno, line in enumerate(_decode(path, "annotation file").splitlines(), 1):
+    for lineno, line in enumerate(_lines(path, "annotation file"), 1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
@@ -246,7 +256,7 @@ def _read_lines(path: os.PathLike, what: str) -> List[Tuple[str, str]]:
     """Non-blank stripped lines of a UTF-8 file as ``(value, "file:line")``; repeats are errors."""
     path = Path(path)
     out, first = [], {}
-    for lineno, line in enumerate(_decode(path, what).splitlines(), 1):
+    for lineno, line in enumerate(_lines(path, what), 1):
         value = line.strip()
         if not value:
             continue
