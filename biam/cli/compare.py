@@ -12,7 +12,8 @@ naming both. The columns are the dataset's protocol's (NUS-WIDE: P/R/F1 at K = 3
 ZSL and GZSL, as the paper's tables); the markdown table is printed, ``--json FILE`` also writes it
 as JSON. See docs/methods.md.
 
-Exit status: 0 printed; 2 bad input (no metrics, mixed datasets or data).
+Exit status: 0 printed; 2 bad input (no metrics, mixed datasets or data); 5 a system error (disk full,
+permission), the file named.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from ..data.label_encoders import LabelEncoderError, encoder_name, packed_label_
 from ..data.packed import PackedFormatError, read_manifest
 from ..datasets import get_dataset
 from ..utils.io import write_json
-from ._errors import ExitOn, run_main
+from ._errors import ExitOn, run_main, system_error
 
 PROG = "biam-compare"
 TASK_ORDER = ("seen", "zsl", "gzsl")
@@ -202,7 +203,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{PROG}: wrote {args.json}")
         return 0
 
-    return run_main(PROG, body, (ExitOn((CompareError, FileNotFoundError, OSError), 2),))
+    return run_main(PROG, body, (ExitOn((CompareError, FileNotFoundError), 2), system_error()))
 
 
 if __name__ == "__main__":

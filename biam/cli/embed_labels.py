@@ -10,7 +10,8 @@ and ``encoder`` (which encoder made them) in the packed ``embeddings.npz`` layou
 With ``--zeroshot-checkpoint FILE`` (``--clip``) it also writes the weight-less checkpoint of the
 ``clip_zeroshot`` method for these embeddings (:func:`biam.modeling.clip_zeroshot.write_checkpoint`).
 
-Exit status: 0 written; 2 bad input (missing file, unknown word, no weights, --out exists).
+Exit status: 0 written; 2 bad input (missing file, unknown word, no weights, --out exists); 5 a system
+error (disk full, permission), the file named.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..data.packed import read_manifest
 from ..data.wordvec import FORMATS
 from ..modeling.clip_zeroshot import write_checkpoint
 from ..utils.text import read_lines
-from ._errors import ExitOn, run_main
+from ._errors import ExitOn, run_main, system_error
 
 PROG = "biam-embed-labels"
 
@@ -119,7 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     errors = (WeightsNotFoundError, FileNotFoundError, FileExistsError, IsADirectoryError, LabelEncoderError,
               ValueError, KeyError)
-    return run_main(PROG, body, (ExitOn(errors, 2),))
+    return run_main(PROG, body, (ExitOn(errors, 2), system_error()))
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def parse_args(argv=None):
                              "must match the run's except keys that do not change the result (docs/training.md)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start a new run in an OUTPUT_DIR that holds an earlier run or other files: files of "
-                             "the run's own names (config.yaml, log.txt, metrics.json[l], model_best.pth, curve.png, "
+                             "the run's own names (run.json, config.yaml, log.txt, metrics.json[l], model_best.pth, curve.png, "
                              "checkpoints/checkpoint_epoch_NNNN.pth) are replaced, nothing else is deleted")
     # Options may come before, between or after the KEY VALUE overrides.
     return parser.parse_intermixed_args(argv)
