@@ -12,11 +12,11 @@ shows must be a key of biam/config/defaults.py. So a page cannot drift from the 
 from __future__ import annotations
 
 import ast
+import json
 import re
 import shlex
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
@@ -128,8 +128,35 @@ def commands():
 COMMANDS = list(commands())
 
 
+# --help texts answered ahead by one interpreter (see _warm_help), by (kind, target).
+_HELP = {}
+# One interpreter runs each module or file with --help in turn, so torch is imported once.
+BATCH = r"""
+import contextlib, io, json, runpy, sys
+out = {}
+for kind, target in json.loads(sys.argv[1]):
+    stdout, stderr = io.StringIO(), io.StringIO()
+    sys.argv = [target, "--help"]
+    code = 0
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            if kind == "module":
+                runpy.run_module(target, run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(target, run_name="__main__")
+        except SystemExit as err:
+            code = err.code
+    out[kind + ":" + target] = [0 if code is None else code, stdout.getvalue(), stderr.getvalue()]
+print(json.dumps(out))
+"""
+
+
 @lru_cache(maxsize=None)
 def help_text(kind: str, target: str, sub: str = "") -> str:
+    if not sub and (kind, target) in _HELP:
+        code, out, err = _HELP[kind, target]
+        assert code == 0, f"{target} --help: exit {code}\n{err[-2000:]}"
+        return out
     args = ([sys.executable, "-m", target] if kind == "module" else [sys.executable, target]) + ([sub] if sub else [])
     done = subprocess.run(args + ["--help"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, f"{' '.join(args)} --help: exit {done.returncode}\n{done.stderr[-2000:]}"
@@ -162,11 +189,15 @@ def test_the_docs_show_commands():
 
 @pytest.fixture(scope="module", autouse=True)
 def _warm_help():
-    # Each --help imports torch; start them a few at a time.
+    # Each --help imports torch: one interpreter answers them all.
     wanted = {(kind, target) for _, ((kind, target, _), _) in COMMANDS if kind != "script"}
     wanted |= {("module", t) for _, ((kind, path, _), _) in COMMANDS if kind == "script" and (t := script_target(path))}
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda kt: help_text(*kt), sorted(wanted)))
+    done = subprocess.run([sys.executable, "-c", BATCH, json.dumps(sorted(wanted))], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for key, answer in json.loads(done.stdout.strip().splitlines()[-1]).items():
+        kind, target = key.split(":", 1)
+        _HELP[kind, target] = answer
 
 
 @pytest.mark.parametrize("where, command", COMMANDS, ids=[w for w, _ in COMMANDS])

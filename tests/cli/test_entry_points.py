@@ -33,23 +33,50 @@ FILES = ["feature_extraction/extract_nus_wide.py", "feature_extraction/extract_o
          "feature_extraction/extract_own.py", "datasets/OpenImages/download_imgs.py"]
 
 
-def script_args(name, target):
-    module, function = target.split(":")
-    # What the installed wrapper does: import the target, call it with argv[0] = the script name.
-    return ["-c", f"import sys; from {module} import {function}; sys.argv[0] = {name!r}; sys.exit({function}())",
-            "--help"]
+# One interpreter answers every console script's and script file's --help in turn, as the
+# installed wrapper would (import the target, argv[0] = the script name), so torch is imported
+# once instead of once a command.
+BATCH = r"""
+import contextlib, io, json, runpy, sys
+from importlib import import_module
+out = {}
+for key, kind, target, argv0 in json.loads(sys.argv[1]):
+    stdout, stderr = io.StringIO(), io.StringIO()
+    sys.argv = [argv0, "--help"]
+    code = 0
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            if kind == "script":
+                module, function = target.split(":")
+                code = getattr(import_module(module), function)()
+            else:
+                runpy.run_path(target, run_name="__main__")
+        except SystemExit as err:
+            code = err.code
+    out[key] = [0 if code is None else code, stdout.getvalue(), stderr.getvalue()]
+print(json.dumps(out))
+"""
 
 
 @pytest.fixture(scope="module")
 def helps():
-    """Every command's ``--help`` run once, several at a time (each start imports torch)."""
+    """Every command's ``--help``: the console scripts and files in one interpreter, each
+    ``python -m`` alias in its own (runpy's double-import warning is only seen in a fresh one)."""
+    import json
     from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
 
-    jobs = {("script", name): script_args(name, target) for name, target in SCRIPTS}
-    jobs.update({("alias", module): ["-m", module, "--help"] for module, _ in ALIASES})
-    jobs.update({("file", path): [path, "--help"] for path in FILES})
-    with ThreadPoolExecutor(4) as pool:
-        done = dict(zip(jobs, pool.map(run, jobs.values())))
+    batch = [[f"script:{name}", "script", target, name] for name, target in SCRIPTS]
+    batch += [[f"file:{path}", "file", path, path] for path in FILES]
+    aliases = {("alias", module): ["-m", module, "--help"] for module, _ in ALIASES}
+    with ThreadPoolExecutor(3) as pool:
+        batch_job = pool.submit(run, ["-c", BATCH, json.dumps(batch)])
+        done = dict(zip(aliases, pool.map(run, aliases.values())))
+        answer = batch_job.result()
+    assert answer.returncode == 0, answer.stderr[-3000:]
+    for key, (code, out, err) in json.loads(answer.stdout.strip().splitlines()[-1]).items():
+        kind, name = key.split(":", 1)
+        done[kind, name] = SimpleNamespace(returncode=code, stdout=out, stderr=err)
     return done
 
 

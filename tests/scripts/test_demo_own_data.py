@@ -1,5 +1,7 @@
 """scripts/demo_own_data.sh at its tiny size: generated shapes -> extract_own.py (random VGG19)
--> biam-train -> biam-evaluate -> biam-predict --visualize, each writing its own folder."""
+-> biam-train -> biam-evaluate -> biam-predict --visualize, each writing its own folder, with
+KEY VALUE overrides as README and docs/own_data.md show them (one run serves both checks: the
+demo takes about 40 s)."""
 
 import json
 import os
@@ -15,8 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_tiny_demo_runs_end_to_end_and_beats_chance_on_unseen_tags(tmp_path):
     out = tmp_path / "demo_own"
     env = dict(os.environ, PYTHON=sys.executable, DEMO_DIR=str(out), DEMO_OWN_SIZE="tiny")
-    done = subprocess.run(["sh", str(ROOT / "scripts" / "demo_own_data.sh")], capture_output=True, text=True,
-                          timeout=900, env=env, cwd=tmp_path)
+    # An override every step must see: the epochs decide the checkpoint evaluated and used to tag.
+    done = subprocess.run(["sh", str(ROOT / "scripts" / "demo_own_data.sh"), "SOLVER.MAX_EPOCHS", "29"],
+                          capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     for step in range(1, 6):
         assert f"== {step}/5" in done.stdout
@@ -29,11 +32,11 @@ def test_tiny_demo_runs_end_to_end_and_beats_chance_on_unseen_tags(tmp_path):
     assert manifest["splits"]["train"]["num_images"] == 20 and manifest["splits"]["test"]["num_images"] == 10
 
     # biam-evaluate wrote its own folder beside the run, with the chance levels.
-    evaluation = out / "run" / "eval" / "test-checkpoint_epoch_0030" / "metrics.json"
+    evaluation = out / "run" / "eval" / "test-checkpoint_epoch_0029" / "metrics.json"
     metrics = json.loads(evaluation.read_text())
     zsl, chance = metrics["zsl"], metrics["chance"]["zsl"]
-    # Measured at this size: 48.1 against a chance level of 39.8 (seed 0; seeds 1, 2: 52.5, 45.3):
-    # 10 test images and 6 tags make the chance level high and noisy, so the bar is 3 points above.
+    # 10 test images and 6 tags make the chance level high and noisy (about 40), so the bar is 3
+    # points above it.
     assert zsl["mAP"] >= chance["mAP"] + 0.03, (zsl, chance)
     assert metrics["gzsl"]["mAP"] > metrics["chance"]["gzsl"]["mAP"]
 
