@@ -27,10 +27,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 # ------------------------------------------------------------- pages of figures (docs/)
 def commit_label() -> str:
-    """The checkout's commit (short hash), "with uncommitted changes" when tracked files differ."""
+    """The checkout's commit (short hash), "with uncommitted changes" when tracked files other than
+    pages (``*.md``, which these commands rewrite) differ: the label names the code measured."""
     done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                           cwd=REPO).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)*.md"],
+                           capture_output=True, text=True, cwd=REPO).stdout.strip()
     return (done.stdout.strip() or "unknown") + (" with uncommitted changes" if dirty else "")
 
 
