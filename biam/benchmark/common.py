@@ -3,6 +3,9 @@ runs in, and the small timing helpers (device sync, timed call, profile, peak RS
 
 from __future__ import annotations
 
+import datetime as _dt
+import os
+import platform
 import resource
 import subprocess
 import time
@@ -41,6 +44,14 @@ def check_markers(page: Path, begin: str, end: str) -> str:
     if body.count(begin) != 1 or body.count(end) != 1 or body.index(begin) > body.index(end):
         raise ValueError(f"{page}: needs the markers {begin} and {end}, once each and in that order")
     return body
+
+
+def made_by(command: str, seconds: float, how_long: str = "minutes") -> str:
+    """The opening of a page's table: "Made by `command` on DATE at commit X (machine; N minutes".
+    The caller closes the parenthesis and says what the table holds."""
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU threads visible, torch {torch.__version__}"
+    when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"Made by `{command}` on {when} at commit {commit_label()} ({machine}; {seconds / 60:.0f} {how_long}"
 
 
 def rewrite_between(page: Path, begin: str, end: str, text: str) -> None:

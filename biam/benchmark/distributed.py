@@ -17,9 +17,7 @@ nothing else on the page changes. ``--dry-run`` prints the table without writing
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -32,7 +30,7 @@ import torch
 
 from ..backbones import DEFAULT_BACKBONE, get_backbone
 from ..data.packed import PackedWriter, save_embeddings
-from .common import REPO, commit_label, rewrite_between
+from .common import REPO, made_by, rewrite_between
 
 PAGE = REPO / "docs" / "distributed.md"
 BEGIN, END = "<!-- distributed-runs:begin -->", "<!-- distributed-runs:end -->"
@@ -140,10 +138,8 @@ def format_table(rows: Sequence[dict], dtypes: Sequence[str] = ("float32", "floa
 
 def section(table: str, seconds: float) -> str:
     """What goes between the markers: how the table was made, then the table."""
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU threads visible, torch {torch.__version__}"
-    when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"Made by `python -m biam.benchmark.distributed` on {when} at commit {commit_label()} ({machine}; "
-            f"{seconds / 60:.0f} minutes). Largest difference after one epoch between the two runs of each row "
+    return (made_by("python -m biam.benchmark.distributed", seconds)
+            + "). Largest difference after one epoch between the two runs of each row "
             "(trained weights; batch-norm running means and variances):\n\n" + table)
 
 

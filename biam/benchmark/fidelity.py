@@ -17,10 +17,7 @@ table without writing it (what the test does, on tiny data).
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import os
-import platform
 import re
 import subprocess
 import sys
@@ -31,7 +28,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .common import REPO, commit_label, rewrite_between
+from .common import REPO, made_by, rewrite_between
 
 PAGE = REPO / "docs" / "fidelity.md"
 BEGIN, END = "<!-- fidelity-runs:begin -->", "<!-- fidelity-runs:end -->"
@@ -123,10 +120,8 @@ def format_table(rows: Sequence[dict]) -> str:
 
 def section(table: str, seconds: float) -> str:
     """What goes between the markers: how the table was made, then the table."""
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU threads visible, torch {torch.__version__}"
-    when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"Made by `python -m biam.benchmark.fidelity` on {when} at commit {commit_label()} ({machine}; "
-            f"{seconds / 60:.0f} minutes for all rows). Test split after 4 + 1 epochs, in %; loss = mean training "
+    return (made_by("python -m biam.benchmark.fidelity", seconds, "minutes for all rows")
+            + "). Test split after 4 + 1 epochs, in %; loss = mean training "
             "loss of the last training epoch and of the fine-tuning epoch; max abs dw = largest difference of a "
             "final weight from the defaults row's.\n\n" + table)
 
