@@ -58,3 +58,43 @@ def check_bad_step_is_skipped(trainer, log_file: Path) -> None:
     trainer.train_step(next(batches), seen, num_seen, 1, 2)  # a good batch moves the weights again
     assert trainer.check_pending() == 0
     assert any(not torch.equal(trainer.model.state_dict()[k], v) for k, v in weights.items())
+
+
+# One interpreter answers many --help calls in turn (torch is imported once, not once a command).
+# A job is (key, kind, target, argv0): kind "script" calls target "module:function" as the
+# installed console-script wrapper does, "module" runs it as `python -m target`, "file" as
+# `python target`.
+_HELP_BATCH = r"""
+import contextlib, io, json, runpy, sys
+from importlib import import_module
+out = {}
+for key, kind, target, argv0 in json.loads(sys.argv[1]):
+    stdout, stderr = io.StringIO(), io.StringIO()
+    sys.argv = [argv0, "--help"]
+    code = 0
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            if kind == "script":
+                module, function = target.split(":")
+                code = getattr(import_module(module), function)()
+            elif kind == "module":
+                runpy.run_module(target, run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(target, run_name="__main__")
+        except SystemExit as err:
+            code = err.code
+    out[key] = [0 if code is None else code, stdout.getvalue(), stderr.getvalue()]
+print(json.dumps(out))
+"""
+
+
+def helps_in_one_interpreter(jobs, cwd, timeout=600):
+    """``{key: (exit code, stdout, stderr)}`` of ``--help`` for every job ``(key, kind, target, argv0)``."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _HELP_BATCH, json.dumps(jobs)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {key: tuple(v) for key, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}

@@ -12,7 +12,6 @@ shows must be a key of biam/config/defaults.py. So a page cannot drift from the 
 from __future__ import annotations
 
 import ast
-import json
 import re
 import shlex
 import subprocess
@@ -21,6 +20,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import pytest
+
+from helpers import helps_in_one_interpreter
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "datasets").glob("*/README.md")),
@@ -130,27 +131,6 @@ COMMANDS = list(commands())
 
 # --help texts answered ahead by one interpreter (see _warm_help), by (kind, target).
 _HELP = {}
-# One interpreter runs each module or file with --help in turn, so torch is imported once.
-BATCH = r"""
-import contextlib, io, json, runpy, sys
-out = {}
-for kind, target in json.loads(sys.argv[1]):
-    stdout, stderr = io.StringIO(), io.StringIO()
-    sys.argv = [target, "--help"]
-    code = 0
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            if kind == "module":
-                runpy.run_module(target, run_name="__main__", alter_sys=True)
-            else:
-                runpy.run_path(target, run_name="__main__")
-        except SystemExit as err:
-            code = err.code
-    out[kind + ":" + target] = [0 if code is None else code, stdout.getvalue(), stderr.getvalue()]
-print(json.dumps(out))
-"""
-
-
 @lru_cache(maxsize=None)
 def help_text(kind: str, target: str, sub: str = "") -> str:
     if not sub and (kind, target) in _HELP:
@@ -192,10 +172,8 @@ def _warm_help():
     # Each --help imports torch: one interpreter answers them all.
     wanted = {(kind, target) for _, ((kind, target, _), _) in COMMANDS if kind != "script"}
     wanted |= {("module", t) for _, ((kind, path, _), _) in COMMANDS if kind == "script" and (t := script_target(path))}
-    done = subprocess.run([sys.executable, "-c", BATCH, json.dumps(sorted(wanted))], capture_output=True, text=True,
-                          cwd=ROOT, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    for key, answer in json.loads(done.stdout.strip().splitlines()[-1]).items():
+    jobs = [[f"{kind}:{target}", kind, target, target] for kind, target in sorted(wanted)]
+    for key, answer in helps_in_one_interpreter(jobs, ROOT).items():
         kind, target = key.split(":", 1)
         _HELP[kind, target] = answer
 

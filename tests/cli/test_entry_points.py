@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import helps_in_one_interpreter
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -33,36 +35,10 @@ FILES = ["feature_extraction/extract_nus_wide.py", "feature_extraction/extract_o
          "feature_extraction/extract_own.py", "datasets/OpenImages/download_imgs.py"]
 
 
-# One interpreter answers every console script's and script file's --help in turn, as the
-# installed wrapper would (import the target, argv[0] = the script name), so torch is imported
-# once instead of once a command.
-BATCH = r"""
-import contextlib, io, json, runpy, sys
-from importlib import import_module
-out = {}
-for key, kind, target, argv0 in json.loads(sys.argv[1]):
-    stdout, stderr = io.StringIO(), io.StringIO()
-    sys.argv = [argv0, "--help"]
-    code = 0
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            if kind == "script":
-                module, function = target.split(":")
-                code = getattr(import_module(module), function)()
-            else:
-                runpy.run_path(target, run_name="__main__")
-        except SystemExit as err:
-            code = err.code
-    out[key] = [0 if code is None else code, stdout.getvalue(), stderr.getvalue()]
-print(json.dumps(out))
-"""
-
-
 @pytest.fixture(scope="module")
 def helps():
     """Every command's ``--help``: the console scripts and files in one interpreter, each
     ``python -m`` alias in its own (runpy's double-import warning is only seen in a fresh one)."""
-    import json
     from concurrent.futures import ThreadPoolExecutor
     from types import SimpleNamespace
 
@@ -70,11 +46,10 @@ def helps():
     batch += [[f"file:{path}", "file", path, path] for path in FILES]
     aliases = {("alias", module): ["-m", module, "--help"] for module, _ in ALIASES}
     with ThreadPoolExecutor(3) as pool:
-        batch_job = pool.submit(run, ["-c", BATCH, json.dumps(batch)])
+        batch_job = pool.submit(helps_in_one_interpreter, batch, ROOT)
         done = dict(zip(aliases, pool.map(run, aliases.values())))
-        answer = batch_job.result()
-    assert answer.returncode == 0, answer.stderr[-3000:]
-    for key, (code, out, err) in json.loads(answer.stdout.strip().splitlines()[-1]).items():
+        answers = batch_job.result()
+    for key, (code, out, err) in answers.items():
         kind, name = key.split(":", 1)
         done[kind, name] = SimpleNamespace(returncode=code, stdout=out, stderr=err)
     return done
